@@ -1,0 +1,13 @@
+"""Families of discrete latent values (``torch.distributions``-compatible)."""
+
+from latentgrad.distributions._base import DiscreteDistribution, Independent, LocalVariants
+from latentgrad.distributions.bernoulli import Bernoulli
+from latentgrad.distributions.categorical import Categorical
+
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "DiscreteDistribution",
+    "Independent",
+    "LocalVariants",
+]

@@ -1,0 +1,21 @@
+"""Exact oracles and statistical assertions, shipped so users can test their own models."""
+
+from latentgrad.testing.exact import exact_expectation, exact_gradient, replicated_gradients
+from latentgrad.testing.stats import (
+    DEFAULT_ALPHA,
+    UnbiasedCheck,
+    assert_unbiased,
+    bonferroni_z,
+    check_unbiased,
+)
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "UnbiasedCheck",
+    "assert_unbiased",
+    "bonferroni_z",
+    "check_unbiased",
+    "exact_expectation",
+    "exact_gradient",
+    "replicated_gradients",
+]
