@@ -27,6 +27,8 @@ def check_scores(x: object, name: str = "logits", *, allow_neg_inf: bool = True)
     t = check_tensor(x, name, min_dim=1)
     if t.shape[-1] == 0:
         raise ValueError(f"{name} must have a non-empty last dimension, got shape {tuple(t.shape)}")
+    if bool(torch.isfinite(t).all()):
+        return t  # the common case costs one reduction
     if torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN")
     if torch.isposinf(t).any():

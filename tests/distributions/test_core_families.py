@@ -14,7 +14,9 @@ def _families(dtype=torch.float64):
     return {
         "categorical": lg.Categorical(logits=torch.randn(2, 3, 4, generator=g, dtype=dtype)),
         "bernoulli": lg.Bernoulli(logits=torch.randn(2, 3, generator=g, dtype=dtype)),
-        "independent": lg.Categorical(logits=torch.randn(2, 3, 3, generator=g, dtype=dtype)).to_event(1),
+        "independent": lg.Categorical(
+            logits=torch.randn(2, 3, 3, generator=g, dtype=dtype)
+        ).to_event(1),
     }
 
 
@@ -63,7 +65,8 @@ def test_local_variants_change_exactly_one_unit(name):
     # probabilities of the changed unit's value, plus the sampled values, sum to the number of units
     units = math.prod(q.unit_shape) if q.unit_shape else 1
     torch.testing.assert_close(
-        lv.probs.sum(0) + lv.base_probs, torch.full((4, *q.batch_shape), float(units), dtype=torch.float64)
+        lv.probs.sum(0) + lv.base_probs,
+        torch.full((4, *q.batch_shape), float(units), dtype=torch.float64),
     )
 
 

@@ -23,7 +23,7 @@ def test_matches_manual_sum_and_its_gradient_to_1e6():
     torch.testing.assert_close(out.value, manual.detach(), rtol=0, atol=1e-6)
     g = torch.autograd.grad(out.surrogate.sum(), [logits, theta])
     h = torch.autograd.grad(manual.sum(), [logits, theta])
-    for a, b in zip(g, h):
+    for a, b in zip(g, h, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert out.extras["loss_evals"] == 4
     assert out.extras["support_size"].tolist() == [4] * 5
@@ -69,7 +69,7 @@ def test_argument_checks():
         lg.Marginalize()(torch.distributions.Categorical(logits=torch.zeros(4)), lambda z: z)
     with pytest.raises(ValueError, match=r"loss_fn must return shape .*\(4, 3\)"):
         lg.Marginalize()(q, lambda z: z.sum())
-    with pytest.raises(TypeError, match="loss_fn must return a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"loss_fn must return a torch\.Tensor"):
         lg.Marginalize()(q, lambda z: 1.0)
 
 

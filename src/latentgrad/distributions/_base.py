@@ -112,9 +112,9 @@ class DiscreteDistribution(Distribution):
         noise = self.sample_noise(sample_shape)
         return self.from_noise(noise), noise
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         with torch.no_grad():
-            return self.from_noise(self.sample_noise(sample_shape))
+            return self.from_noise(self.sample_noise(torch.Size(sample_shape)))
 
     def relaxed_from_noise(self, noise: Tensor, tau: float) -> Tensor:
         """A continuous relaxation of :meth:`from_noise` at temperature ``tau`` (reparameterized)."""
@@ -190,12 +190,12 @@ class Independent(torch.distributions.Independent):
         (torch.Size([8]), torch.Size([20, 10]))
     """
 
-    base_dist: DiscreteDistribution
+    base_dist: Any
     has_enumerate_support = True
 
     def __init__(
         self,
-        base_distribution: DiscreteDistribution,
+        base_distribution: DiscreteDistribution | Independent,
         reinterpreted_batch_ndims: int,
         validate_args: bool | None = None,
     ) -> None:

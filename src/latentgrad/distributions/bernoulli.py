@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -46,7 +48,9 @@ class Bernoulli(DiscreteDistribution):
         [2] Maddison, Mnih & Teh, "The Concrete Distribution", ICLR 2017.
     """
 
-    arg_constraints = {"logits": constraints.real_vector}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "logits": constraints.real_vector
+    }
     support = constraints.independent(constraints.boolean, 1)
     has_rsample = False
     _param_names = ("logits",)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.distributions import constraints
@@ -45,7 +47,9 @@ class Categorical(DiscreteDistribution):
         [1] Gumbel, "Statistical theory of extreme values", 1954 (the Gumbel-max trick).
     """
 
-    arg_constraints = {"logits": constraints.real_vector}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "logits": constraints.real_vector
+    }
     support = constraints.one_hot
     has_rsample = False
     _param_names = ("logits",)
@@ -152,5 +156,3 @@ class Categorical(DiscreteDistribution):
     def with_logits(self, logits: Tensor) -> Categorical:
         """The same family with other logits (e.g. ``slope * logits`` for slope annealing)."""
         return Categorical(logits=logits)
-
-

@@ -1,6 +1,37 @@
 """Gradient estimators: ``estimator(dist, loss_fn) -> Estimate``."""
 
 from latentgrad.estimators._base import Estimate, Estimator, LossFn
+from latentgrad.estimators.baselines import (
+    NVIL,
+    Baseline,
+    BaselineOutput,
+    IndependentSample,
+    LeaveOneOut,
+    MovingAverage,
+)
+from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.estimators.marginalize import Marginalize
+from latentgrad.estimators.muprop import DARN, MuProp
+from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough
+from latentgrad.estimators.score_function import ScoreFunction
+from latentgrad.estimators.sum_and_sample import SumAndSample
 
-__all__ = ["Estimate", "Estimator", "LossFn", "Marginalize"]
+__all__ = [
+    "DARN",
+    "NVIL",
+    "Baseline",
+    "BaselineOutput",
+    "Estimate",
+    "Estimator",
+    "GumbelSoftmax",
+    "IndependentSample",
+    "LeaveOneOut",
+    "LocalReparam",
+    "LossFn",
+    "Marginalize",
+    "MovingAverage",
+    "MuProp",
+    "ScoreFunction",
+    "StraightThrough",
+    "SumAndSample",
+]

@@ -67,7 +67,7 @@ def check_distribution(dist: object, name: str = "dist") -> LatentDistribution:
 def check_loss_fn(loss_fn: object, name: str = "loss_fn") -> LossFn:
     if not callable(loss_fn):
         raise TypeError(f"{name} must be callable, got {type(loss_fn).__name__}")
-    return loss_fn  # type: ignore[return-value]
+    return loss_fn
 
 
 def evaluate_loss(

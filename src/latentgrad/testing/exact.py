@@ -36,7 +36,9 @@ def exact_gradient(
     with torch.enable_grad():
         total = exact_expectation(dist_fn(), loss_fn, max_support).sum()
         grads = torch.autograd.grad(total, list(params), allow_unused=True)
-    return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
+    return tuple(
+        torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+    )
 
 
 def replicated_gradients(

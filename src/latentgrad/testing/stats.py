@@ -19,7 +19,9 @@ class UnbiasedCheck:
     Attributes:
         passed: whether every coordinate is within its tolerance.
         z_crit: the Bonferroni-corrected two-sided critical value.
-        max_abs_z: the largest ``|mean - expected| / standard_error`` over coordinates.
+        max_abs_z: the largest ``|mean - expected|`` in standard errors over coordinates, with the
+            rounding allowance counted as part of the standard error (so a zero-variance
+            coordinate that is off by rounding only does not show a huge z).
         mean, expected, standard_error, tolerance: per coordinate (flattened).
         num_samples: number of independent samples.
     """
@@ -61,8 +63,9 @@ def check_unbiased(
     """Per-coordinate z-test that independent ``samples`` have mean ``expected``.
 
     The tolerance of each coordinate is ``z_crit * sd / sqrt(n)`` with ``z_crit`` Bonferroni-
-    corrected over the coordinates, plus a rounding allowance (a few ulps of the largest sample
-    magnitude) so that zero-variance coordinates compare equal up to floating-point error.
+    corrected over the coordinates, plus a rounding allowance (64 ulps of the largest magnitude
+    over all coordinates) so that zero-variance coordinates compare equal up to floating-point
+    error.
     Under the null (an unbiased estimator) the probability that any coordinate fails is at most
     ``alpha`` up to the normal approximation of the sample mean; keep ``n >= 1000``.
 
@@ -72,7 +75,9 @@ def check_unbiased(
         alpha: family-wise false-failure rate.
     """
     if samples.dim() < 1 or samples.shape[0] < 2:
-        raise ValueError(f"samples must have shape (n, ...) with n >= 2, got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must have shape (n, ...) with n >= 2, got {tuple(samples.shape)}"
+        )
     if samples.shape[1:] != expected.shape:
         raise ValueError(
             f"samples.shape[1:] = {tuple(samples.shape[1:])} must equal "
@@ -85,14 +90,15 @@ def check_unbiased(
     se = x.std(0, unbiased=True) / math.sqrt(n)
     z_crit = bonferroni_z(alpha, x.shape[1])
     eps = torch.finfo(samples.dtype).eps
-    rounding = 16 * eps * (x.abs().amax(0) + e.abs()) + 1e-300
+    # Rounding error of a deterministic estimate scales with the whole gradient (intermediate sums
+    # cancel), not with the single coordinate, so the allowance uses the global magnitude.
+    rounding = 64 * eps * (x.abs().amax() + e.abs().amax()) + 1e-300
     tol = z_crit * se + rounding
     err = (mean - e).abs()
-    z = err / se.clamp_min(1e-300)
     return UnbiasedCheck(
         passed=bool((err <= tol).all()),
         z_crit=z_crit,
-        max_abs_z=float(torch.where(se > 0, z, torch.zeros_like(z)).max()),
+        max_abs_z=float((err * z_crit / tol).max()),
         mean=mean,
         expected=e,
         standard_error=se,

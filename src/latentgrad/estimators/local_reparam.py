@@ -1,0 +1,309 @@
+"""Local reparameterization with common random numbers (Tokui & Sato)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from latentgrad._validation import check_int
+from latentgrad.distributions._base import Independent, LocalVariants
+from latentgrad.estimators._base import (
+    Estimate,
+    LatentDistribution,
+    LossFn,
+    check_distribution,
+    check_loss_fn,
+    evaluate_loss,
+    zero_forward,
+)
+
+Conditional = Callable[[Tensor], Distribution]
+"""``conditional(z)``: the next layer's distribution given the samples ``z`` of the layer below."""
+
+ChainLossFn = Callable[[list[Tensor]], Tensor]
+"""``loss_fn([z_1, ..., z_L])``: the samples of every layer to losses ``(N, K) + batch_shape``."""
+
+
+class LocalReparam:
+    """Local reparameterization: marginalize each unit in turn, keeping all other noise fixed.
+
+    A sample is a deterministic function of noise, ``z = g(u; phi)`` (``z_i = 1[L_i < a_i]`` for a
+    bit, Gumbel-max for a categorical unit). For each unit ``i`` and each of its values ``c``
+    the loss is evaluated at ``z`` with unit ``i`` set to ``c`` and every other unit, and every
+    layer above, computed from the *same* noise (common random numbers). The gradient estimate
+
+        sum_i sum_c grad q_i(c) [F(z; z_i = c) - F(z)] + grad_theta F(z)
+
+    is unbiased and its variance is at most that of the likelihood-ratio estimator with the
+    optimal input-dependent baseline [1]. For a bit this is Tokui & Sato's
+    ``grad mu_i [F(z; z_i = 1) - F(z; z_i = 0)]``. Subtracting ``F(z)`` changes nothing in
+    expectation (``sum_c grad q_i(c) = 0``) but avoids cancellation between large losses.
+
+    The loss is evaluated once on the stacked tensor ``[z; variants]`` of shape
+    ``(1 + V, K) + batch_shape + event_shape``, where ``V = sum_i (C_i - 1)`` is the number of
+    one-unit changes (``D`` for ``D`` bits, ``K_c - 1`` for a ``K_c``-way categorical) and ``K`` is
+    ``num_samples``. Row 0 holds the samples themselves. Variants of probability exactly 0 never
+    enter the estimate, so a NaN or infinite loss there does no harm.
+
+    **Several stochastic layers.** :meth:`chain` handles ``z_1 ~ q_1``,
+    ``z_{l+1} ~ conditionals[l](z_l)``: a flip in layer ``l`` re-simulates layers ``l+1..L``
+    from the same noise. A simpler pattern, when only the first layer needs this estimator, is to
+    draw the upper layer's noise outside ``loss_fn`` and turn it into samples inside, so that
+    every variant sees the same noise (``from_noise`` broadcasts over the leading dims)::
+
+        u2 = q2_prior.sample_noise((K,))          # (K,) + batch + event, drawn once
+        def loss_fn(z1):                          # z1: (1 + V, K) + batch + event
+            z2 = lg.Bernoulli(logits=layer2(z1)).from_noise(u2)
+            return decoder_loss(z1, z2)
+
+    (``q2_prior`` is any distribution of layer 2's batch and event shape; the noise is standard.)
+    Layer 2's own parameters then need another estimator; :meth:`chain` covers both.
+
+    Args:
+        num_samples: number ``K`` of independent samples ``z`` (each with its variants).
+
+    Returns:
+        :class:`Estimate` with ``value`` the mean loss at the ``K`` samples, ``per_sample`` of
+        shape ``(K,) + batch_shape``, and ``extras``: ``"loss_evals"`` (``1 + V``, per sample),
+        ``"losses"`` (``(K,) + batch_shape``), ``"variant_losses"`` (``(V, K) + batch_shape``),
+        ``"num_variants"`` (``V`` per layer, a tuple of ints).
+
+    Shape:
+        ``dist``: batch ``B``, event ``E``; ``loss_fn``: ``(1 + V, K) + B + E -> (1 + V, K) + B``;
+        ``value``, ``surrogate``: ``B``.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.estimators.local_reparam import LocalReparam
+        >>> logits = torch.zeros(2, 3, requires_grad=True)
+        >>> target = torch.tensor([1.0, 0.0, 1.0])
+        >>> out = LocalReparam(num_samples=4)(
+        ...     lg.Bernoulli(logits=logits), lambda z: ((z - target) ** 2).sum(-1)
+        ... )
+        >>> out.value.shape, out.extras["loss_evals"]
+        (torch.Size([2]), 4)
+        >>> out.surrogate.sum().backward()
+        >>> logits.grad  # exact here: the loss is additive over bits
+        tensor([[-0.2500,  0.2500, -0.2500],
+                [-0.2500,  0.2500, -0.2500]])
+
+    References:
+        [1] Tokui & Sato, "Evaluating the Variance of Likelihood-Ratio Gradient Estimators",
+            ICML 2017.
+        [2] Titsias & Lázaro-Gredilla, "Local Expectation Gradients for Black Box Variational
+            Inference", NeurIPS 2015.
+    """
+
+    def __init__(self, num_samples: int = 1) -> None:
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+
+    def __repr__(self) -> str:
+        return f"LocalReparam(num_samples={self.num_samples})"
+
+    def __call__(
+        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    ) -> Estimate:
+        """Estimate for one stochastic layer (``context`` is accepted and unused)."""
+        dist = check_distribution(dist)
+        loss_fn = check_loss_fn(loss_fn)
+        return self._estimate(dist, (), loss_fn, single=True)
+
+    def chain(
+        self,
+        first: Distribution,
+        conditionals: Sequence[Conditional],
+        loss_fn: ChainLossFn,
+    ) -> Estimate:
+        """Estimate for a chain of stochastic layers, re-simulating upper layers from shared noise.
+
+        ``z_1 ~ first`` and ``z_{l+1} ~ conditionals[l](z_l)``. Noise is drawn once per layer and
+        reused for every variant (common random numbers): layer ``l``'s units are changed one at a
+        time in the base sample only, and the layers above are recomputed from the same noise
+        with ``from_noise``. Each conditional is called once, on all rows so far; the loss once,
+        on all ``N = 1 + V_1 + ... + V_L`` rows. Row 0 is the base sample, then come layer 1's
+        variants (layers ``2..L`` re-simulated), then layer 2's (layer 1 at its base value), and
+        so on. The conditionals' parameters get the local-marginalization gradient of their
+        layer's units, evaluated at the base sample of the layers below.
+
+        The noise of every layer must have a law that does not depend on the parameters (true
+        of every latentgrad family: Gumbel, logistic and exponential noise are standard).
+
+        Args:
+            first: the first layer's distribution, batch shape ``B``.
+            conditionals: ``conditionals[l](z)`` maps samples ``z`` of layer ``l + 1`` with
+                leading dims ``(N_l, K) + B`` to the next layer's distribution with batch shape
+                ``(N_l, K) + B`` (or one that broadcasts to it).
+            loss_fn: maps ``[z_1, ..., z_L]``, each of shape ``(N, K) + B + E_l``, to losses
+                ``(N, K) + B``.
+
+        Returns:
+            :class:`Estimate` as for :meth:`__call__`; ``extras["loss_evals"] = N`` and
+            ``extras["num_variants"] = (V_1, ..., V_L)``.
+
+        Shape:
+            ``value``, ``surrogate``: ``B``; ``per_sample``: ``(K,) + B``.
+
+        Example:
+            A sigmoid belief net with two Bernoulli layers (4 and 3 units) and a Bernoulli
+            likelihood for 6 binary pixels:
+
+            >>> import torch, torch.nn.functional as F, latentgrad as lg
+            >>> from latentgrad.estimators.local_reparam import LocalReparam
+            >>> _ = torch.manual_seed(0)
+            >>> x = torch.rand(8, 6).round()
+            >>> enc1, enc2, dec = torch.nn.Linear(6, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 6)
+            >>> q1 = lg.Bernoulli(logits=enc1(x))  # batch (8,), event (4,)
+            >>> def layer2(z1):  # z1: (N_1, K, 8, 4)
+            ...     return lg.Bernoulli(logits=enc2(z1))
+            >>> def loss_fn(zs):  # zs[l]: (N, K, 8, D_l)
+            ...     logits = dec(zs[1])
+            ...     nll = F.binary_cross_entropy_with_logits(
+            ...         logits, x.expand_as(logits), reduction="none"
+            ...     )
+            ...     return nll.sum(-1)
+            >>> out = LocalReparam(num_samples=2).chain(q1, [layer2], loss_fn)
+            >>> out.extras["loss_evals"], out.extras["num_variants"], out.value.shape
+            (8, (4, 3), torch.Size([8]))
+            >>> out.surrogate.mean().backward()
+            >>> all(p.grad is not None for p in (*enc1.parameters(), *enc2.parameters()))
+            True
+        """
+        first = check_distribution(first, "first")
+        if isinstance(conditionals, (str, bytes)) or not isinstance(conditionals, Sequence):
+            raise TypeError(
+                f"conditionals must be a sequence of callables, got {type(conditionals).__name__}"
+            )
+        for i, fn in enumerate(conditionals):
+            if not callable(fn):
+                raise TypeError(f"conditionals[{i}] must be callable, got {type(fn).__name__}")
+        check_loss_fn(loss_fn)
+        return self._estimate(first, tuple(conditionals), loss_fn, single=False)
+
+    def _estimate(
+        self,
+        first: LatentDistribution,
+        conditionals: tuple[Conditional, ...],
+        loss_fn: Callable[..., Tensor],
+        *,
+        single: bool,
+    ) -> Estimate:
+        k = self.num_samples
+        batch_shape = first.batch_shape
+        first_name = "dist" if single else "first"
+        noise = _hook(first, "sample_noise", first_name)((k,))
+        z_rows = _hook(first, "from_noise", first_name)(noise).unsqueeze(0)
+        base_dist: LatentDistribution = first
+        layers: list[Tensor] = []  # each (N_l, K) + B + E_l, N_l the rows when it was drawn
+        flip_probs: list[Tensor] = []  # each (V_l, K) + B
+        for level in range(len(conditionals) + 1):
+            name = first_name if level == 0 else f"conditionals[{level - 1}]"
+            if level > 0:
+                rows = layers[-1].shape[0]
+                dist = _check_layer(
+                    conditionals[level - 1](layers[-1]), (rows, k, *batch_shape), name
+                )
+                base_dist = _first_row(dist)
+                # Noise for the base row only, broadcast over every row: common random numbers.
+                noise = _hook(base_dist, "sample_noise", name)()
+                z_rows = _hook(dist, "from_noise", name)(noise)
+            variants = _local_variants(base_dist, z_rows[0], name)
+            layers.append(torch.cat([z_rows, variants.values], 0))
+            flip_probs.append(variants.probs)
+        num_rows = layers[-1].shape[0]
+        # Layers below a flipped layer stay at their base value in its rows.
+        layers = [
+            torch.cat([z, z[:1].expand((num_rows - z.shape[0], *z.shape[1:]))], 0)
+            if z.shape[0] < num_rows
+            else z
+            for z in layers
+        ]
+        losses = evaluate_loss(loss_fn, layers[0] if single else layers, (num_rows, k), batch_shape)
+        base_loss = losses[0]
+        change = (losses[1:] - base_loss).detach()
+        correction = torch.zeros_like(base_loss)
+        start = 0
+        for probs in flip_probs:
+            stop = start + probs.shape[0]
+            delta = change[start:stop]
+            # A variant of probability 0 may have a NaN/inf loss; its gradient weight is 0 anyway.
+            delta = torch.where(probs.detach() > 0, delta, torch.zeros_like(delta))
+            correction = correction + (zero_forward(probs) * delta).sum(0)
+            start = stop
+        per_sample = base_loss + correction
+        surrogate = per_sample.mean(0)
+        return Estimate(
+            value=base_loss.detach().mean(0),
+            surrogate=surrogate,
+            per_sample=per_sample,
+            extras={
+                "loss_evals": num_rows,
+                "losses": base_loss.detach(),
+                "variant_losses": losses[1:].detach(),
+                "num_variants": tuple(p.shape[0] for p in flip_probs),
+            },
+        )
+
+
+def _hook(dist: LatentDistribution, hook: str, name: str) -> Callable[..., Tensor]:
+    """``dist.<hook>``, wrapped so that a missing hook names the argument and the hook."""
+    method = getattr(dist, hook)
+
+    def call(*args: object) -> Tensor:
+        try:
+            return method(*args)
+        except TypeError as err:
+            raise TypeError(
+                f"LocalReparam needs {name}.{hook}(); {type(dist).__name__}: {err}"
+            ) from err
+
+    return call
+
+
+def _local_variants(dist: LatentDistribution, z: Tensor, name: str) -> LocalVariants:
+    try:
+        return dist.local_variants(z)
+    except TypeError as err:
+        raise TypeError(
+            f"LocalReparam needs {name}.local_variants(); {type(dist).__name__}: {err}"
+        ) from err
+
+
+def _check_layer(dist: object, batch_shape: tuple[int, ...], name: str) -> LatentDistribution:
+    """Check a conditional's output; expand it when its batch shape broadcasts to the rows'."""
+    dist = check_distribution(dist, f"the output of {name}")
+    expected = torch.Size(batch_shape)
+    if dist.batch_shape == expected:
+        return dist
+    try:
+        broadcast = torch.broadcast_shapes(dist.batch_shape, expected)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != expected:
+        raise ValueError(
+            f"{name} must return a distribution with batch shape (rows, num_samples) + "
+            f"batch_shape = {tuple(expected)}, got {tuple(dist.batch_shape)} (use .to_event(n) "
+            "if trailing dims are units of one latent)"
+        )
+    return dist.expand(expected)
+
+
+def _first_row(dist: LatentDistribution) -> LatentDistribution:
+    """The distribution of index 0 along the leading batch dim (a view of the parameters)."""
+    if isinstance(dist, Independent):
+        base = _first_row(dist.base_dist)
+        return Independent(base, dist.reinterpreted_batch_ndims)
+    if not dist._param_names:
+        raise TypeError(
+            f"{type(dist).__name__} declares no _param_names, so LocalReparam.chain cannot "
+            "select its base row"
+        )
+    new = type(dist).__new__(type(dist))
+    for param in dist._param_names:
+        setattr(new, param, getattr(dist, param)[0])
+    dist._copy_extra_state(new)
+    Distribution.__init__(new, dist.batch_shape[1:], dist.event_shape, validate_args=False)
+    new._validate_args = dist._validate_args
+    return new

@@ -1,0 +1,283 @@
+"""Relaxation estimators: Gumbel-Softmax (Concrete), straight-through Gumbel-Softmax and
+straight-through with an annealed slope.
+
+These estimators are biased: they differentiate a continuous surrogate of the discrete sample
+instead of the expectation itself. They are cheap (one loss evaluation per sample) and have low
+variance, which is why they are popular; the bias shrinks with the temperature while the variance
+grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from latentgrad._numerics import upcast
+from latentgrad._validation import check_int, check_positive
+from latentgrad.distributions._base import DiscreteDistribution, Independent
+from latentgrad.estimators._base import (
+    Estimate,
+    LatentDistribution,
+    LossFn,
+    check_distribution,
+    check_loss_fn,
+    evaluate_loss,
+    zero_forward,
+)
+from latentgrad.schedules import Constant, Schedule
+
+
+def _as_schedule(x: float | Schedule, name: str) -> Schedule:
+    if isinstance(x, Schedule):
+        return x
+    return Constant(check_positive(x, name))
+
+
+def _current(schedule: Schedule, name: str) -> float:
+    """The schedule's value, checked to be a usable temperature or slope."""
+    value = schedule.value
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"the {name} schedule gave {value!r}; {name} must be positive and finite")
+    return value
+
+
+def _innermost(dist: LatentDistribution) -> DiscreteDistribution:
+    base: Distribution = dist
+    while isinstance(base, Independent):
+        base = base.base_dist
+    assert isinstance(base, DiscreteDistribution)
+    return base
+
+
+def _check_relaxable(dist: LatentDistribution) -> None:
+    base = _innermost(dist)
+    if type(base).relaxed_from_noise is DiscreteDistribution.relaxed_from_noise:
+        raise TypeError(
+            f"dist ({type(base).__name__}) has no continuous relaxation; use a family that "
+            "implements relaxed_from_noise (e.g. Categorical, Bernoulli)"
+        )
+
+
+class GumbelSoftmax(nn.Module):
+    """Gumbel-Softmax / Concrete relaxation, and its straight-through (``hard``) variant.
+
+    With shared noise ``G`` the discrete sample is ``z = from_noise(G)`` (``one_hot(argmax(logits
+    + G))`` for :class:`~latentgrad.distributions.categorical.Categorical`, ``1[L < a]`` for
+    :class:`~latentgrad.distributions.bernoulli.Bernoulli`) and the relaxed one is
+    ``y = softmax((logits + G) / tau)`` (binary Concrete ``sigmoid((a - L) / tau)`` for bits).
+
+    * ``hard=False``: the loss is evaluated at ``y`` and differentiated through it. The
+      surrogate's forward value is the mean *relaxed* loss, which is not an estimate of
+      ``E_q[loss(z)]``. With ``honest_value=True`` the loss is also evaluated at the discrete
+      samples ``z`` (same noise), in the same batched ``loss_fn`` call (the sample dim holds the
+      ``S`` relaxed samples, then the ``S`` discrete ones), and ``value`` is their mean: an honest
+      estimate at twice the loss evaluations. With ``honest_value=False``, ``value`` is the mean
+      relaxed loss.
+    * ``hard=True`` (straight-through Gumbel-Softmax): the loss sees exactly ``z`` (exactly
+      one-hot even with ties) and its gradient flows back as if the sample were ``y``. The
+      surrogate's forward value equals ``value``, an honest estimate.
+
+    Both gradients are biased; the bias vanishes as ``tau -> 0`` while the variance grows. The
+    gradient reaches the distribution's parameters through ``y`` and any parameters of
+    ``loss_fn`` through the loss.
+
+    ``tau`` may be a :class:`~latentgrad.schedules.Schedule`; it is a submodule, so
+    ``state_dict`` checkpoints its step, and :meth:`step` advances it (call it once per
+    training step).
+
+    Args:
+        tau: temperature, a positive float or a schedule of positive values.
+        hard: forward the discrete sample (straight-through Gumbel-Softmax).
+        num_samples: samples ``S`` per batch element.
+        honest_value: with ``hard=False``, also evaluate the loss at the discrete samples so that
+            ``value`` estimates ``E_q[loss(z)]`` (ignored with ``hard=True``).
+
+    Returns:
+        :class:`~latentgrad.estimators._base.Estimate`; ``extras`` has ``"loss_evals"`` (``S``,
+        or ``2 S`` with ``honest_value``), ``"losses"`` (detached losses of the discrete samples
+        when the loss was evaluated there, of the relaxed ones otherwise), ``"relaxed_losses"``
+        (``hard=False`` only) and ``"tau"`` (the temperature used).
+
+    Shape:
+        ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(S,) + batch_shape``.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.estimators.relaxed import GumbelSoftmax
+        >>> from latentgrad.schedules import ExponentialDecay
+        >>> logits = torch.zeros(8, 20, 10, requires_grad=True)
+        >>> q = lg.Categorical(logits=logits).to_event(1)
+        >>> est = GumbelSoftmax(tau=ExponentialDecay(rate=1e-4, every=1000), hard=True)
+        >>> out = est(q, lambda z: z[..., 0].sum(-1))
+        >>> out.surrogate.mean().backward()
+        >>> out.value.shape, logits.grad.shape, est.step()
+        (torch.Size([8]), torch.Size([8, 20, 10]), 1.0)
+
+    References:
+        [1] Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+        [2] Maddison, Mnih & Teh, "The Concrete Distribution", ICLR 2017.
+    """
+
+    def __init__(
+        self,
+        tau: float | Schedule = 1.0,
+        hard: bool = False,
+        num_samples: int = 1,
+        honest_value: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(hard, bool):
+            raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
+        if not isinstance(honest_value, bool):
+            raise TypeError(f"honest_value must be a bool, got {type(honest_value).__name__}")
+        self.tau_schedule = _as_schedule(tau, "tau")
+        _current(self.tau_schedule, "tau")
+        self.hard = hard
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        self.honest_value = honest_value
+
+    @property
+    def tau(self) -> float:
+        """The current temperature."""
+        return _current(self.tau_schedule, "tau")
+
+    def step(self, n: int = 1) -> float:
+        """Advance the temperature schedule by ``n`` steps; return the new temperature."""
+        self.tau_schedule.step(n)
+        return self.tau
+
+    def extra_repr(self) -> str:
+        return f"hard={self.hard}, num_samples={self.num_samples}, honest_value={self.honest_value}"
+
+    def forward(
+        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    ) -> Estimate:
+        dist = check_distribution(dist)
+        loss_fn = check_loss_fn(loss_fn)
+        _check_relaxable(dist)
+        tau = self.tau
+        s = self.num_samples
+        batch_shape = dist.batch_shape
+        noise = dist.sample_noise((s,))
+        relaxed = dist.relaxed_from_noise(noise, tau)
+        extras: dict[str, object] = {"tau": tau}
+        if self.hard:
+            # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
+            z = dist.from_noise(noise) + zero_forward(relaxed)
+            losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
+            honest = losses
+            extras["loss_evals"] = s
+        elif self.honest_value:
+            z = dist.from_noise(noise).to(relaxed.dtype)
+            both = evaluate_loss(loss_fn, torch.cat([relaxed, z]), (2 * s,), batch_shape)
+            losses, honest = both[:s], both[s:]
+            extras["loss_evals"] = 2 * s
+            extras["relaxed_losses"] = losses.detach()
+        else:
+            losses = evaluate_loss(loss_fn, relaxed, (s,), batch_shape)
+            honest = losses
+            extras["loss_evals"] = s
+            extras["relaxed_losses"] = losses.detach()
+        extras["losses"] = honest.detach()
+        return Estimate(
+            value=honest.detach().mean(0),
+            surrogate=losses.mean(0),
+            per_sample=losses,
+            extras=extras,
+        )
+
+
+def _scaled_mean(dist: LatentDistribution, slope: float) -> Tensor:
+    """Mean of the family with logits ``slope * logits`` (the plain mean when ``slope == 1``)."""
+    base = _innermost(dist)
+    try:
+        if slope == 1.0:
+            return base.mean
+        with_logits = base.with_logits  # type: ignore[attr-defined]
+        logits = base.logits  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        raise TypeError(
+            f"dist ({type(base).__name__}) has no mean/with_logits for straight-through"
+        ) from None
+    # Scaled in float32 for half precision: slope * logits may overflow float16.
+    return with_logits(upcast(logits) * slope).mean.to(logits.dtype)
+
+
+class StraightThrough(nn.Module):
+    """Straight-through estimator: forward a discrete sample, backward ``dz/dmean = identity``.
+
+    The loss is evaluated at ``z + (p - p.detach())`` with ``z ~ q`` and ``p`` the mean of the
+    distribution with logits ``slope * logits`` (softmax probabilities for a categorical,
+    ``sigmoid(slope * a)`` for bits): the forward pass sees exactly ``z`` and the gradient
+    w.r.t. the parameters is ``(d loss / d z) (d p / d params)``. With ``slope = 1`` this is
+    unbiased when the loss is linear in ``z`` (and biased otherwise). Slope-annealed
+    straight-through lets the slope grow during training (``slope=LinearGrowth(...)``), which
+    makes ``p`` approach a step function.
+
+    Args:
+        slope: positive float or a schedule (a submodule; :meth:`step` advances it).
+        num_samples: samples ``S`` per batch element.
+
+    Returns:
+        :class:`~latentgrad.estimators._base.Estimate` whose ``value`` is the honest mean loss of
+        the samples; ``extras`` has ``"loss_evals"`` (``S``), ``"losses"`` and ``"slope"``.
+
+    Shape:
+        ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(S,) + batch_shape``.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.estimators.relaxed import StraightThrough
+        >>> from latentgrad.schedules import LinearGrowth
+        >>> logits = torch.zeros(4, 16, requires_grad=True)
+        >>> est = StraightThrough(slope=LinearGrowth(rate=0.01, maximum=5.0), num_samples=2)
+        >>> out = est(lg.Bernoulli(logits=logits), lambda z: z.sum(-1))
+        >>> out.surrogate.sum().backward()
+        >>> logits.grad[0, 0].item(), est.step(100)
+        (0.25, 2.0)
+
+    References:
+        [1] Bengio, Léonard & Courville, "Estimating or Propagating Gradients Through Stochastic
+            Neurons for Conditional Computation", arXiv 2013.
+        [2] Chung, Ahn & Bengio, "Hierarchical Multiscale Recurrent Neural Networks", ICLR 2017.
+        [3] Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+    """
+
+    def __init__(self, slope: float | Schedule = 1.0, num_samples: int = 1) -> None:
+        super().__init__()
+        self.slope_schedule = _as_schedule(slope, "slope")
+        _current(self.slope_schedule, "slope")
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+
+    @property
+    def slope(self) -> float:
+        """The current slope."""
+        return _current(self.slope_schedule, "slope")
+
+    def step(self, n: int = 1) -> float:
+        """Advance the slope schedule by ``n`` steps; return the new slope."""
+        self.slope_schedule.step(n)
+        return self.slope
+
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}"
+
+    def forward(
+        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    ) -> Estimate:
+        dist = check_distribution(dist)
+        loss_fn = check_loss_fn(loss_fn)
+        slope = self.slope
+        s = self.num_samples
+        p = _scaled_mean(dist, slope)
+        z = dist.sample((s,)) + zero_forward(p)
+        losses = evaluate_loss(loss_fn, z, (s,), dist.batch_shape)
+        return Estimate(
+            value=losses.detach().mean(0),
+            surrogate=losses.mean(0),
+            per_sample=losses,
+            extras={"loss_evals": s, "losses": losses.detach(), "slope": slope},
+        )

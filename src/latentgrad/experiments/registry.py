@@ -1,0 +1,85 @@
+"""Estimator names used by the command line, mapped to constructors.
+
+The library's estimators take typed arguments and never parse strings; this table is the one
+place where a name such as ``"sf-loo"`` becomes ``ScoreFunction(4, LeaveOneOut())``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from latentgrad.estimators._base import Estimator
+from latentgrad.estimators.baselines import NVIL, IndependentSample, LeaveOneOut, MovingAverage
+from latentgrad.estimators.local_reparam import LocalReparam
+from latentgrad.estimators.marginalize import Marginalize
+from latentgrad.estimators.muprop import DARN, MuProp
+from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough
+from latentgrad.estimators.score_function import ScoreFunction
+from latentgrad.estimators.sum_and_sample import SumAndSample
+from latentgrad.schedules import LinearGrowth
+
+
+@dataclass(frozen=True)
+class EstimatorEntry:
+    """A named estimator: a one-line description and a constructor.
+
+    ``build(context_features)`` returns a fresh estimator; ``context_features`` is the width of
+    the per-example features that input-dependent baselines (NVIL) read.
+    """
+
+    description: str
+    build: Callable[[int], Estimator]
+
+
+def _nvil_network(features: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(features, 100), nn.Tanh(), nn.Linear(100, 1))
+
+
+ESTIMATORS: dict[str, EstimatorEntry] = {
+    "exact": EstimatorEntry("exact sum over the support (Marginalize)", lambda f: Marginalize()),
+    "sf": EstimatorEntry("score function (REINFORCE), 1 sample", lambda f: ScoreFunction(1)),
+    "sf-ma": EstimatorEntry(
+        "score function, moving-average baseline", lambda f: ScoreFunction(1, MovingAverage())
+    ),
+    "sf-loo": EstimatorEntry(
+        "score function, 4 samples, leave-one-out baseline",
+        lambda f: ScoreFunction(4, LeaveOneOut()),
+    ),
+    "sfe+": EstimatorEntry(
+        "score function, baseline = loss of an independent sample (SFE+)",
+        lambda f: ScoreFunction(1, IndependentSample(1)),
+    ),
+    "nvil": EstimatorEntry(
+        "score function, learned input-dependent baseline (NVIL)",
+        lambda f: ScoreFunction(1, NVIL(_nvil_network(f))),
+    ),
+    "muprop": EstimatorEntry(
+        "MuProp (Taylor baseline at the mean-field point)", lambda f: MuProp()
+    ),
+    "darn": EstimatorEntry("DARN (Taylor signal at a fixed point, biased)", lambda f: DARN()),
+    "gs": EstimatorEntry("Gumbel-Softmax, tau = 1 (biased)", lambda f: GumbelSoftmax(tau=1.0)),
+    "st-gs": EstimatorEntry(
+        "straight-through Gumbel-Softmax, tau = 1 (biased)",
+        lambda f: GumbelSoftmax(tau=1.0, hard=True),
+    ),
+    "st": EstimatorEntry("straight-through (biased)", lambda f: StraightThrough()),
+    "annealed-st": EstimatorEntry(
+        "slope-annealed straight-through (biased)",
+        lambda f: StraightThrough(slope=LinearGrowth(initial=1.0, rate=1e-4, maximum=5.0)),
+    ),
+    "local-reparam": EstimatorEntry(
+        "local marginalization with common random numbers (Tokui & Sato)",
+        lambda f: LocalReparam(),
+    ),
+    "sum-and-sample": EstimatorEntry(
+        "sum the top-1 value, sample the rest (Liu et al.)", lambda f: SumAndSample(k=1)
+    ),
+}
+
+
+def describe(name: str) -> str:
+    """The one-line description of a registered estimator."""
+    return ESTIMATORS[name].description
