@@ -17,15 +17,9 @@ import time
 
 import torch
 
-from latentgrad.experiments.compare import (
-    build_for,
-    exact_problem_gradient,
-    gradient_samples,
-    make_problem,
-    run_estimator,
-    warm_up,
-)
+from latentgrad.experiments.compare import build_for, make_problem, run_once, warm_up
 from latentgrad.experiments.registry import ESTIMATORS
+from latentgrad.testing.problems import replicated_and_exact
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -47,11 +41,9 @@ def main() -> None:
     for family in args.problems:
         timing_problem = make_problem(family, batch=args.batch, seed=0, dtype=torch.float32)
         variance_problem = make_problem(family, seed=0)
-        exact = exact_problem_gradient(variance_problem)
         built = {}
         for name, entry in ESTIMATORS.items():
             built[name] = (build_for(entry, timing_problem), build_for(entry, variance_problem))
-        flat = torch.cat([timing_problem.logits.reshape(-1), timing_problem.theta]).unsqueeze(0)
         times: dict[str, list[float]] = {n: [] for n in built}
         names = list(built)
         for name in names:  # warm-up (also trains learned baselines a little)
@@ -59,9 +51,8 @@ def main() -> None:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                rep = flat.clone().requires_grad_(True)
                 start = time.perf_counter()
-                run_estimator(built[name][0], timing_problem, rep).surrogate.sum().backward()
+                run_once(built[name][0], timing_problem).surrogate.sum().backward()
                 times[name].append(1000 * (time.perf_counter() - start))
         print(f"\n== {family} (event {tuple(timing_problem.logits.shape[1:])}) ==")
         print(
@@ -72,7 +63,10 @@ def main() -> None:
             q1, med, q3 = quartiles(times[name])
             est = built[name][1]
             warm_up(est, variance_problem, 200)
-            grads, evals = gradient_samples(est, variance_problem, args.replicates)
+            evals = int(run_once(est, variance_problem).extras["loss_evals"])
+            grads, exact = replicated_and_exact(
+                variance_problem, est, args.replicates, chunk_size=1000
+            )
             bias = float((grads.mean(0) - exact).norm() / exact.norm())
             print(
                 f"{name:<16} {med:>14.3f} {f'[{q1:.3f}, {q3:.3f}]':>17} {evals:>6d} "

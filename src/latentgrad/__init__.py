@@ -1,4 +1,4 @@
-"""latentgrad: gradients through discrete and structured latent variables.
+"""latentgrad: gradients through discrete latent variables.
 
 A distribution, a loss function of a sample and an estimator give a surrogate loss whose
 gradient estimates ``grad E_{z~q}[loss(z)]``::
@@ -10,20 +10,66 @@ gradient estimates ``grad E_{z~q}[loss(z)]``::
 Importing latentgrad changes no global state.
 """
 
-from latentgrad import distributions, estimators, testing
-from latentgrad.distributions import Bernoulli, Categorical, Independent
-from latentgrad.estimators import Estimate, Estimator, Marginalize
+from latentgrad import distributions, estimators, schedules, testing
+from latentgrad.distributions import (
+    Bernoulli,
+    Categorical,
+    DiscreteDistribution,
+    Independent,
+    RelaxedBernoulli,
+    RelaxedCategorical,
+)
+from latentgrad.estimators import (
+    DARN,
+    NVIL,
+    Baseline,
+    BaselineOutput,
+    Estimate,
+    Estimator,
+    GumbelSoftmax,
+    IndependentSample,
+    LeaveOneOut,
+    LocalReparam,
+    Marginalize,
+    MovingAverage,
+    MuProp,
+    ScoreFunction,
+    StraightThrough,
+    SumAndSample,
+)
+from latentgrad.schedules import Constant, ExponentialDecay, LinearGrowth, Schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DARN",
+    "NVIL",
+    "Baseline",
+    "BaselineOutput",
     "Bernoulli",
     "Categorical",
+    "Constant",
+    "DiscreteDistribution",
     "Estimate",
     "Estimator",
+    "ExponentialDecay",
+    "GumbelSoftmax",
     "Independent",
+    "IndependentSample",
+    "LeaveOneOut",
+    "LinearGrowth",
+    "LocalReparam",
     "Marginalize",
+    "MovingAverage",
+    "MuProp",
+    "RelaxedBernoulli",
+    "RelaxedCategorical",
+    "Schedule",
+    "ScoreFunction",
+    "StraightThrough",
+    "SumAndSample",
     "distributions",
     "estimators",
+    "schedules",
     "testing",
 ]

@@ -56,7 +56,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         "rel. bias = |mean - exact| / |exact|; max |z| = largest per-coordinate bias in "
         "standard errors (biased: above the Bonferroni bound at alpha = 1e-5);\n"
         "grad var = mean per-coordinate variance of one estimate; evals = loss evaluations per "
-        "example and step; ms/step = median time of one forward+backward step.\n"
+        "example and step; var*evals = variance at equal cost;\nms/step = median time of one "
+        "forward+backward step (batch of 4 examples).\n"
     )
     print(format_table(rows))
     if args.json:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import latentgrad as lg
@@ -16,109 +14,14 @@ from latentgrad.estimators.score_function import ScoreFunction
 from latentgrad.testing import (
     assert_unbiased,
     exact_expectation,
-    exact_gradient,
-    replicated_gradients,
 )
+from latentgrad.testing.problems import GradientProblem, replicated_and_exact, small_problems
 
 F64 = torch.float64
 
 
-# -- three small problems: (a) Categorical K=4, (b) Bernoulli D=3 + network, (c) 3 units x 3 ---
-
-
-@dataclass
-class Problem:
-    """Parameters and how to build the distribution and the loss from (replicated) copies."""
-
-    name: str
-    logits: Tensor
-    theta: Tensor
-    make_dist: Callable[[Tensor], lg.distributions.DiscreteDistribution | lg.Independent]
-    make_loss: Callable[[Tensor], Callable[[Tensor], Tensor]]
-
-
-def _categorical_problem() -> Problem:
-    c = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0]], dtype=F64)
-
-    def make_loss(theta: Tensor) -> Callable[[Tensor], Tensor]:
-        def loss_fn(z: Tensor) -> Tensor:
-            s = (z * theta.unsqueeze(-2)).sum(-1)
-            t = (z * c).sum(-1)
-            return (s - 0.5) ** 2 + torch.sin(3 * t) + s * t
-
-        return loss_fn
-
-    return Problem(
-        "categorical",
-        torch.tensor([[0.3, -0.5, 1.0, 0.1], [-1.0, 0.4, 0.0, 0.7]], dtype=F64),
-        torch.tensor([0.5, -1.0, 2.0, 0.3], dtype=F64),
-        lambda logits: lg.Categorical(logits=logits),
-        make_loss,
-    )
-
-
-def _bernoulli_problem() -> Problem:
-    g = torch.Generator().manual_seed(123)
-    b1 = torch.randn(4, generator=g, dtype=F64)
-    w2 = torch.randn(4, generator=g, dtype=F64)
-
-    def make_loss(w1: Tensor) -> Callable[[Tensor], Tensor]:
-        def loss_fn(z: Tensor) -> Tensor:
-            h = torch.tanh((z.unsqueeze(-1) * w1).sum(-2) + b1)
-            return F.softplus(h @ w2 + 0.3) + 0.5 * (h**2).sum(-1)
-
-        return loss_fn
-
-    return Problem(
-        "bernoulli",
-        torch.tensor([0.2, -0.7, 1.1], dtype=F64),
-        torch.randn(3, 4, generator=g, dtype=F64),
-        lambda logits: lg.Bernoulli(logits=logits),
-        make_loss,
-    )
-
-
-def _units_problem() -> Problem:
-    def make_loss(theta: Tensor) -> Callable[[Tensor], Tensor]:
-        def loss_fn(z: Tensor) -> Tensor:
-            a = (z * theta).sum(-1)
-            return (a.sum(-1) - 1) ** 2 + a[..., 0] * a[..., 1] + torch.sin(2 * a[..., 2])
-
-        return loss_fn
-
-    return Problem(
-        "units",
-        torch.tensor([[0.5, -0.2, 0.0], [1.0, 0.3, -0.8], [-0.4, 0.9, 0.2]], dtype=F64),
-        torch.tensor([[1.0, -0.5, 0.3], [0.2, 0.8, -1.2], [-0.6, 0.4, 1.5]], dtype=F64),
-        lambda logits: lg.Categorical(logits=logits).to_event(1),
-        make_loss,
-    )
-
-
-PROBLEMS = [_categorical_problem(), _bernoulli_problem(), _units_problem()]
-
-
-def replicated_and_exact(
-    problem: Problem, estimator: Callable, num_replicates: int
-) -> tuple[Tensor, Tensor]:
-    """Replicated gradient estimates w.r.t. (logits, theta) packed, and the exact gradient."""
-    n_logits = problem.logits.numel()
-    packed = torch.cat([problem.logits.flatten(), problem.theta.flatten()])
-
-    def surrogate_fn(rep: Tensor) -> Tensor:
-        r = rep.shape[0]
-        logits = rep[:, :n_logits].reshape(r, *problem.logits.shape)
-        theta = rep[:, n_logits:].reshape(r, *problem.theta.shape)
-        out = estimator(problem.make_dist(logits), problem.make_loss(theta))
-        return out.surrogate.reshape(r, -1).sum(1)
-
-    grads = replicated_gradients(surrogate_fn, packed, num_replicates)
-    logits = problem.logits.clone().requires_grad_(True)
-    theta = problem.theta.clone().requires_grad_(True)
-    exact = exact_gradient(
-        lambda: problem.make_dist(logits), problem.make_loss(theta), [logits, theta]
-    )
-    return grads, torch.cat([g.flatten() for g in exact])
+Problem = GradientProblem
+PROBLEMS = small_problems()
 
 
 # -- unbiasedness --------------------------------------------------------------------------------

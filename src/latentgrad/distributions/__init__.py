@@ -3,6 +3,7 @@
 from latentgrad.distributions._base import DiscreteDistribution, Independent, LocalVariants
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.categorical import Categorical
+from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 
 __all__ = [
     "Bernoulli",
@@ -10,4 +11,6 @@ __all__ = [
     "DiscreteDistribution",
     "Independent",
     "LocalVariants",
+    "RelaxedBernoulli",
+    "RelaxedCategorical",
 ]

@@ -1,6 +1,6 @@
 """Bias, variance and cost of every estimator on small problems with exact gradients.
 
-Each problem is a latent ``z ~ q_phi`` (a categorical, a bit-vector, or a few categoricals) and a
+Built on :mod:`latentgrad.testing.problems`. Each problem is a latent ``z ~ q_phi`` (a categorical, a bit-vector, or a few categoricals) and a
 small tanh network ``f_theta(z)`` regressed on a target; its exact gradient w.r.t. ``(phi, theta)``
 comes from enumerating the support. Every estimator is run many times independently (the
 replicates are extra batch elements, so one backward pass gives them all) and compared with it.
@@ -18,85 +18,62 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, Categorical
-from latentgrad.estimators._base import Estimator, LatentDistribution
+from latentgrad.estimators._base import Estimate, Estimator, LatentDistribution
 from latentgrad.experiments.registry import EstimatorEntry
-from latentgrad.testing import check_unbiased, exact_gradient, replicated_gradients
+from latentgrad.testing import check_unbiased
+from latentgrad.testing.problems import (
+    GradientProblem,
+    packed_parameters,
+    replicated_and_exact,
+    run_replicated,
+)
 
 HIDDEN = 8
+SHAPES = {"categorical": (10,), "bernoulli": (8,), "factorized": (3, 4)}
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A latent family with fixed scores, a tanh-network loss and NVIL context features.
+def _network_loss(event_shape: tuple[int, ...], target: Tensor):
+    """``theta -> loss_fn``: ``(tanh(W z + b) . v - target)^2`` with ``theta = (W, b, v)``."""
+    e, h = math.prod(event_shape), HIDDEN
 
-    Attributes:
-        name: short identifier.
-        family: ``"categorical"``, ``"bernoulli"`` or ``"factorized"``.
-        logits: the scores ``phi``, shape ``(B,) + score_shape``.
-        theta: the loss network's parameters, flattened.
-        target: regression target per example, shape ``(B,)``.
-        context: per-example features for input-dependent baselines, shape ``(B, C)``.
+    def make_loss(theta: Tensor) -> Callable[[Tensor], Tensor]:
+        lead = theta.shape[:-1]  # replicate dim (or none)
+        w = theta[..., : h * e].reshape((*lead, 1, h, e))
+        b = theta[..., h * e : h * e + h].reshape((*lead, 1, h))
+        v = theta[..., h * e + h :].reshape((*lead, 1, h))
+
+        def loss_fn(z: Tensor) -> Tensor:
+            flat = z.reshape((*z.shape[: z.dim() - len(event_shape)], e, 1))
+            hidden = torch.tanh((w @ flat).squeeze(-1) + b)
+            return ((hidden * v).sum(-1) - target) ** 2
+
+        return loss_fn
+
+    return make_loss
+
+
+def make_problem(
+    family: str, batch: int = 4, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> GradientProblem:
+    """A problem of the given family with random scores, tanh network, target and context.
+
+    ``categorical``: K = 10; ``bernoulli``: D = 8 bits; ``factorized``: 3 categoricals of 4
+    classes as one latent (``to_event(1)``). ``batch`` examples, 5 context features each.
     """
-
-    name: str
-    family: str
-    logits: Tensor
-    theta: Tensor
-    target: Tensor
-    context: Tensor
-
-    @property
-    def event_size(self) -> int:
-        return self.logits[0].numel()
-
-    def dist(self, logits: Tensor) -> LatentDistribution:
-        """The latent distribution for scores with any leading batch dims."""
-        if self.family == "categorical":
-            return Categorical(logits=logits)
-        if self.family == "bernoulli":
-            return Bernoulli(logits=logits)
-        return Categorical(logits=logits).to_event(1)
-
-    def loss(self, z: Tensor, theta: Tensor) -> Tensor:
-        """``(tanh(W z + b) . v - target)^2`` with ``theta`` batched like the replicates.
-
-        Shape:
-            ``z``: ``(*S, R, B) + event_shape``; ``theta``: ``(R, P)``; returns ``(*S, R, B)``.
-        """
-        e, h = self.event_size, HIDDEN
-        r = theta.shape[0]
-        w = theta[:, : h * e].reshape(r, h, e)
-        b = theta[:, h * e : h * e + h].reshape(r, 1, h)
-        v = theta[:, h * e + h :].reshape(r, 1, h)
-        flat = z.reshape((*z.shape[: z.dim() - len(self.logits.shape[1:])], e))
-        hidden = torch.tanh(torch.einsum("...rbe,rhe->...rbh", flat, w) + b)
-        return ((hidden * v).sum(-1) - self.target) ** 2
-
-
-def make_problem(family: str, batch: int = 4, seed: int = 0, dtype=torch.float64) -> Problem:
-    """A small problem of the given family with random scores, network and target."""
+    if family not in SHAPES:
+        raise ValueError(f"family must be one of {sorted(SHAPES)}, got {family!r}")
     g = torch.Generator().manual_seed(seed)
-    shapes = {"categorical": (10,), "bernoulli": (8,), "factorized": (3, 4)}
-    if family not in shapes:
-        raise ValueError(f"family must be one of {sorted(shapes)}, got {family!r}")
-    logits = torch.randn((batch, *shapes[family]), generator=g, dtype=dtype)
-    e = math.prod(shapes[family])
-    theta = torch.randn(HIDDEN * e + 2 * HIDDEN, generator=g, dtype=dtype)
+    shape = SHAPES[family]
+    logits = torch.randn((batch, *shape), generator=g, dtype=dtype)
+    theta = torch.randn(HIDDEN * math.prod(shape) + 2 * HIDDEN, generator=g, dtype=dtype)
     target = 2 * torch.randn(batch, generator=g, dtype=dtype)
     context = torch.randn(batch, 5, generator=g, dtype=dtype)
-    return Problem(family, family, logits, theta, target, context)
-
-
-def exact_problem_gradient(problem: Problem) -> Tensor:
-    """Exact gradient of ``sum_b E_q[loss]`` w.r.t. ``(phi, theta)``, flattened."""
-    logits = problem.logits.clone().requires_grad_(True)
-    theta = problem.theta.clone().requires_grad_(True)
-    g_phi, g_theta = exact_gradient(
-        lambda: problem.dist(logits.unsqueeze(0)),
-        lambda z: problem.loss(z, theta.unsqueeze(0)),
-        [logits, theta],
-    )
-    return torch.cat([g_phi.reshape(-1), g_theta])
+    make_dist: Callable[[Tensor], LatentDistribution] = {
+        "categorical": lambda x: Categorical(logits=x),
+        "bernoulli": lambda x: Bernoulli(logits=x),
+        "factorized": lambda x: Categorical(logits=x).to_event(1),
+    }[family]
+    return GradientProblem(family, logits, theta, make_dist, _network_loss(shape, target), context)
 
 
 @dataclass
@@ -116,57 +93,35 @@ class Row:
         return asdict(self)
 
 
-def _split(problem: Problem, flat: Tensor) -> tuple[Tensor, Tensor]:
-    n_phi = problem.logits.numel()
-    r = flat.shape[0]
-    return flat[:, :n_phi].reshape((r, *problem.logits.shape)), flat[:, n_phi:]
+def run_once(
+    estimator: Estimator, problem: GradientProblem, requires_grad: bool = True
+) -> Estimate:
+    """One estimator call on the problem's own parameters (a replicate dim of size 1)."""
+    packed = packed_parameters(problem).unsqueeze(0).requires_grad_(requires_grad)
+    return run_replicated(problem, estimator, packed)
 
 
-def run_estimator(estimator: Estimator, problem: Problem, flat: Tensor):
-    logits, theta = _split(problem, flat)
-    context = problem.context.expand((flat.shape[0], *problem.context.shape))
-    return estimator(problem.dist(logits), lambda z: problem.loss(z, theta), context=context)
-
-
-def warm_up(estimator: Estimator, problem: Problem, steps: int) -> None:
+def warm_up(estimator: Estimator, problem: GradientProblem, steps: int) -> None:
     """Train an estimator's own parameters (learned baselines) before measuring it."""
     if not isinstance(estimator, nn.Module):
         return
     params = [p for p in estimator.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-2) if params else None
-    flat = torch.cat([problem.logits.reshape(-1), problem.theta]).unsqueeze(0)
+    packed = packed_parameters(problem).unsqueeze(0).expand(64, -1)
     for _ in range(steps):
-        out = run_estimator(estimator, problem, flat.expand(64, -1))
+        out = run_replicated(problem, estimator, packed)
         if optimizer is not None:
             optimizer.zero_grad()
             out.surrogate.sum().backward()
             optimizer.step()
 
 
-def gradient_samples(
-    estimator: Estimator, problem: Problem, replicates: int, chunk: int = 1000
-) -> tuple[Tensor, int]:
-    """Independent gradient estimates ``(replicates, P)`` and the loss evaluations per step."""
-    evals: list[int] = []
-
-    def surrogate(rep: Tensor) -> Tensor:
-        out = run_estimator(estimator, problem, rep)
-        evals.append(int(out.extras["loss_evals"]))
-        return out.surrogate
-
-    param = torch.cat([problem.logits.reshape(-1), problem.theta])
-    grads = replicated_gradients(surrogate, param, replicates, chunk_size=chunk)
-    return grads, evals[0]
-
-
-def time_step(estimator: Estimator, problem: Problem, repeats: int = 30) -> float:
+def time_step(estimator: Estimator, problem: GradientProblem, repeats: int = 30) -> float:
     """Median milliseconds of one forward+backward step on the problem's batch."""
-    flat = torch.cat([problem.logits.reshape(-1), problem.theta]).unsqueeze(0)
     times = []
     for _ in range(repeats):
-        rep = flat.clone().requires_grad_(True)
         start = time.perf_counter()
-        run_estimator(estimator, problem, rep).surrogate.sum().backward()
+        run_once(estimator, problem).surrogate.sum().backward()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
@@ -174,15 +129,15 @@ def time_step(estimator: Estimator, problem: Problem, repeats: int = 30) -> floa
 def evaluate(
     name: str,
     estimator: Estimator,
-    problem: Problem,
-    exact: Tensor,
+    problem: GradientProblem,
     replicates: int,
     alpha: float = 1e-5,
     warmup: int = 200,
 ) -> Row:
     """Bias (relative norm and max z-score), mean per-coordinate variance and cost."""
     warm_up(estimator, problem, warmup)
-    grads, evals = gradient_samples(estimator, problem, replicates)
+    evals = int(run_once(estimator, problem, requires_grad=False).extras["loss_evals"])
+    grads, exact = replicated_and_exact(problem, estimator, replicates, chunk_size=1000)
     mean = grads.mean(0)
     check = check_unbiased(grads, exact, alpha=alpha)
     return Row(
@@ -204,7 +159,7 @@ def compare(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[Row]:
-    """Run every estimator on every problem; estimators that do not apply are skipped.
+    """Run every estimator on every problem.
 
     Args:
         estimators: name -> registry entry (its constructor takes the context width, so learned
@@ -217,20 +172,16 @@ def compare(
     rows: list[Row] = []
     for family in families:
         problem = make_problem(family, seed=seed)
-        exact = exact_problem_gradient(problem)
         for name, entry in estimators.items():
             torch.manual_seed(seed)
             estimator = build_for(entry, problem)
             if progress is not None:
                 progress(f"{family}: {name}")
-            try:
-                rows.append(evaluate(name, estimator, problem, exact, replicates))
-            except TypeError:
-                continue  # a hook this family does not provide
+            rows.append(evaluate(name, estimator, problem, replicates))
     return rows
 
 
-def build_for(entry: EstimatorEntry, problem: Problem) -> Estimator:
+def build_for(entry: EstimatorEntry, problem: GradientProblem) -> Estimator:
     """A fresh estimator from a registry entry, in the problem's dtype."""
     estimator = entry.build(problem.context.shape[-1])
     if isinstance(estimator, nn.Module):
@@ -242,13 +193,14 @@ def format_table(rows: Sequence[Row]) -> str:
     """A fixed-width table of the rows, grouped by problem."""
     header = (
         f"{'problem':<12} {'estimator':<16} {'rel. bias':>9} {'max |z|':>8} {'biased':>6} "
-        f"{'grad var':>10} {'evals':>5} {'ms/step':>8}"
+        f"{'grad var':>10} {'evals':>5} {'var*evals':>10} {'ms/step':>8}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r.problem:<12} {r.estimator:<16} {r.relative_bias:>9.4f} {r.max_bias_z:>8.2f} "
             f"{'yes' if r.biased else 'no':>6} {r.mean_variance:>10.3g} {r.loss_evals:>5d} "
+            f"{r.mean_variance * r.loss_evals:>10.3g} "
             f"{r.ms_per_step:>8.2f}"
         )
     return "\n".join(lines)
