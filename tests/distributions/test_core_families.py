@@ -169,3 +169,33 @@ def test_bernoulli_sampling_frequencies_match_probabilities():
     se = (probs * (1 - probs) / n).sqrt()
     z_crit = lg.testing.bonferroni_z(1e-5, 3)
     assert ((z.mean(0) - probs).abs() <= z_crit * se).all()
+
+
+@pytest.mark.parametrize("name", ["categorical", "bernoulli", "independent"])
+def test_kl_divergence_matches_enumeration(name):
+    p = _families()[name]
+    g = torch.Generator().manual_seed(5)
+    other = {
+        "categorical": lambda: lg.Categorical(
+            logits=torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+        ),
+        "bernoulli": lambda: lg.Bernoulli(
+            logits=torch.randn(2, 3, generator=g, dtype=torch.float64)
+        ),
+        "independent": lambda: lg.Categorical(
+            logits=torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+        ).to_event(1),
+    }[name]()
+    values, probs = p.support_probs()
+    expected = (probs * (probs.log() - other.log_prob(values))).sum(0)
+    torch.testing.assert_close(torch.distributions.kl_divergence(p, other), expected)
+
+
+def test_kl_with_zero_probabilities_is_finite_or_inf_as_it_should():
+    p = lg.Categorical(logits=torch.tensor([0.0, -torch.inf, 0.0], requires_grad=True))
+    q = lg.Categorical(logits=torch.tensor([0.0, 0.0, 0.0]))
+    kl = torch.distributions.kl_divergence(p, q)
+    assert torch.isfinite(kl)
+    kl.backward()
+    assert torch.isfinite(p.logits.grad).all()
+    assert torch.distributions.kl_divergence(q, p).item() == float("inf")

@@ -1,5 +1,6 @@
 """Families of discrete latent values (``torch.distributions``-compatible)."""
 
+from latentgrad.distributions import kl  # noqa: F401  (registers closed-form KL divergences)
 from latentgrad.distributions._base import DiscreteDistribution, Independent, LocalVariants
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.categorical import Categorical
