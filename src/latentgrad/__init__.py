@@ -10,7 +10,7 @@ gradient estimates ``grad E_{z~q}[loss(z)]``::
 Importing latentgrad changes no global state.
 """
 
-from latentgrad import distributions, estimators, schedules, testing
+from latentgrad import distributions, estimators, mappings, schedules, testing
 from latentgrad.distributions import (
     Bernoulli,
     Categorical,
@@ -18,6 +18,7 @@ from latentgrad.distributions import (
     Independent,
     RelaxedBernoulli,
     RelaxedCategorical,
+    SparsemaxCategorical,
 )
 from latentgrad.estimators import (
     DARN,
@@ -37,6 +38,7 @@ from latentgrad.estimators import (
     StraightThrough,
     SumAndSample,
 )
+from latentgrad.mappings import entmax15, sparsemax, sparsemax_loss
 from latentgrad.schedules import Constant, ExponentialDecay, LinearGrowth, Schedule
 
 __version__ = "0.1.0"
@@ -66,10 +68,15 @@ __all__ = [
     "RelaxedCategorical",
     "Schedule",
     "ScoreFunction",
+    "SparsemaxCategorical",
     "StraightThrough",
     "SumAndSample",
     "distributions",
+    "entmax15",
     "estimators",
+    "mappings",
     "schedules",
+    "sparsemax",
+    "sparsemax_loss",
     "testing",
 ]

@@ -5,6 +5,7 @@ from latentgrad.distributions._base import DiscreteDistribution, Independent, Lo
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
+from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
 __all__ = [
     "Bernoulli",
@@ -14,4 +15,5 @@ __all__ = [
     "LocalVariants",
     "RelaxedBernoulli",
     "RelaxedCategorical",
+    "SparsemaxCategorical",
 ]

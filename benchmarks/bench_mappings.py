@@ -1,0 +1,152 @@
+"""Forward + backward time of latentgrad's sparse mappings against the ``entmax`` package.
+
+Contenders, per shape ``(rows, n)`` of float32 scores normalized along the last dimension:
+
+* sparsemax: ``latentgrad`` vs ``entmax.sparsemax`` vs ``torch.softmax`` (the floor);
+* 1.5-entmax: ``latentgrad`` vs ``entmax.entmax15``.
+
+One timing is ``y = f(x); y.backward(g)`` on one thread. Rounds are interleaved: each round times
+every contender once, and the order cycles through all permutations of the contenders, so that
+background load and the state left by the previous call (caches, allocator) hit all of them
+alike (a plain rotation would keep each contender's predecessor fixed). The table reports the
+median and interquartile range over rounds in ms, and the ratio of medians latentgrad / entmax.
+
+Usage::
+
+    python benchmarks/bench_mappings.py                 # the default shapes
+    python benchmarks/bench_mappings.py --seconds 2 --shapes 1024x10 64x10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from latentgrad.mappings import entmax15, sparsemax
+
+try:
+    import entmax as entmax_pkg
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise SystemExit(
+        "this benchmark needs the entmax package: pip install 'latentgrad[bench]'"
+    ) from err
+
+Mapping = Callable[[torch.Tensor], torch.Tensor]
+
+DEFAULT_SHAPES = ((1024, 10), (1024, 100), (256, 1000), (64, 10000))
+
+
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, -1)
+
+
+GROUPS: dict[str, dict[str, Mapping]] = {
+    "sparsemax": {
+        "latentgrad": sparsemax,
+        "entmax": entmax_pkg.sparsemax,
+        "softmax": _softmax,
+    },
+    "entmax15": {
+        "latentgrad": entmax15,
+        "entmax": entmax_pkg.entmax15,
+    },
+}
+
+
+def _once(fn: Mapping, x: torch.Tensor, g: torch.Tensor, inner: int = 1) -> float:
+    """Seconds per call of ``inner`` back-to-back forward + backward calls."""
+    total = 0.0
+    for _ in range(inner):
+        x.grad = None
+        start = time.perf_counter()
+        fn(x).backward(g)
+        total += time.perf_counter() - start
+    return total / inner
+
+
+def bench_shape(
+    contenders: dict[str, Mapping],
+    shape: tuple[int, int],
+    seconds: float,
+    min_rounds: int,
+    inner: int = 1,
+) -> dict[str, list[float]]:
+    """Interleaved timings (seconds) of every contender at one shape."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).requires_grad_(True)
+    g = torch.randn(shape, generator=gen)
+    names = list(contenders)
+    # Same outputs before timing anything (softmax is the floor, not a competitor).
+    reference = contenders["entmax"](x).detach()
+    torch.testing.assert_close(contenders["latentgrad"](x).detach(), reference)
+    for name in names:  # warm up allocator and dispatch caches
+        for _ in range(3):
+            _once(contenders[name], x, g)
+    per_round = sum(_once(contenders[name], x, g, inner) for name in names)
+    rounds = max(min_rounds, int(seconds / max(per_round, 1e-9)))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    orders = list(itertools.permutations(names))
+    for r in range(rounds):
+        for name in orders[r % len(orders)]:
+            times[name].append(_once(contenders[name], x, g, inner))
+    return times
+
+
+def _summary(ts: list[float]) -> tuple[float, float]:
+    q1, med, q3 = statistics.quantiles(ts, n=4, method="inclusive")
+    return med * 1e3, (q3 - q1) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="time budget per shape and group"
+    )
+    parser.add_argument("--min-rounds", type=int, default=25)
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=[f"{r}x{n}" for r, n in DEFAULT_SHAPES],
+        help="shapes as ROWSxN",
+    )
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument(
+        "--inner",
+        type=int,
+        default=1,
+        help="back-to-back calls per contender and round (1: every call follows another "
+        "contender, as inside a model; more: warm caches, as in a tight loop)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+
+    print(
+        f"torch {torch.__version__}, 1 thread, float32, forward + backward, "
+        f"{args.inner} call(s) per contender and round; median [IQR] in ms"
+    )
+    for group in args.groups:
+        contenders = GROUPS[group]
+        names = list(contenders)
+        header = ["shape", *names, "latentgrad/entmax", "rounds"]
+        print(f"\n{group}\n")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for shape in shapes:
+            times = bench_shape(contenders, shape, args.seconds, args.min_rounds, args.inner)  # type: ignore[arg-type]
+            stats = {name: _summary(times[name]) for name in names}
+            cells = [f"{stats[n][0]:.3f} [{stats[n][1]:.3f}]" for n in names]
+            ratio = stats["latentgrad"][0] / stats["entmax"][0]
+            rounds = len(times[names[0]])
+            print(
+                f"| {shape[0]}x{shape[1]} | " + " | ".join(cells) + f" | {ratio:.2f} | {rounds} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Categorical distribution with sparsemax probabilities: most categories have probability 0."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from latentgrad._numerics import gumbel_noise, safe_log, upcast, xlogx_safe
+from latentgrad._validation import check_positive, check_scores
+from latentgrad.distributions._base import DiscreteDistribution, LocalVariants
+from latentgrad.distributions.categorical import one_hot_like
+from latentgrad.mappings._sparsemax import _check_k, sparsemax
+
+
+class SparsemaxCategorical(DiscreteDistribution):
+    """Categorical distribution over one-hot vectors with ``q(z = e_c) = sparsemax(scores)_c``.
+
+    Sparsemax gives exact zeros, so the support is usually a handful of categories. That makes
+    exact marginalization cheap: :meth:`support_probs` returns only the values of nonzero
+    probability and :class:`~latentgrad.estimators.marginalize.Marginalize` evaluates the loss
+    on those alone, giving the exact, deterministic gradient at the cost of the support size
+    (Correia et al. 2020). Sampling uses the Gumbel-max trick on ``log q``, so
+    :meth:`from_noise` and :meth:`relaxed_from_noise` share the same noise; categories of
+    probability 0 are never sampled and get exactly 0 in relaxed samples.
+
+    Conventions follow :class:`~latentgrad.distributions.categorical.Categorical`: one-hot
+    events of shape ``(K,)`` in the dtype of ``scores``, any batch shape, ``-inf`` scores allowed.
+    The probabilities are computed once and cached with their autograd graph (as
+    ``torch.distributions`` caches ``probs``), so build a new instance for each backward pass.
+
+    Args:
+        scores: unnormalized scores, shape ``batch_shape + (K,)``; NaN and ``+inf`` are rejected,
+            and so is a row that is ``-inf`` everywhere.
+        k: partial sorting hint passed to :func:`~latentgrad.mappings.sparsemax`.
+        validate_args: kept for ``torch.distributions`` compatibility; argument checks always run.
+
+    Shape:
+        ``batch_shape = scores.shape[:-1]``, ``event_shape = (K,)``.
+
+    Example:
+        >>> import torch
+        >>> q = SparsemaxCategorical(torch.tensor([[2.0, 1.5, -1.0, 0.0]]))
+        >>> q.probs
+        tensor([[0.7500, 0.2500, 0.0000, 0.0000]])
+        >>> values, probs = q.support_probs()
+        >>> values.shape, probs.squeeze(-1)
+        (torch.Size([2, 1, 4]), tensor([0.7500, 0.2500]))
+
+    References:
+        [1] Martins & Astudillo, "From Softmax to Sparsemax: A Sparse Model of Attention and
+            Multi-Label Classification", ICML 2016.
+        [2] Correia, Niculae, Aziz & Martins, "Efficient Marginalization of Discrete and
+            Structured Latent Variables via Sparsity", NeurIPS 2020.
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "scores": constraints.real_vector
+    }
+    support = constraints.one_hot
+    has_rsample = False
+    _param_names = ("scores",)
+
+    def __init__(
+        self, scores: Tensor, k: int | None = None, validate_args: bool | None = None
+    ) -> None:
+        self.scores = check_scores(scores, "scores")
+        self.k = _check_k(k)
+        super().__init__(self.scores.shape[:-1], self.scores.shape[-1:], validate_args=False)
+
+    def _copy_extra_state(self, new: DiscreteDistribution) -> None:
+        new.k = self.k  # type: ignore[attr-defined]
+
+    @property
+    def num_categories(self) -> int:
+        return self.scores.shape[-1]
+
+    @property
+    def probs(self) -> Tensor:
+        """``sparsemax(scores)``, shape ``batch_shape + (K,)``; differentiable, mostly zeros.
+
+        Computed once per instance (every hook needs it, and each computation sorts), with grad
+        enabled so that a first use under ``no_grad`` (sampling) does not cache a detached value.
+        """
+        cached: Tensor | None = self.__dict__.get("_probs")
+        if cached is None:
+            with torch.enable_grad():
+                cached = sparsemax(self.scores, -1, self.k)
+            self.__dict__["_probs"] = cached
+        return cached
+
+    @property
+    def log_probs(self) -> Tensor:
+        """``log q`` (``-inf`` outside the support, finite gradient), shape ``batch_shape + (K,)``."""
+        return safe_log(upcast(self.probs)).to(self.scores.dtype)
+
+    @property
+    def logits(self) -> Tensor:
+        """Normalized log-probabilities, as ``torch.distributions.Categorical.logits``."""
+        return self.log_probs
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return p * (1 - p)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-probability of one-hot values, shape ``sample_shape + batch_shape``.
+
+        ``-inf`` for values outside the support; the gradient is finite everywhere.
+        """
+        sample_batch = self._sample_batch_shape(value)
+        index = value.argmax(-1, keepdim=True)
+        log_probs = self.log_probs.expand((*sample_batch, self.num_categories))
+        return log_probs.gather(-1, index).squeeze(-1)
+
+    def entropy(self) -> Tensor:
+        """Shannon entropy ``-sum_c q_c log q_c`` over the support (zeros are skipped)."""
+        p = upcast(self.probs)
+        return -xlogx_safe(p, safe_log(p)).sum(-1).to(self.scores.dtype)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """All ``K`` one-hot values (most with probability 0; see :meth:`support_probs`)."""
+        k = self.num_categories
+        values = torch.eye(k, dtype=self.scores.dtype, device=self.scores.device)
+        values = values.reshape((k,) + (1,) * len(self.batch_shape) + (k,))
+        if expand:
+            values = values.expand((k, *self.batch_shape, k))
+        return values
+
+    def support_size(self) -> int:
+        """The largest number of nonzero probabilities over the batch (at least 1)."""
+        cached: int | None = self.__dict__.get("_support_size")
+        if cached is None:
+            counts = (self.probs > 0).sum(-1)
+            cached = int(counts.max()) if counts.numel() else 1
+            self.__dict__["_support_size"] = cached
+        return cached
+
+    def support_probs(self) -> tuple[Tensor, Tensor]:
+        """The values of nonzero probability and their probabilities.
+
+        Every batch element gets the ``S = support_size()`` categories of highest probability:
+        all of its support, padded with categories of probability 0 where its support is
+        smaller than the largest one in the batch.
+
+        Returns:
+            ``(values, probs)`` of shapes ``(S,) + batch_shape + (K,)`` (one-hot) and
+            ``(S,) + batch_shape``; ``probs`` is differentiable through sparsemax.
+        """
+        p = self.probs
+        size = self.support_size()
+        index = p.detach().topk(size, dim=-1).indices
+        probs = p.gather(-1, index).movedim(-1, 0)
+        values = one_hot_like(index.movedim(-1, 0), self.num_categories, self.scores)
+        return values, probs
+
+    def sample_noise(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Standard Gumbel noise, shape ``sample_shape + batch_shape + (K,)``."""
+        return gumbel_noise(torch.Size(sample_shape) + self.scores.shape, self.scores)
+
+    def from_noise(self, noise: Tensor) -> Tensor:
+        """``one_hot(argmax(log q + G))``: Gumbel-max, never a category of probability 0."""
+        index = (safe_log(upcast(self.probs.detach())) + noise).argmax(-1)
+        return one_hot_like(index, self.num_categories, self.scores)
+
+    def relaxed_from_noise(self, noise: Tensor, tau: float) -> Tensor:
+        """``softmax((log q + G) / tau)``: Gumbel-Softmax on the support, exactly 0 elsewhere.
+
+        Shape:
+            ``noise.shape``; differentiable in ``scores`` with finite gradients.
+        """
+        tau = check_positive(tau, "tau")
+        y = torch.softmax((safe_log(upcast(self.probs)) + noise) / tau, dim=-1)
+        return y.to(self.scores.dtype)
+
+    def mode(self) -> Tensor:  # type: ignore[override]
+        """The most likely one-hot value (ties broken towards the lowest index)."""
+        return one_hot_like(self.probs.argmax(-1), self.num_categories, self.scores)
+
+    @property
+    def unit_shape(self) -> torch.Size:
+        return torch.Size()
+
+    def local_variants(self, z: Tensor) -> LocalVariants:
+        """The ``K - 1`` other one-hot values of each sample, with their probabilities."""
+        k = self.num_categories
+        sample_batch = self._sample_batch_shape(z)
+        index = z.argmax(-1)
+        others = torch.arange(k - 1, device=z.device).reshape((k - 1,) + (1,) * len(sample_batch))
+        others = others + (others >= index).long()  # skip the sampled value
+        probs = self.probs.expand((*sample_batch, k))
+        changed = probs.gather(-1, others.movedim(0, -1)).movedim(-1, 0)
+        base = probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        return LocalVariants(one_hot_like(others, k, z), changed, base)

@@ -1,0 +1,555 @@
+"""Sparsemax: the Euclidean projection of scores onto the probability simplex, and its loss.
+
+``sparsemax(x) = argmin_{p in simplex} ||p - x||^2`` has the closed form ``p_i = max(x_i - tau, 0)``
+where the threshold ``tau`` makes ``p`` sum to one. Unlike softmax, most entries are exactly zero,
+which is what lets :class:`~latentgrad.estimators.marginalize.Marginalize` sum over a handful of
+values instead of all of them.
+
+The threshold is computed exactly from sorted scores. Sorting is the expensive part (and slow on
+CPU for rows beyond a few dozen entries), so long rows are first pruned to a small candidate set
+that provably contains the support, and only the candidates are sorted. Short rows are sorted
+whole, and everything around the sort is written to launch as few tensor operations as possible,
+because on small inputs the per-operation overhead is what one pays.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from latentgrad._numerics import upcast
+
+#: Rows at most this long are sorted whole; longer ones are pruned to candidates first.
+_SORT_MAX = 20
+
+#: Michelot steps that shrink the candidate set before it is sorted (one pass over ``x`` each).
+_PRUNE_STEPS = 2
+
+
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def _apply(function: type[torch.autograd.Function], *args: Any) -> Any:
+    """``function.apply(*args)`` without the Python overhead of ``Function.apply``.
+
+    For Functions with ``setup_context``, ``Function.apply`` binds default arguments with
+    ``inspect.signature`` on every call, which costs over a tenth of a whole sparsemax forward
+    and backward on a (1024, 10) input. The Functions here have no defaults (those live in the
+    wrappers), so outside functorch transforms the C++ ``apply`` that ``Function.apply`` ends up
+    calling is called directly; under transforms (or if torch changes) it is used as is.
+    """
+    if _functorch_active is None or _functorch_active():
+        return function.apply(*args)
+    return super(torch.autograd.Function, function).apply(*args)  # type: ignore[misc]
+
+
+# -- argument checks ------------------------------------------------------------------------------
+
+
+def _check_input(x: object, name: str) -> Tensor:
+    """A floating-point tensor with at least one dimension (values are checked lazily)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+    return x
+
+
+def _check_dim(dim: object, x: Tensor, name: str = "dim") -> int:
+    """A valid dimension of ``x``, returned non-negative; the dimension must not be empty."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{name} must be an int, got {type(dim).__name__}")
+    ndim = x.dim()
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{name}={dim} is out of range for a tensor with {ndim} dimension(s)")
+    dim %= ndim
+    if x.shape[dim] == 0:
+        raise ValueError(f"{name}={dim} is an empty dimension of the input")
+    return dim
+
+
+def _check_k(k: object) -> int | None:
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int or None, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k
+
+
+def _raise_bad_scores(x: Tensor, name: str = "x") -> None:
+    """Raise the ``ValueError`` that explains why a threshold came out non-finite."""
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN")
+    if torch.isposinf(x).any():
+        raise ValueError(f"{name} contains +inf")
+    if torch.isneginf(x).all(-1).any():
+        raise ValueError(f"{name} is -inf everywhere along the mapping dimension in some row")
+    raise ValueError(f"{name} has values too large to normalize")
+
+
+# -- helpers shared with 1.5-entmax ---------------------------------------------------------------
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, skipping the call on the common path where nothing changes."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite: one reduction and one host sync.
+
+    A sum is non-finite as soon as one entry is (``inf - inf`` is NaN); a false alarm from an
+    overflowing sum only sends the caller down its slower, always accurate path.
+    """
+    return math.isfinite(float(t.sum()))
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(1 / k, -1 / k)`` for ``k = 1..n``.
+
+    Cached (a handful of tiny tensors per row length): on small inputs, building them would
+    cost as much as several of the operations that use them. Never modified in place.
+    """
+    with torch.inference_mode(False):
+        inv = torch.arange(1, n + 1, dtype=dtype, device=device).reciprocal_()
+        return inv, -inv
+
+
+def _sorted_dim_outermost(like: Tensor) -> Tensor:
+    """An uninitialized tensor shaped like ``like`` whose last dimension has the largest stride.
+
+    Reducing over a short last dimension is several times slower than over the outermost one,
+    so per-prefix values are written in this layout before they are reduced.
+    """
+    shape = like.shape
+    if len(shape) == 2:
+        return torch.empty_strided(shape, (1, shape[0]), dtype=like.dtype, device=like.device)
+    strides = [0] * len(shape)
+    step = 1
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = step
+        step *= shape[i]
+    strides[-1] = step
+    return torch.empty_strided(shape, strides, dtype=like.dtype, device=like.device)
+
+
+def _sorted_candidates(xs: Tensor, lower: Tensor) -> Tensor:
+    """The entries of each row of ``xs`` above ``lower``, sorted in decreasing order.
+
+    Rows with fewer candidates than the longest row are padded with ``-inf``. The candidates are
+    listed with ``nonzero`` (row by row, so an entry's rank within its row is its position minus
+    the row's start) and placed into a small padded buffer; nothing of the size of ``xs`` beyond
+    one boolean mask is allocated.
+
+    Shape:
+        ``xs``: ``(*, n)``, ``lower``: ``(*, 1)``; returns ``(*, m)`` with ``m`` the largest
+        number of candidates in a row (at least 1).
+    """
+    n = xs.shape[-1]
+    flat = xs.reshape(-1, n)
+    rows, cols = (flat > lower.reshape(-1, 1)).nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=flat.shape[0])
+    m = max(int(counts.max()), 1)
+    starts = counts.cumsum(0).sub_(counts)
+    slot = torch.arange(rows.shape[0], device=xs.device).sub_(starts[rows])
+    buf = xs.new_full((flat.shape[0], m), -torch.inf)
+    buf[rows, slot] = flat[rows, cols]
+    return buf.reshape((*xs.shape[:-1], m)).sort(-1, descending=True).values
+
+
+def _centered_product(g: Tensor, w: Tensor) -> Tensor:
+    """``w * (g - c)`` with ``c = sum(w * g) / sum(w)`` over the last dimension.
+
+    The vector-Jacobian product of sparsemax (``w`` = the support indicator) and of 1.5-entmax
+    (``w = sqrt(p)``).
+    """
+    wg = w * g
+    c = wg.sum(-1, keepdim=True).div_(w.sum(-1, keepdim=True))
+    return wg.addcmul_(w, c, value=-1)
+
+
+# -- the threshold --------------------------------------------------------------------------------
+
+
+def _prefix_thresholds(srt: Tensor) -> Tensor:
+    """``f(k) = (srt_1 + ... + srt_k - 1) / k`` for rows sorted in decreasing order.
+
+    ``f`` increases while ``srt_k > f(k)`` and decreases afterwards, so its maximum is the
+    threshold and is reached at the support size. A max is cheaper than counting the support
+    and gathering, and ``-inf`` scores just give ``f = -inf`` beyond the finite ones.
+    """
+    inv, neg_inv = _constants(srt.shape[-1], srt.dtype, srt.device)
+    return torch.addcmul(neg_inv, srt.cumsum(-1), inv, out=_sorted_dim_outermost(srt))
+
+
+def _lower_bound(xs: Tensor) -> Tensor:
+    """A lower bound on the threshold of scores ``xs`` whose row maximum is 0 (Michelot steps).
+
+    For any nonempty set ``C`` of entries, ``(sum_C xs - 1) / |C|`` is at most the threshold (it
+    is at most ``f(|C|)`` of :func:`_prefix_thresholds`). Starting from ``-1`` (no probability
+    exceeds 1, so the threshold is at least ``max - 1``) and taking ``C`` as the entries above
+    the previous bound shrinks the candidates quickly. Each bound is lowered by a rounding
+    allowance so that it stays below the computed threshold.
+    """
+    slack = (xs.shape[-1] + 2) * torch.finfo(xs.dtype).eps
+    lower = torch.full_like(xs[..., :1], -1.0)
+    excess = torch.empty_like(xs)
+    for _ in range(_PRUNE_STEPS):
+        torch.sub(xs, lower, out=excess).clamp_min_(0)
+        total = excess.sum(-1, keepdim=True)  # sum over C of (xs - lower)
+        count = excess.sign_().sum(-1, keepdim=True)
+        lower = total.sub_(1).div_(count).add_(lower).sub_(slack)
+    return lower
+
+
+def _scale_of_maxima(x: Tensor, top: Tensor) -> float:
+    """``max |row maximum|``, after raising ``ValueError`` for NaN, ``+inf`` or all-``-inf`` rows.
+
+    Sorting puts NaN first, so a row maximum is finite exactly when its row is valid, and then
+    every prefix sum below is free of NaN and ``+inf``: one check covers the whole computation.
+    """
+    low, high = top.aminmax()
+    lo, hi = float(low), float(high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        _raise_bad_scores(x)
+    return max(-lo, hi)
+
+
+#: Largest row maximum for which prefix sums of unshifted scores are accurate enough: they carry
+#: rounding errors of a few ulps of the scores, which up to ``2^-19 / eps`` (16 in float32) stay
+#: below a few ``1e-6``.
+_UNSHIFTED_LIMIT = {
+    dtype: 2.0**-19 / torch.finfo(dtype).eps for dtype in (torch.float32, torch.float64)
+}
+
+
+def _unshifted_limit(dtype: torch.dtype) -> float:
+    """See :data:`_UNSHIFTED_LIMIT` (float32 and float64; other dtypes are upcast before)."""
+    return _UNSHIFTED_LIMIT.get(dtype, 0.0)
+
+
+def _from_sorted(x: Tensor, srt: Tensor, whole: bool) -> tuple[Tensor, Tensor, bool] | None:
+    """:func:`_threshold` from the largest scores of each row, sorted in decreasing order.
+
+    ``srt`` holds whole rows (``whole``) or only the top ``k``; then ``None`` is returned when
+    some row's support may extend past them. Small scores are used as they are; large ones are
+    measured from the row maximum first (two more passes), which keeps them accurate.
+    """
+    top = srt[..., :1]
+    z, s, owned = x, srt, False
+    if _scale_of_maxima(x, top) > _unshifted_limit(x.dtype):
+        z, s, owned = x - top, srt - top, True
+    f = _prefix_thresholds(s)
+    if whole:
+        return z, f.amax(-1, keepdim=True), owned
+    tau, index = f.max(-1, keepdim=True)
+    if bool((index == s.shape[-1] - 1).any()):
+        return None
+    return z, tau, owned
+
+
+def _threshold(x: Tensor, k: int | None) -> tuple[Tensor, Tensor, bool]:
+    """``(z, tau, owned)`` with ``sparsemax(x) = clamp(z - tau, 0)``; ``owned``: z is a new tensor."""
+    n = x.shape[-1]
+    if x.numel() == 0:
+        return x, x.new_zeros((*x.shape[:-1], 1)), False
+    if k is not None and k < n:
+        found = _from_sorted(x, x.topk(k, -1).values, whole=False)
+        if found is not None:
+            return found
+    elif n <= _SORT_MAX:
+        found = _from_sorted(x, x.sort(-1, descending=True).values, whole=True)
+        if found is not None:  # always, for whole rows
+            return found
+    # Long rows: shift so that the row maximum is 0, then sort only the entries that can be in
+    # the support.
+    xs = x - x.amax(-1, keepdim=True)
+    tau = _prefix_thresholds(_sorted_candidates(xs, _lower_bound(xs))).amax(-1, keepdim=True)
+    if not _all_finite(tau):
+        _raise_bad_scores(x)
+    return xs, tau, True
+
+
+def sparsemax_threshold(x: Tensor, k: int | None = None) -> tuple[Tensor, Tensor]:
+    """The threshold ``tau`` of sparsemax along the last dimension, and the scores it applies to.
+
+    Returns ``(z, tau)`` with ``sparsemax(x) = clamp(z - tau, min=0)``: ``z`` is ``x`` itself or
+    ``x`` shifted by its row maximum (the shift keeps long rows and huge scores accurate). Works
+    in the dtype of ``x``, which must be float32 or float64 (upcast half precision first).
+
+    Args:
+        x: scores, the mapping dimension last.
+        k: sort only the ``k`` largest scores (see :func:`sparsemax`).
+
+    Returns:
+        ``(z, tau)``.
+
+    Shape:
+        ``x``: ``(*, n)``; ``z``: ``(*, n)``; ``tau``: ``(*, 1)``.
+
+    Raises:
+        ValueError: if ``x`` contains NaN or ``+inf``, or a row is ``-inf`` everywhere.
+
+    Example:
+        >>> import torch
+        >>> z, tau = sparsemax_threshold(torch.tensor([[1.0, 0.5, -1.0]]))
+        >>> tau
+        tensor([[0.2500]])
+    """
+    z, tau, _ = _threshold(x, _check_k(k))
+    return z, tau
+
+
+def _sparsemax_forward(x: Tensor, k: int | None) -> Tensor:
+    z, tau, owned = _threshold(x, k)
+    return (z.sub_(tau) if owned else z - tau).clamp_min_(0)
+
+
+def _sparsemax_vjp(p: Tensor, grad: Tensor) -> Tensor:
+    """``J^T grad`` with ``J = diag(s) - s s^T / |S|``, ``s`` the support indicator of ``p``."""
+    on = upcast(p).sign()  # 1 on the support, 0 elsewhere, as a float mask
+    return _cast(_centered_product(upcast(grad), on), grad.dtype)
+
+
+# -- sparsemax ------------------------------------------------------------------------------------
+
+
+class SparsemaxFunction(torch.autograd.Function):
+    """Autograd Function of sparsemax along the last dimension (use :func:`sparsemax`).
+
+    Forward solves ``p = argmin_{p >= 0, sum(p) = 1} ||p - x||^2``, whose solution is
+    ``p_i = max(x_i - tau, 0)``. Backward multiplies by the Jacobian
+    ``J = diag(s) - s s^T / |S|`` with ``s`` the indicator of the support ``S = {i : p_i > 0}``.
+
+    Inputs: ``x`` (float, mapping dimension last) and ``k`` (int or None, see
+    :func:`sparsemax`). Half precision is computed in float32 and returned in the input dtype.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, k: int | None) -> Tensor:
+        return _cast(_sparsemax_forward(upcast(x), k), x.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (p,) = ctx.saved_tensors
+        return _sparsemax_vjp(p, grad), None
+
+
+def sparsemax(x: Tensor, dim: int = -1, k: int | None = None) -> Tensor:
+    """Sparsemax: the Euclidean projection of ``x`` onto the probability simplex along ``dim``.
+
+    Solves ``argmin_p ||p - x||^2`` subject to ``p >= 0`` and ``sum(p) = 1``; the solution is
+    ``p_i = max(x_i - tau, 0)`` with the threshold ``tau`` found exactly from sorted scores.
+    Scores of ``-inf`` get probability exactly 0. The Jacobian on the support ``S`` is
+    ``diag(1_S) - 1_S 1_S^T / |S|``.
+
+    Args:
+        x: scores; NaN and ``+inf`` raise ``ValueError``, ``-inf`` is allowed (but not for every
+            entry of a row). Half precision is computed in float32.
+        dim: the dimension to normalize.
+        k: if given, sort only the ``k`` largest scores of each row (``torch.topk``) and fall
+            back to the exact default when some row's support reaches ``k``. The default
+            already sorts only the scores that can be in the support (within 1 of the row
+            maximum, pruned further by Michelot steps), so ``k`` rarely helps.
+
+    Returns:
+        Probabilities with the shape and dtype of ``x``, summing to 1 along ``dim``.
+
+    Shape:
+        ``x``: any shape with a non-empty ``dim``; output: the same.
+
+    Example:
+        >>> import torch
+        >>> sparsemax(torch.tensor([1.0, 0.5, -1.0]))
+        tensor([0.7500, 0.2500, 0.0000])
+
+    References:
+        [1] Martins & Astudillo, "From Softmax to Sparsemax: A Sparse Model of Attention and
+            Multi-Label Classification", ICML 2016.
+        [2] Michelot, "A finite algorithm for finding the projection of a point onto the
+            canonical simplex of R^n", JOTA 1986.
+    """
+    x = _check_input(x, "x")
+    dim = _check_dim(dim, x)
+    k = _check_k(k)
+    if dim == x.dim() - 1:
+        return _apply(SparsemaxFunction, x, k)
+    return _apply(SparsemaxFunction, x.movedim(dim, -1), k).movedim(-1, dim)
+
+
+class Sparsemax(nn.Module):
+    """Module form of :func:`sparsemax`.
+
+    Args:
+        dim: the dimension to normalize.
+        k: partial sorting hint, see :func:`sparsemax`.
+
+    Shape:
+        Input and output: any shape, normalized along ``dim``.
+
+    Example:
+        >>> import torch
+        >>> Sparsemax(dim=0)(torch.tensor([[2.0], [0.0]]))
+        tensor([[1.],
+                [0.]])
+
+    References:
+        [1] Martins & Astudillo, ICML 2016.
+    """
+
+    def __init__(self, dim: int = -1, k: int | None = None) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        self.dim = dim
+        self.k = _check_k(k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sparsemax(x, self.dim, self.k)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, k={self.k}"
+
+
+# -- sparsemax loss -------------------------------------------------------------------------------
+
+
+def _check_target(target: object, scores: Tensor) -> Tensor:
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype != torch.long:
+        raise TypeError(f"target must have dtype torch.long, got {target.dtype}")
+    if target.shape != scores.shape[:-1]:
+        raise ValueError(
+            f"target must have shape scores.shape[:-1] = {tuple(scores.shape[:-1])}, "
+            f"got {tuple(target.shape)}"
+        )
+    if target.numel() and bool(((target < 0) | (target >= scores.shape[-1])).any()):
+        raise ValueError(f"target must hold class indices in [0, {scores.shape[-1]})")
+    return target
+
+
+class SparsemaxLossFunction(torch.autograd.Function):
+    """Autograd Function of the sparsemax loss along the last dimension (use :func:`sparsemax_loss`).
+
+    Forward: ``L(s, y) = -s_y + 1/2 sum_{j in S} (s_j^2 - tau^2) + 1/2``, computed as
+    ``tau - s_y + ||p||^2 / 2 + 1/2`` with ``p = sparsemax(s)`` (the two agree because
+    ``s_j = p_j + tau`` on the support and ``sum(p) = 1``; the second form never multiplies a
+    ``-inf`` score). Backward: ``dL/ds = p - onehot(y)``.
+
+    Inputs: ``scores`` (float, classes last) and ``target`` (long). Returns ``(loss, p)``; ``p``
+    is not differentiable.
+    """
+
+    @staticmethod
+    def forward(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        z, tau, _ = _threshold(upcast(scores), None)
+        z_target = z.gather(-1, target.unsqueeze(-1))
+        p = (z - tau).clamp_min_(0)
+        loss = (tau - z_target).squeeze(-1) + p.square().sum(-1).add_(1).mul_(0.5)
+        return _cast(loss, scores.dtype), _cast(p, scores.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        _, target = inputs
+        _, p = output
+        ctx.mark_non_differentiable(p)
+        ctx.save_for_backward(p, target)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _grad_p: Tensor | None) -> tuple[Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        p, target = ctx.saved_tensors
+        g = upcast(grad).unsqueeze(-1)
+        out = upcast(p) * g
+        out.scatter_add_(-1, target.unsqueeze(-1), -g)
+        return _cast(out, p.dtype), None
+
+
+def sparsemax_loss(scores: Tensor, target: Tensor) -> Tensor:
+    """The sparsemax loss, the classification loss whose gradient is ``sparsemax(s) - onehot(y)``.
+
+    ``L(s, y) = -s_y + 1/2 sum_{j in S(s)} (s_j^2 - tau(s)^2) + 1/2`` with ``S`` and ``tau`` the
+    support and threshold of ``sparsemax(s)``. It is convex in ``s``, non-negative, and zero
+    exactly when ``sparsemax(s)`` is the one-hot vector of ``y`` with a margin of 1: it plays the
+    role cross-entropy plays for softmax. A target whose score is ``-inf`` gets an infinite loss
+    (its gradient stays finite).
+
+    Args:
+        scores: class scores, classes along the last dimension (NaN and ``+inf`` rejected).
+        target: class indices (``torch.long``) of shape ``scores.shape[:-1]``.
+
+    Returns:
+        The loss per example, shape ``scores.shape[:-1]``, in the dtype of ``scores``.
+
+    Shape:
+        ``scores``: ``(*, K)``, ``target``: ``(*)``, output: ``(*)``.
+
+    Example:
+        >>> import torch
+        >>> sparsemax_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]))
+        tensor([0.])
+        >>> sparsemax_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        tensor([0.2500])
+
+    References:
+        [1] Martins & Astudillo, "From Softmax to Sparsemax: A Sparse Model of Attention and
+            Multi-Label Classification", ICML 2016.
+    """
+    scores = _check_input(scores, "scores")
+    _check_dim(-1, scores, "the class dimension")
+    target = _check_target(target, scores)
+    loss, _ = _apply(SparsemaxLossFunction, scores, target)
+    return loss
+
+
+class SparsemaxLoss(nn.Module):
+    """Module form of :func:`sparsemax_loss` with a reduction.
+
+    Args:
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Shape:
+        ``scores``: ``(*, K)``, ``target``: ``(*)``; output: scalar, or ``(*)`` for ``"none"``.
+
+    Example:
+        >>> import torch
+        >>> SparsemaxLoss()(torch.tensor([[0.0, 0.0], [3.0, 0.0]]), torch.tensor([1, 0]))
+        tensor(0.1250)
+
+    References:
+        [1] Martins & Astudillo, ICML 2016.
+    """
+
+    def __init__(self, reduction: Literal["mean", "sum", "none"] = "mean") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, scores: Tensor, target: Tensor) -> Tensor:
+        loss = sparsemax_loss(scores, target)
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
