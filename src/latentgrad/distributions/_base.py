@@ -9,6 +9,7 @@ new family that implements them works with every estimator at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -59,11 +60,25 @@ class DiscreteDistribution(Distribution):
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> DiscreteDistribution:
         batch_shape = torch.Size(batch_shape)
+        n = len(self.batch_shape)
+        return self._map_params(
+            lambda p: p.expand(batch_shape + p.shape[n:]), batch_shape, _instance
+        )
+
+    def _map_params(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        batch_shape: torch.Size,
+        _instance: Any = None,
+    ) -> DiscreteDistribution:
+        """The same family with ``fn`` applied to every parameter tensor (a view, typically).
+
+        ``fn`` must map the batch part of each parameter to ``batch_shape`` and keep the rest;
+        :meth:`expand` and batch indexing (e.g. the first row) are written with it.
+        """
         new = self._get_checked_instance(type(self), _instance)
         for name in self._param_names:
-            param = getattr(self, name)
-            event_part = param.shape[len(self.batch_shape) :]
-            setattr(new, name, param.expand(batch_shape + event_part))
+            setattr(new, name, fn(getattr(self, name)))
         self._copy_extra_state(new)
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args

@@ -300,10 +300,4 @@ def _first_row(dist: LatentDistribution) -> LatentDistribution:
             f"{type(dist).__name__} declares no _param_names, so LocalReparam.chain cannot "
             "select its base row"
         )
-    new = type(dist).__new__(type(dist))
-    for param in dist._param_names:
-        setattr(new, param, getattr(dist, param)[0])
-    dist._copy_extra_state(new)
-    Distribution.__init__(new, dist.batch_shape[1:], dist.event_shape, validate_args=False)
-    new._validate_args = dist._validate_args
-    return new
+    return dist._map_params(lambda p: p[0], dist.batch_shape[1:])

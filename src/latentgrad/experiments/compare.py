@@ -68,11 +68,12 @@ def make_problem(
     theta = torch.randn(HIDDEN * math.prod(shape) + 2 * HIDDEN, generator=g, dtype=dtype)
     target = 2 * torch.randn(batch, generator=g, dtype=dtype)
     context = torch.randn(batch, 5, generator=g, dtype=dtype)
-    make_dist: Callable[[Tensor], LatentDistribution] = {
+    makers: dict[str, Callable[[Tensor], LatentDistribution]] = {
         "categorical": lambda x: Categorical(logits=x),
         "bernoulli": lambda x: Bernoulli(logits=x),
         "factorized": lambda x: Categorical(logits=x).to_event(1),
-    }[family]
+    }
+    make_dist = makers[family]
     return GradientProblem(family, logits, theta, make_dist, _network_loss(shape, target), context)
 
 
@@ -183,7 +184,8 @@ def compare(
 
 def build_for(entry: EstimatorEntry, problem: GradientProblem) -> Estimator:
     """A fresh estimator from a registry entry, in the problem's dtype."""
-    estimator = entry.build(problem.context.shape[-1])
+    features = 0 if problem.context is None else problem.context.shape[-1]
+    estimator = entry.build(features)
     if isinstance(estimator, nn.Module):
         estimator.to(problem.logits.dtype)
     return estimator
