@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import logistic_noise, upcast, xlogx_safe
-from latentgrad._validation import check_bernoulli_logits, check_tensor
+from latentgrad._validation import check_bernoulli_logits, check_positive, check_tensor
 from latentgrad.distributions._base import DiscreteDistribution, LocalVariants
 
 #: Largest bit-vector length whose 2**D support :meth:`Bernoulli.enumerate_support` will build.
@@ -129,6 +129,7 @@ class Bernoulli(DiscreteDistribution):
 
     def relaxed_from_noise(self, noise: Tensor, tau: float) -> Tensor:
         """Binary Concrete sample ``sigmoid((logits - L) / tau)``, shape ``noise.shape``."""
+        tau = check_positive(tau, "tau")
         return torch.sigmoid((upcast(self.logits) - noise) / tau).to(self.logits.dtype)
 
     def mode(self) -> Tensor:  # type: ignore[override]

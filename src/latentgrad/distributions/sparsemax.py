@@ -8,14 +8,14 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from latentgrad._numerics import gumbel_noise, safe_log, upcast, xlogx_safe
-from latentgrad._validation import check_positive, check_scores
-from latentgrad.distributions._base import DiscreteDistribution, LocalVariants
-from latentgrad.distributions.categorical import one_hot_like
+from latentgrad._numerics import safe_log, upcast
+from latentgrad._validation import check_scores
+from latentgrad.distributions._base import DiscreteDistribution
+from latentgrad.distributions.categorical import _OneHotFamily, one_hot_like
 from latentgrad.mappings._sparsemax import _check_k, sparsemax
 
 
-class SparsemaxCategorical(DiscreteDistribution):
+class SparsemaxCategorical(_OneHotFamily):
     """Categorical distribution over one-hot vectors with ``q(z = e_c) = sparsemax(scores)_c``.
 
     Sparsemax gives exact zeros, so the support is usually a handful of categories. That makes
@@ -59,8 +59,6 @@ class SparsemaxCategorical(DiscreteDistribution):
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
         "scores": constraints.real_vector
     }
-    support = constraints.one_hot
-    has_rsample = False
     _param_names = ("scores",)
 
     def __init__(
@@ -72,10 +70,6 @@ class SparsemaxCategorical(DiscreteDistribution):
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
         new.k = self.k  # type: ignore[attr-defined]
-
-    @property
-    def num_categories(self) -> int:
-        return self.scores.shape[-1]
 
     @property
     def probs(self) -> Tensor:
@@ -92,47 +86,16 @@ class SparsemaxCategorical(DiscreteDistribution):
         return cached
 
     @property
-    def log_probs(self) -> Tensor:
-        """``log q`` (``-inf`` outside the support, finite gradient), shape ``batch_shape + (K,)``."""
-        return safe_log(upcast(self.probs)).to(self.scores.dtype)
+    def _source(self) -> Tensor:
+        return self.scores
+
+    def _log_probs_upcast(self) -> Tensor:
+        return safe_log(upcast(self.probs))
 
     @property
     def logits(self) -> Tensor:
         """Normalized log-probabilities, as ``torch.distributions.Categorical.logits``."""
         return self.log_probs
-
-    @property
-    def mean(self) -> Tensor:
-        return self.probs
-
-    @property
-    def variance(self) -> Tensor:
-        p = self.probs
-        return p * (1 - p)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """Log-probability of one-hot values, shape ``sample_shape + batch_shape``.
-
-        ``-inf`` for values outside the support; the gradient is finite everywhere.
-        """
-        sample_batch = self._sample_batch_shape(value)
-        index = value.argmax(-1, keepdim=True)
-        log_probs = self.log_probs.expand((*sample_batch, self.num_categories))
-        return log_probs.gather(-1, index).squeeze(-1)
-
-    def entropy(self) -> Tensor:
-        """Shannon entropy ``-sum_c q_c log q_c`` over the support (zeros are skipped)."""
-        p = upcast(self.probs)
-        return -xlogx_safe(p, safe_log(p)).sum(-1).to(self.scores.dtype)
-
-    def enumerate_support(self, expand: bool = True) -> Tensor:
-        """All ``K`` one-hot values (most with probability 0; see :meth:`support_probs`)."""
-        k = self.num_categories
-        values = torch.eye(k, dtype=self.scores.dtype, device=self.scores.device)
-        values = values.reshape((k,) + (1,) * len(self.batch_shape) + (k,))
-        if expand:
-            values = values.expand((k, *self.batch_shape, k))
-        return values
 
     def support_size(self) -> int:
         """The largest number of nonzero probabilities over the batch (at least 1)."""
@@ -160,42 +123,3 @@ class SparsemaxCategorical(DiscreteDistribution):
         probs = p.gather(-1, index).movedim(-1, 0)
         values = one_hot_like(index.movedim(-1, 0), self.num_categories, self.scores)
         return values, probs
-
-    def sample_noise(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        """Standard Gumbel noise, shape ``sample_shape + batch_shape + (K,)``."""
-        return gumbel_noise(torch.Size(sample_shape) + self.scores.shape, self.scores)
-
-    def from_noise(self, noise: Tensor) -> Tensor:
-        """``one_hot(argmax(log q + G))``: Gumbel-max, never a category of probability 0."""
-        index = (safe_log(upcast(self.probs.detach())) + noise).argmax(-1)
-        return one_hot_like(index, self.num_categories, self.scores)
-
-    def relaxed_from_noise(self, noise: Tensor, tau: float) -> Tensor:
-        """``softmax((log q + G) / tau)``: Gumbel-Softmax on the support, exactly 0 elsewhere.
-
-        Shape:
-            ``noise.shape``; differentiable in ``scores`` with finite gradients.
-        """
-        tau = check_positive(tau, "tau")
-        y = torch.softmax((safe_log(upcast(self.probs)) + noise) / tau, dim=-1)
-        return y.to(self.scores.dtype)
-
-    def mode(self) -> Tensor:  # type: ignore[override]
-        """The most likely one-hot value (ties broken towards the lowest index)."""
-        return one_hot_like(self.probs.argmax(-1), self.num_categories, self.scores)
-
-    @property
-    def unit_shape(self) -> torch.Size:
-        return torch.Size()
-
-    def local_variants(self, z: Tensor) -> LocalVariants:
-        """The ``K - 1`` other one-hot values of each sample, with their probabilities."""
-        k = self.num_categories
-        sample_batch = self._sample_batch_shape(z)
-        index = z.argmax(-1)
-        others = torch.arange(k - 1, device=z.device).reshape((k - 1,) + (1,) * len(sample_batch))
-        others = others + (others >= index).long()  # skip the sampled value
-        probs = self.probs.expand((*sample_batch, k))
-        changed = probs.gather(-1, others.movedim(0, -1)).movedim(-1, 0)
-        base = probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        return LocalVariants(one_hot_like(others, k, z), changed, base)
