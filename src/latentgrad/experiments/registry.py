@@ -27,11 +27,14 @@ class EstimatorEntry:
     """A named estimator: a one-line description and a constructor.
 
     ``build(context_features)`` returns a fresh estimator; ``context_features`` is the width of
-    the per-example features that input-dependent baselines (NVIL) read.
+    the per-example features that input-dependent baselines (NVIL) read. ``latent`` says which
+    categorical family the experiment should use with it: ``"softmax"`` (``Categorical``) or
+    ``"sparsemax"`` (``SparsemaxCategorical``, whose support is summed exactly).
     """
 
     description: str
     build: Callable[[int], Estimator]
+    latent: str = "softmax"
 
 
 def _nvil_network(features: int) -> nn.Module:
@@ -77,7 +80,19 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
     "sum-and-sample": EstimatorEntry(
         "sum the top-1 value, sample the rest (Liu et al.)", lambda f: SumAndSample(k=1)
     ),
+    "sparsemax": EstimatorEntry(
+        "sparsemax latent, exact sum over its small support (Correia et al.)",
+        lambda f: Marginalize(),
+        latent="sparsemax",
+    ),
 }
+
+
+def make_estimator(name: str, context_features: int = 0) -> Estimator:
+    """A fresh estimator by name; ``ValueError`` listing the known names otherwise."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name].build(context_features)
 
 
 def describe(name: str) -> str:
