@@ -19,7 +19,7 @@ from latentgrad.estimators.muprop import DARN, MuProp
 from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough
 from latentgrad.estimators.score_function import ScoreFunction
 from latentgrad.estimators.sum_and_sample import SumAndSample
-from latentgrad.schedules import LinearGrowth
+from latentgrad.schedules import ExponentialDecay, LinearGrowth
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class EstimatorEntry:
     description: str
     build: Callable[[int], Estimator]
     latent: str = "softmax"
+
+
+def _jang_schedule() -> ExponentialDecay:
+    """Jang, Gu & Poole (2017): tau = max(0.5, exp(-r t)) updated every N steps (r=1e-4, N=1000)."""
+    return ExponentialDecay(initial=1.0, rate=1e-4, every=1000, minimum=0.5)
 
 
 def _nvil_network(features: int) -> nn.Module:
@@ -63,10 +68,13 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         "MuProp (Taylor baseline at the mean-field point)", lambda f: MuProp()
     ),
     "darn": EstimatorEntry("DARN (Taylor signal at a fixed point, biased)", lambda f: DARN()),
-    "gs": EstimatorEntry("Gumbel-Softmax, tau = 1 (biased)", lambda f: GumbelSoftmax(tau=1.0)),
+    "gs": EstimatorEntry(
+        "Gumbel-Softmax, tau = max(0.5, exp(-1e-4 t)) every 1000 steps (biased)",
+        lambda f: GumbelSoftmax(tau=_jang_schedule()),
+    ),
     "st-gs": EstimatorEntry(
-        "straight-through Gumbel-Softmax, tau = 1 (biased)",
-        lambda f: GumbelSoftmax(tau=1.0, hard=True),
+        "straight-through Gumbel-Softmax, same temperature schedule (biased)",
+        lambda f: GumbelSoftmax(tau=_jang_schedule(), hard=True),
     ),
     "st": EstimatorEntry("straight-through (biased)", lambda f: StraightThrough()),
     "annealed-st": EstimatorEntry(
