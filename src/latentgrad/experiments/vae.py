@@ -1,0 +1,455 @@
+"""Variational autoencoder with discrete latents: Jang, Gu & Poole (2017), Table 1, VAE rows.
+
+A binarized image ``x`` is encoded into ``q(z | x)``: 200 independent bits or 20 categoricals
+of 10 classes (a sparsemax categorical for the ``sparsemax`` estimator), decoded by an MLP into
+Bernoulli pixel probabilities ``p(x | z)``, under a uniform prior ``p(z)``. Training minimizes
+the negative ELBO
+
+    E_q[-log p(x | z)] + KL(q(z | x) || p(z)),     KL = log |Z| - H(q)   (uniform prior),
+
+with the expectation's gradient from the chosen estimator and the KL analytic. The test metric
+is the negative 1000-sample importance-weighted bound (Burda et al.) in nats, as in the paper.
+
+Paper settings kept as defaults: fixed binarized MNIST, batch 100, uniform prior, 1000-sample
+test bound, the temperature schedule of the ``gs``/``st-gs`` registry entries. Choices the paper
+leaves open or that differ: Adam with ``lr = 1e-3`` (the paper picks the learning rate on the
+validation set from {3e-5, 1e-5, 3e-4, 1e-4, 3e-3, 1e-3}; ``optimizer="sgd"`` gives its SGD with
+momentum 0.9), tanh hidden units, and the architecture read from the table's notation:
+``784-200-784`` (Bernoulli: linear encoder to 200 logits, linear decoder) and
+``784-(20x10)-200`` (categorical: linear encoder to 20x10 logits, one hidden decoder layer of
+200 units).
+
+References:
+    [1] Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+    [2] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical
+from latentgrad.estimators._base import Estimator, LatentDistribution
+from latentgrad.estimators.marginalize import Marginalize
+from latentgrad.estimators.sum_and_sample import SumAndSample
+from latentgrad.experiments.base import Experiment, ExperimentConfig
+from latentgrad.experiments.registry import ESTIMATORS, make_estimator
+
+LATENTS = ("categorical", "bernoulli")
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+OPTIMIZERS = ("adam", "sgd")
+SPLITS = ("train", "valid", "test")
+
+#: Samples x examples decoded at once by :func:`importance_weighted_bound` (memory bound:
+#: about 13 MB per decoder-output-sized tensor with 784 pixels; larger chunks are slower on CPU).
+EVAL_CHUNK = 2**12
+
+#: Seed of the fixed evaluation subset and of the one-off binarization of non-binary eval splits,
+#: the same for every run so that runs are compared on the same examples.
+EVAL_DATA_SEED = 1234
+
+
+@dataclass
+class VAEConfig(ExperimentConfig):
+    """Settings of the discrete VAE; the defaults are the paper's (see the module docstring).
+
+    Attributes:
+        latent: ``"categorical"`` (``num_categoricals`` one-hot units of ``num_classes``
+            classes) or ``"bernoulli"`` (``num_bits`` bits).
+        num_categoricals: categorical units of the latent (paper: 20).
+        num_classes: classes per categorical unit (paper: 10).
+        num_bits: bits of the Bernoulli latent (paper: 200).
+        encoder_hidden: hidden layer widths of the encoder ``x -> logits``; ``None``: the
+            paper's, no hidden layer.
+        decoder_hidden: hidden layer widths of the decoder ``z -> pixel logits``; ``None``:
+            the paper's, ``(200,)`` for the categorical latent and ``()`` for the Bernoulli one.
+        activation: hidden units, ``"tanh"`` or ``"relu"``.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9, as in the paper).
+        valid_samples: importance samples for the validation bound (cheaper than the test's
+            ``eval_samples``; ``None``: ``eval_samples``).
+    """
+
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    dataset: str = "binarized-mnist"
+    eval_samples: int = 1000
+    latent: Literal["categorical", "bernoulli"] = "categorical"
+    num_categoricals: int = 20
+    num_classes: int = 10
+    num_bits: int = 200
+    encoder_hidden: tuple[int, ...] | None = None
+    decoder_hidden: tuple[int, ...] | None = None
+    activation: Literal["tanh", "relu"] = "tanh"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    valid_samples: int | None = 100
+
+
+class DataSplitsLike(Protocol):
+    """What :func:`build` needs from ``latentgrad.data.load_dataset``: ``(N, D)`` splits in [0, 1]."""
+
+    @property
+    def train(self) -> Tensor: ...
+    @property
+    def valid(self) -> Tensor: ...
+    @property
+    def test(self) -> Tensor: ...
+    @property
+    def binary(self) -> bool: ...
+
+
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between them."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        if i > 0:
+            layers.append(ACTIVATIONS[activation]())
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+    return nn.Sequential(*layers)
+
+
+class DiscreteVAE(nn.Module):
+    """Encoder ``q(z | x)``, decoder ``p(x | z)`` (Bernoulli pixels), uniform prior ``p(z)``.
+
+    Args:
+        input_dim: pixels ``D``.
+        latent_shape: ``(N, K)`` for ``N`` categoricals of ``K`` classes, ``(D_z,)`` for bits.
+        encoder_hidden: hidden widths of the encoder.
+        decoder_hidden: hidden widths of the decoder.
+        activation: ``"tanh"`` or ``"relu"``.
+        sparsemax: categorical units with sparsemax probabilities (Correia et al. 2020).
+
+    Shape:
+        ``x``: ``(B, D)``; samples ``z``: ``S + (B,) + latent_shape`` with any leading ``S``.
+
+    Example:
+        >>> import torch
+        >>> vae = DiscreteVAE(16, (3, 4), (), (8,), "tanh")
+        >>> x = torch.rand(5, 16).bernoulli()
+        >>> q = vae.posterior(x)
+        >>> z = q.sample((2,))
+        >>> z.shape, vae.reconstruction_loss(x)(z).shape, vae.kl_to_prior(q).shape
+        (torch.Size([2, 5, 3, 4]), torch.Size([2, 5]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_shape: tuple[int, ...],
+        encoder_hidden: Sequence[int],
+        decoder_hidden: Sequence[int],
+        activation: str,
+        sparsemax: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(latent_shape) not in (1, 2):
+            raise ValueError(f"latent_shape must be (N, K) or (D,), got {latent_shape}")
+        if sparsemax and len(latent_shape) == 1:
+            raise ValueError("the sparsemax latent needs categorical units, not bits")
+        self.latent_shape = tuple(latent_shape)
+        self.sparsemax = sparsemax
+        width = math.prod(latent_shape)
+        self.encoder = mlp([input_dim, *encoder_hidden, width], activation)
+        self.decoder = mlp([width, *decoder_hidden, input_dim], activation)
+
+    @property
+    def categorical(self) -> bool:
+        return len(self.latent_shape) == 2
+
+    @property
+    def num_values(self) -> int:
+        """``|Z|``, the number of latent values (``K ** N`` or ``2 ** D_z``)."""
+        if self.categorical:
+            units, classes = self.latent_shape
+            return classes**units
+        return 2 ** self.latent_shape[0]
+
+    @property
+    def log_num_values(self) -> float:
+        """``log |Z|``: ``-log p(z)`` for every ``z`` under the uniform prior."""
+        if self.categorical:
+            units, classes = self.latent_shape
+            return units * math.log(classes)
+        return self.latent_shape[0] * math.log(2.0)
+
+    def posterior(self, x: Tensor) -> LatentDistribution:
+        """``q(z | x)`` with batch shape ``(B,)`` and event shape ``latent_shape``."""
+        logits = self.encoder(x)
+        if not self.categorical:
+            return Bernoulli(logits=logits)
+        scores = logits.unflatten(-1, self.latent_shape)
+        if self.sparsemax:
+            return SparsemaxCategorical(scores).to_event(1)
+        return Categorical(logits=scores).to_event(1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel logits of ``p(x | z)``, shape ``z.shape[:-event_dims] + (D,)``."""
+        return self.decoder(z.flatten(-2) if self.categorical else z)
+
+    def reconstruction_loss(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """``loss_fn(z) = -log p(x | z)`` summed over pixels, for ``z`` of shape ``S + (B,) + E``.
+
+        Returns losses of shape ``S + (B,)``; ``x`` broadcasts over the leading sample dims.
+        """
+
+        def loss_fn(z: Tensor) -> Tensor:
+            logits = self.decode(z)
+            target = x.expand_as(logits)
+            nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            return nll.sum(-1)
+
+        return loss_fn
+
+    def kl_to_prior(self, q: LatentDistribution) -> Tensor:
+        """``KL(q || uniform) = log |Z| - H(q)``, analytic, shape ``(B,)``."""
+        return self.log_num_values - q.entropy()
+
+
+class Bound(NamedTuple):
+    """Per-example evaluation terms (nats), each of shape ``(B,)``.
+
+    Attributes:
+        iwae: the importance-weighted lower bound on ``log p(x)``.
+        elbo: ``E_q[log p(x | z)]`` (Monte Carlo, the same samples) ``- KL(q || p)`` (analytic).
+        kl: ``KL(q(z | x) || p(z))``.
+    """
+
+    iwae: Tensor
+    elbo: Tensor
+    kl: Tensor
+
+
+@torch.no_grad()
+def importance_weighted_bound(
+    model: DiscreteVAE, x: Tensor, num_samples: int, chunk: int = EVAL_CHUNK
+) -> Bound:
+    """``log p(x) >= log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s | x)``, ``z_s ~ q(z | x)``.
+
+    The decoder sees at most ``chunk`` (samples x examples) at a time, so memory stays bounded
+    for any ``num_samples``. Samples are discrete; for a sparsemax latent they never fall on
+    values of probability 0, so ``log q`` is finite. Uses torch's global RNG.
+
+    Args:
+        model: the VAE.
+        x: binary data, shape ``(B, D)``.
+        num_samples: importance samples ``S`` per example.
+        chunk: samples x examples per decoder pass.
+
+    Returns:
+        :class:`Bound` per example.
+
+    Example:
+        >>> import torch
+        >>> vae = DiscreteVAE(16, (3, 4), (), (8,), "tanh")
+        >>> b = importance_weighted_bound(vae, torch.rand(5, 16).bernoulli(), 100)
+        >>> b.iwae.shape, bool((b.kl >= -1e-5).all())
+        (torch.Size([5]), True)
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    examples = max(1, chunk // num_samples)
+    samples = min(num_samples, max(1, chunk // examples))
+    parts: list[Bound] = []
+    for xs in x.split(examples):
+        q = model.posterior(xs)
+        loss_fn = model.reconstruction_loss(xs)
+        log_weights: list[Tensor] = []
+        log_lik = torch.zeros(xs.shape[0], dtype=torch.float64, device=xs.device)
+        for start in range(0, num_samples, samples):
+            z = q.sample((min(samples, num_samples - start),))
+            ll = -loss_fn(z)
+            log_weights.append(ll - model.log_num_values - q.log_prob(z))
+            log_lik += ll.double().sum(0)
+        iwae = torch.cat(log_weights).double().logsumexp(0) - math.log(num_samples)
+        kl = model.kl_to_prior(q).double()
+        parts.append(Bound(iwae, log_lik / num_samples - kl, kl))
+    return Bound(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
+
+
+def _hidden_sizes(config: VAEConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    encoder = () if config.encoder_hidden is None else tuple(config.encoder_hidden)
+    default_decoder = (200,) if config.latent == "categorical" else ()
+    decoder = default_decoder if config.decoder_hidden is None else tuple(config.decoder_hidden)
+    return encoder, decoder
+
+
+def _check_config(config: VAEConfig) -> None:
+    for name, allowed in (
+        ("latent", LATENTS),
+        ("activation", tuple(ACTIVATIONS)),
+        ("optimizer", OPTIMIZERS),
+    ):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    for name in ("num_categoricals", "num_classes", "num_bits", "batch_size", "eval_samples"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if config.num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {config.num_classes}")
+    if config.valid_samples is not None and config.valid_samples < 1:
+        raise ValueError(f"valid_samples must be >= 1 or None, got {config.valid_samples}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"lr must be positive, got {config.lr!r}")
+
+
+def _check_enumerable(name: str, estimator: Estimator, model: DiscreteVAE) -> None:
+    """Refuse, at build time, estimators that sum over a support too large to enumerate."""
+    if not isinstance(estimator, (Marginalize, SumAndSample)):
+        return
+    if model.num_values > estimator.max_support:
+        if model.categorical:
+            units, classes = model.latent_shape
+            size = f"up to {classes}^{units} values ({units} categoricals of {classes} classes)"
+        else:
+            size = f"2^{model.latent_shape[0]} values ({model.latent_shape[0]} bits)"
+        raise ValueError(
+            f"estimator {name!r} sums over the latent's support, which has {size}, more than "
+            f"its max_support={estimator.max_support}; use a smaller latent (num_categoricals, "
+            "num_classes, num_bits) or another estimator"
+        )
+
+
+class VAETrainable:
+    """The discrete VAE, its estimator and optimizer, as the runner drives them.
+
+    Args:
+        config: the experiment settings.
+        data: splits of shape ``(N, D)`` with values in [0, 1]; non-binary ones are binarized
+            dynamically (a fresh Bernoulli draw per training batch, one fixed draw for
+            evaluation).
+
+    Attributes:
+        model: the :class:`DiscreteVAE`.
+        estimator: the gradient estimator named by ``config.estimator``.
+        modules: ``{"model", "estimator"}`` (the estimator only when it is an ``nn.Module``).
+        optimizer: over the model's and the estimator's parameters (NVIL's network).
+    """
+
+    def __init__(self, config: VAEConfig, data: DataSplitsLike) -> None:
+        _check_config(config)
+        self.config = config
+        self.data = data
+        input_dim = data.train.shape[-1]
+        self.estimator = make_estimator(config.estimator, input_dim)
+        sparsemax = ESTIMATORS[config.estimator].latent == "sparsemax"
+        if sparsemax and config.latent == "bernoulli":
+            raise ValueError(
+                f"estimator {config.estimator!r} needs a sparsemax categorical latent; "
+                "use latent='categorical'"
+            )
+        if config.latent == "categorical":
+            latent_shape: tuple[int, ...] = (config.num_categoricals, config.num_classes)
+        else:
+            latent_shape = (config.num_bits,)
+        encoder_hidden, decoder_hidden = _hidden_sizes(config)
+        self.model = DiscreteVAE(
+            input_dim, latent_shape, encoder_hidden, decoder_hidden, config.activation, sparsemax
+        )
+        _check_enumerable(config.estimator, self.estimator, self.model)
+        modules: dict[str, nn.Module] = {"model": self.model}
+        if isinstance(self.estimator, nn.Module):
+            modules["estimator"] = self.estimator
+        self.modules = nn.ModuleDict(modules)
+        self.optimizer: torch.optim.Optimizer
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=config.lr)
+        else:
+            self.optimizer = torch.optim.SGD(self.modules.parameters(), lr=config.lr, momentum=0.9)
+        self._eval_cache: dict[str, Tensor] = {}
+
+    def _binarize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.data.binary:
+            return x
+        from latentgrad.data import dynamic_binarize
+
+        return dynamic_binarize(x, generator=generator)
+
+    def train_batches(self, epoch: int) -> Iterator[Tensor]:
+        """Shuffled minibatches of the training split (``torch.randperm``, global RNG)."""
+        train = self.data.train
+        size = self.config.batch_size
+        order = torch.randperm(train.shape[0])
+        steps = math.ceil(train.shape[0] / size)
+        if self.config.max_steps_per_epoch is not None:
+            steps = min(steps, self.config.max_steps_per_epoch)
+        for i in range(steps):
+            yield train[order[i * size : (i + 1) * size]]
+
+    def train_step(self, batch: Tensor) -> Mapping[str, float]:
+        """One optimizer step on the negative ELBO; the estimator's schedule advances after it."""
+        x = self._binarize(batch)
+        self.modules.train()  # learned baselines update their running statistics in training mode
+        self.optimizer.zero_grad(set_to_none=True)
+        q = self.model.posterior(x)
+        out = self.estimator(q, self.model.reconstruction_loss(x), context=x)
+        kl = self.model.kl_to_prior(q)
+        (out.surrogate.mean() + kl.mean()).backward()
+        self.optimizer.step()
+        step = getattr(self.estimator, "step", None)
+        if callable(step):
+            step()
+        kl = kl.detach()
+        return {
+            "loss": float((out.value + kl).mean()),
+            "loss_evals": float(out.extras["loss_evals"]),
+            "kl": float(kl.mean()),
+        }
+
+    def _eval_data(self, split: str) -> Tensor:
+        """The (fixed, binarized) evaluation examples of ``split``, at most ``max_eval_examples``."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._eval_cache:
+            x = getattr(self.data, split)
+            generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
+            limit = self.config.max_eval_examples
+            if limit is not None and limit < x.shape[0]:
+                # A random subset: the binarized MNIST test rows are sorted by digit class.
+                x = x[torch.randperm(x.shape[0], generator=generator)[:limit]]
+            self._eval_cache[split] = self._binarize(x, generator)
+        return self._eval_cache[split]
+
+    def evaluate(self, split: str) -> Mapping[str, float]:
+        """``nll`` (the negative importance-weighted bound), ``elbo`` and ``kl``, in nats.
+
+        ``eval_samples`` importance samples (``valid_samples`` on ``"valid"``), drawn from
+        torch's global RNG, whose state is restored afterwards (the runner seeds it).
+        """
+        x = self._eval_data(split)
+        samples = self.config.eval_samples
+        if split == "valid" and self.config.valid_samples is not None:
+            samples = self.config.valid_samples
+        with torch.random.fork_rng(devices=[]):
+            bound = importance_weighted_bound(self.model, x, samples)
+        return {
+            "nll": float(-bound.iwae.mean()),
+            "elbo": float(bound.elbo.mean()),
+            "kl": float(bound.kl.mean()),
+        }
+
+
+def build(config: VAEConfig) -> VAETrainable:
+    """Load ``config.dataset`` and build the VAE, its estimator and optimizer."""
+    from latentgrad.data import load_dataset
+
+    return VAETrainable(config, load_dataset(config.dataset, data_dir=config.data))
+
+
+EXPERIMENT = Experiment(
+    name="vae",
+    description=(
+        "discrete VAE on binarized MNIST, 20x10 categorical or 200 Bernoulli latents, "
+        "1000-sample test bound (Jang et al. 2017, Table 1)"
+    ),
+    config_class=VAEConfig,
+    build=build,
+    primary_metric="nll",
+)
