@@ -1,0 +1,44 @@
+"""`latentgrad run vae` on the embedded digits for two estimators, then `report` and `list`."""
+
+import pytest
+
+from latentgrad.cli import main
+
+
+def test_run_two_estimators_and_report(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    for estimator in ("sf-loo", "st-gs"):
+        code = main(
+            [
+                "run",
+                "vae",
+                "--dataset",
+                "digits",
+                "--estimator",
+                estimator,
+                "--epochs",
+                "2",
+                "--max-steps-per-epoch",
+                "3",
+                "--eval-samples",
+                "20",
+                "--max-eval-examples",
+                "50",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        assert code == 0
+    run_dir = tmp_path / "vae" / "sf-loo-seed0"
+    for name in ("config.json", "env.json", "metrics.jsonl", "checkpoint.pt", "results.json"):
+        assert (run_dir / name).exists(), name
+    assert list(run_dir.glob("*.png"))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    table = capsys.readouterr().out
+    assert "sf-loo" in table and "st-gs" in table and "nll" in table
+    assert (tmp_path / "report" / "report.md").exists()
+    assert list((tmp_path / "report").glob("*.png"))
+    assert main(["list"]) == 0
+    assert "vae" in capsys.readouterr().out
