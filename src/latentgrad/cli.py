@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     except RunConfigMismatch as err:
         print(f"latentgrad run {name}: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        # Bad settings and missing data are the user's to fix: one line, not a traceback.
+        if os.environ.get("LATENTGRAD_DEBUG"):
+            raise
+        print(
+            f"latentgrad run {name}: error: {err}\n(set LATENTGRAD_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

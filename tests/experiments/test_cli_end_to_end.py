@@ -42,3 +42,15 @@ def test_run_two_estimators_and_report(tmp_path, capsys):
     assert list((tmp_path / "report").glob("*.png"))
     assert main(["list"]) == 0
     assert "vae" in capsys.readouterr().out
+
+
+def test_an_infeasible_setting_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.delenv("LATENTGRAD_DEBUG", raising=False)
+    args = ["run", "vae", "--dataset", "digits", "--estimator", "exact", "--out", str(tmp_path)]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "max_support" in err and "Traceback" not in err
+    monkeypatch.setenv("LATENTGRAD_DEBUG", "1")
+    with pytest.raises(ValueError, match="max_support"):
+        main([*args, "--quiet"])
