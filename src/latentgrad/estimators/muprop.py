@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from latentgrad._numerics import upcast
@@ -21,7 +21,8 @@ from latentgrad.estimators._base import (
     score_term,
     zero_forward,
 )
-from latentgrad.estimators.baselines import Baseline, apply_baseline, check_baseline
+from latentgrad.estimators.baselines import apply_baseline
+from latentgrad.estimators.score_function import ScoreFunction
 
 
 class _Expansion(NamedTuple):
@@ -82,7 +83,7 @@ def _uniform_point(dist: LatentDistribution) -> Tensor:
     return with_logits(torch.zeros_like(logits.detach())).mean.detach()
 
 
-class MuProp(nn.Module):
+class MuProp(ScoreFunction):
     """MuProp: score function with a Taylor baseline at the mean-field point, plus its mean.
 
     With ``mu = E_q[z]`` (taken as a constant expansion point ``mu_0``) and the baseline
@@ -125,19 +126,6 @@ class MuProp(nn.Module):
         [1] Gu, Levine, Sutskever & Mnih, "MuProp: Unbiased Backpropagation for Stochastic
             Neural Networks", ICLR 2016.
     """
-
-    def __init__(self, num_samples: int = 1, baseline: Baseline | None = None) -> None:
-        super().__init__()
-        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
-        self._num_extra = check_baseline(baseline, self.num_samples)
-        self.baseline = baseline
-
-    def extra_repr(self) -> str:
-        return f"num_samples={self.num_samples}"
-
-    def _score(self, dist: LatentDistribution, z: Tensor, noise: Tensor) -> Tensor:
-        """``log q(z)``; see :meth:`ScoreFunction._score`."""
-        return dist.log_prob(z)
 
     def forward(
         self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
