@@ -103,6 +103,14 @@ def evaluate_loss(
     return loss
 
 
+def check_support_size(dist: LatentDistribution, max_support: int) -> int:
+    """``dist.support_size()``, or ``ValueError`` when it exceeds ``max_support``."""
+    size = dist.support_size()
+    if size > max_support:
+        raise ValueError(f"the support has {size} values, more than max_support={max_support}")
+    return size
+
+
 def zero_forward(x: Tensor) -> Tensor:
     """``x - x.detach()``: zero in the forward pass, the gradient of ``x`` in the backward pass."""
     return x - x.detach()

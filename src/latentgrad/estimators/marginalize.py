@@ -11,6 +11,7 @@ from latentgrad.estimators._base import (
     LossFn,
     check_distribution,
     check_loss_fn,
+    check_support_size,
     evaluate_loss,
     mask_zero_prob,
 )
@@ -56,11 +57,7 @@ class Marginalize:
     ) -> Estimate:
         dist = check_distribution(dist)
         loss_fn = check_loss_fn(loss_fn)
-        size = dist.support_size()
-        if size > self.max_support:
-            raise ValueError(
-                f"the support has {size} values, more than max_support={self.max_support}"
-            )
+        check_support_size(dist, self.max_support)
         values, probs = dist.support_probs()
         losses = evaluate_loss(loss_fn, values, values.shape[:1], dist.batch_shape)
         surrogate = mask_zero_prob(probs, losses)

@@ -147,26 +147,12 @@ class MuProp(ScoreFunction):
         # grad E_q[b(z)]: the analytic mean of the baseline, value 0 in the forward pass
         analytic = _event_sum(grad * zero_forward(upcast(mean)), n)
         terms = score_term(logp, centred.signal) + analytic
-        if centred.loss is not None:
-            terms = terms + zero_forward(centred.loss)
-        losses = ex.losses
-        per_sample = losses[:k] + terms.to(losses.dtype)
         extras: dict[str, object] = {
             "loss_evals": total + 1,
-            "losses": losses[:k].detach(),
             "mean_field_loss": ex.point_loss,
             "baseline": taylor[:k] + centred.baseline,
         }
-        if centred.loss is not None:
-            extras["baseline_loss"] = centred.loss.detach()
-        if centred.scale is not None:
-            extras["scale"] = centred.scale
-        return Estimate(
-            value=losses[:k].detach().mean(0),
-            surrogate=per_sample.mean(0),
-            per_sample=per_sample,
-            extras=extras,
-        )
+        return self._estimate(ex.losses[:k], terms, centred, extras)
 
 
 class DARN:

@@ -17,7 +17,12 @@ from latentgrad.estimators._base import (
     score_term,
     zero_forward,
 )
-from latentgrad.estimators.baselines import Baseline, apply_baseline, check_baseline
+from latentgrad.estimators.baselines import (
+    Baseline,
+    CenteredSignal,
+    apply_baseline,
+    check_baseline,
+)
 
 
 class ScoreFunction(nn.Module):
@@ -100,22 +105,28 @@ class ScoreFunction(nn.Module):
         centred = apply_baseline(self.baseline, z, upcast(losses.detach()), context, k)
         logp = upcast(self._score(dist, z[:k], noise[:k]))
         terms = score_term(logp, centred.signal)
-        if centred.loss is not None:
-            terms = terms + zero_forward(centred.loss)
-        per_sample = losses[:k] + terms.to(losses.dtype)
-        extras: dict[str, object] = {
-            "loss_evals": total,
-            "losses": losses[:k].detach(),
-            "baseline": centred.baseline,
-        }
+        extras: dict[str, object] = {"loss_evals": total, "baseline": centred.baseline}
         if total > k:
             extras["extra_losses"] = losses[k:].detach()
+        return self._estimate(losses[:k], terms, centred, extras)
+
+    @staticmethod
+    def _estimate(
+        losses: Tensor, terms: Tensor, centred: CenteredSignal, extras: dict[str, object]
+    ) -> Estimate:
+        """The :class:`Estimate` from the scored samples' losses and their surrogate terms.
+
+        Adds the learned baseline's own loss (value 0) and its diagnostics to ``extras``.
+        """
         if centred.loss is not None:
+            terms = terms + zero_forward(centred.loss)
             extras["baseline_loss"] = centred.loss.detach()
         if centred.scale is not None:
             extras["scale"] = centred.scale
+        per_sample = losses + terms.to(losses.dtype)
+        extras["losses"] = losses.detach()
         return Estimate(
-            value=losses[:k].detach().mean(0),
+            value=losses.detach().mean(0),
             surrogate=per_sample.mean(0),
             per_sample=per_sample,
             extras=extras,

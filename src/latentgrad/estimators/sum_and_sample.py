@@ -13,6 +13,7 @@ from latentgrad.estimators._base import (
     LossFn,
     check_distribution,
     check_loss_fn,
+    check_support_size,
     evaluate_loss,
     mask_zero_prob,
     score_term,
@@ -80,11 +81,7 @@ class SumAndSample:
         """Estimate ``E_q[loss]`` and its gradient (``context`` is accepted and unused)."""
         dist = check_distribution(dist)
         loss_fn = check_loss_fn(loss_fn)
-        size = dist.support_size()
-        if size > self.max_support:
-            raise ValueError(
-                f"the support has {size} values, more than max_support={self.max_support}"
-            )
+        check_support_size(dist, self.max_support)
         values, probs = dist.support_probs()  # (S,) + B + E, (S,) + B
         batch_shape = dist.batch_shape
         num_values = values.shape[0]
