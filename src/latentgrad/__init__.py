@@ -10,21 +10,25 @@ gradient estimates ``grad E_{z~q}[loss(z)]``::
 Importing latentgrad changes no global state.
 """
 
-from latentgrad import distributions, estimators, mappings, schedules, testing
+from latentgrad import distributions, estimators, mappings, schedules, structured, testing
 from latentgrad.distributions import (
     Bernoulli,
     Categorical,
     DiscreteDistribution,
     Independent,
+    KSubset,
+    PlackettLuce,
     RelaxedBernoulli,
     RelaxedCategorical,
     SparsemaxCategorical,
+    StructuredDistribution,
 )
 from latentgrad.estimators import (
     DARN,
     NVIL,
     Baseline,
     BaselineOutput,
+    EReinforce,
     Estimate,
     Estimator,
     GumbelSoftmax,
@@ -37,6 +41,7 @@ from latentgrad.estimators import (
     ScoreFunction,
     StraightThrough,
     SumAndSample,
+    TReinforce,
 )
 from latentgrad.mappings import entmax15, sparsemax, sparsemax_loss
 from latentgrad.schedules import Constant, ExponentialDecay, LinearGrowth, Schedule
@@ -52,25 +57,30 @@ __all__ = [
     "Categorical",
     "Constant",
     "DiscreteDistribution",
+    "EReinforce",
     "Estimate",
     "Estimator",
     "ExponentialDecay",
     "GumbelSoftmax",
     "Independent",
     "IndependentSample",
+    "KSubset",
     "LeaveOneOut",
     "LinearGrowth",
     "LocalReparam",
     "Marginalize",
     "MovingAverage",
     "MuProp",
+    "PlackettLuce",
     "RelaxedBernoulli",
     "RelaxedCategorical",
     "Schedule",
     "ScoreFunction",
     "SparsemaxCategorical",
     "StraightThrough",
+    "StructuredDistribution",
     "SumAndSample",
+    "TReinforce",
     "distributions",
     "entmax15",
     "estimators",
@@ -78,5 +88,6 @@ __all__ = [
     "schedules",
     "sparsemax",
     "sparsemax_loss",
+    "structured",
     "testing",
 ]

@@ -2,8 +2,10 @@
 
 from latentgrad.distributions import kl  # noqa: F401  (registers closed-form KL divergences)
 from latentgrad.distributions._base import DiscreteDistribution, Independent, LocalVariants
+from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.categorical import Categorical
+from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
@@ -12,8 +14,11 @@ __all__ = [
     "Categorical",
     "DiscreteDistribution",
     "Independent",
+    "KSubset",
     "LocalVariants",
+    "PlackettLuce",
     "RelaxedBernoulli",
     "RelaxedCategorical",
     "SparsemaxCategorical",
+    "StructuredDistribution",
 ]

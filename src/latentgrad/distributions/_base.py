@@ -268,6 +268,26 @@ class Independent(torch.distributions.Independent):
     def mode(self) -> Tensor:  # type: ignore[override]
         return self.base_dist.mode()
 
+    # Structured families (execution traces): scores of independent units add up.
+
+    def _base_hook(self, name: str) -> Callable[..., Any]:
+        hook = getattr(self.base_dist, name, None)
+        if hook is None:
+            raise TypeError(f"{type(self.base_dist).__name__} does not provide {name}")
+        return hook  # type: ignore[no-any-return]
+
+    def _sum_units(self, x: Tensor) -> Tensor:
+        return x.sum(tuple(range(-self._n, 0))) if self._n else x
+
+    def sample_with_trace(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Any:
+        return self._base_hook("sample_with_trace")(sample_shape)
+
+    def trace_log_prob(self, trace: Any) -> Tensor:
+        return self._sum_units(self._base_hook("trace_log_prob")(trace))
+
+    def noise_log_prob(self, noise: Tensor) -> Tensor:
+        return self._sum_units(self._base_hook("noise_log_prob")(noise))
+
     @property
     def logits(self) -> Tensor:
         return self.base_dist.logits

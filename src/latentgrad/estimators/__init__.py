@@ -13,7 +13,7 @@ from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.estimators.marginalize import Marginalize
 from latentgrad.estimators.muprop import DARN, MuProp
 from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough
-from latentgrad.estimators.score_function import ScoreFunction
+from latentgrad.estimators.score_function import EReinforce, ScoreFunction, TReinforce
 from latentgrad.estimators.sum_and_sample import SumAndSample
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "NVIL",
     "Baseline",
     "BaselineOutput",
+    "EReinforce",
     "Estimate",
     "Estimator",
     "GumbelSoftmax",
@@ -34,4 +35,5 @@ __all__ = [
     "ScoreFunction",
     "StraightThrough",
     "SumAndSample",
+    "TReinforce",
 ]

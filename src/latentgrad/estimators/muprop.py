@@ -136,14 +136,14 @@ class MuProp(ScoreFunction):
         point = mean.detach()
         k = self.num_samples
         total = k + self._num_extra
-        z, noise = dist.sample_with_noise((total,))
+        z, aux = self._draw(dist, total)
         ex = _expand_loss(loss_fn, point, z, dist.batch_shape)
         n = len(dist.event_shape)
         grad = upcast(ex.point_grad)
         taylor = upcast(ex.point_loss) + _event_sum(grad * (upcast(z) - upcast(point)), n)
         residual = upcast(ex.losses.detach()) - taylor
         centred = apply_baseline(self.baseline, z, residual, context, k)
-        logp = upcast(self._score(dist, z[:k], noise[:k]))
+        logp = upcast(self._score(dist, z[:k], aux[:k]))
         # grad E_q[b(z)]: the analytic mean of the baseline, value 0 in the forward pass
         analytic = _event_sum(grad * zero_forward(upcast(mean)), n)
         terms = score_term(logp, centred.signal) + analytic

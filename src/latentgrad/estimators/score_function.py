@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
@@ -23,6 +25,18 @@ from latentgrad.estimators.baselines import (
     apply_baseline,
     check_baseline,
 )
+
+
+Score = Literal["value", "trace", "noise"]
+SCORES: tuple[str, ...] = ("value", "trace", "noise")
+
+
+def _require(dist: LatentDistribution, hook: str, score: str) -> None:
+    if not hasattr(dist, hook):
+        raise TypeError(
+            f"score={score!r} needs a family sampled by a recursive algorithm (it has no "
+            f"{hook}); got {type(dist).__name__}"
+        )
 
 
 class ScoreFunction(nn.Module):
@@ -47,6 +61,12 @@ class ScoreFunction(nn.Module):
         num_samples: number of scored samples ``K`` per batch element.
         baseline: a :class:`~latentgrad.estimators.baselines.Baseline`, or ``None``. Modules
             (moving averages, networks) become submodules, so ``state_dict`` checkpoints them.
+        score: what the learning signal multiplies: ``"value"`` (``log q(z)``, the default),
+            or, for structured families sampled by a recursive algorithm (Struminsky et al.
+            2021), ``"trace"`` (``log p(T)`` of the execution trace, T-REINFORCE) or
+            ``"noise"`` (``log p(E)`` of the exponential noise, E-REINFORCE). All three are
+            unbiased; the trace score has lower variance than the noise score, and the value
+            score (when tractable) lower still.
 
     Returns:
         :class:`~latentgrad.estimators._base.Estimate` with ``extras``: ``"loss_evals"``
@@ -76,21 +96,45 @@ class ScoreFunction(nn.Module):
             Communications of the ACM 1990.
     """
 
-    def __init__(self, num_samples: int = 1, baseline: Baseline | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int = 1,
+        baseline: Baseline | None = None,
+        *,
+        score: Score = "value",
+    ) -> None:
         super().__init__()
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
         self._num_extra = check_baseline(baseline, self.num_samples)
         self.baseline = baseline
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.score = score
 
     def extra_repr(self) -> str:
-        return f"num_samples={self.num_samples}"
+        extra = "" if self.score == "value" else f", score={self.score!r}"
+        return f"num_samples={self.num_samples}{extra}"
 
-    def _score(self, dist: LatentDistribution, z: Tensor, noise: Tensor) -> Tensor:
-        """``log q(z)``, the term whose gradient the learning signal multiplies.
+    def _draw(self, dist: LatentDistribution, total: int) -> tuple[Tensor, Any]:
+        """``total`` samples and what :meth:`_score` needs besides them (noise, or traces)."""
+        if self.score == "trace":
+            _require(dist, "sample_with_trace", self.score)
+            z, _, trace = dist.sample_with_trace((total,))
+            return z, trace
+        return dist.sample_with_noise((total,))
 
-        ``noise`` is what produced ``z``; families with execution traces can score the trace
-        (a Rao-Blackwellization) instead of the value.
+    def _score(self, dist: LatentDistribution, z: Tensor, aux: Any) -> Tensor:
+        """The term whose gradient the learning signal multiplies.
+
+        ``"value"``: ``log q(z)``; ``"trace"``: ``log p(T)`` of the execution trace that
+        produced ``z`` (T-REINFORCE, a Rao-Blackwellization of the noise score);
+        ``"noise"``: ``log p(E)`` of the noise (E-REINFORCE).
         """
+        if self.score == "trace":
+            return dist.trace_log_prob(aux)  # type: ignore[union-attr]
+        if self.score == "noise":
+            _require(dist, "noise_log_prob", self.score)
+            return dist.noise_log_prob(aux)  # type: ignore[union-attr]
         return dist.log_prob(z)
 
     def forward(
@@ -100,10 +144,10 @@ class ScoreFunction(nn.Module):
         loss_fn = check_loss_fn(loss_fn)
         k = self.num_samples
         total = k + self._num_extra
-        z, noise = dist.sample_with_noise((total,))
+        z, aux = self._draw(dist, total)
         losses = evaluate_loss(loss_fn, z, (total,), dist.batch_shape)
         centred = apply_baseline(self.baseline, z, upcast(losses.detach()), context, k)
-        logp = upcast(self._score(dist, z[:k], noise[:k]))
+        logp = upcast(self._score(dist, z[:k], aux[:k]))
         terms = score_term(logp, centred.signal)
         extras: dict[str, object] = {"loss_evals": total, "baseline": centred.baseline}
         if total > k:
@@ -131,3 +175,51 @@ class ScoreFunction(nn.Module):
             per_sample=per_sample,
             extras=extras,
         )
+
+
+class TReinforce(ScoreFunction):
+    """T-REINFORCE: the score function of the execution trace, ``f(X) grad log p(T)``.
+
+    For families sampled by a recursive algorithm on exponential noise (``KSubset``,
+    ``SpanningTree``, ``Arborescence``, ...), whose structure probability is a sum over traces
+    that is rarely tractable, the trace probability is always a product of softmaxes. It is
+    the Rao-Blackwellization of :class:`EReinforce` over the noise given the trace, so its
+    variance is never larger. With ``num_samples >= 2`` and
+    :class:`~latentgrad.estimators.baselines.LeaveOneOut` it is "T-REINFORCE+".
+
+    Equivalent to ``ScoreFunction(num_samples, baseline, score="trace")``.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> scores = torch.zeros(5, 4, requires_grad=True)
+        >>> est = lg.TReinforce(num_samples=3, baseline=lg.LeaveOneOut())
+        >>> out = est(lg.KSubset(scores, k=2), lambda z: z[..., 0] + z[..., 1])
+        >>> out.surrogate.sum().backward()
+        >>> scores.grad.shape
+        torch.Size([5, 4])
+
+    References:
+        [1] Struminsky, Gadetsky, Rakitin, Karpushkin & Vetrov, "Leveraging recursive
+            Gumbel-max trick for approximate inference in combinatorial spaces", NeurIPS 2021.
+    """
+
+    def __init__(self, num_samples: int = 1, baseline: Baseline | None = None) -> None:
+        super().__init__(num_samples, baseline, score="trace")
+
+
+class EReinforce(ScoreFunction):
+    """E-REINFORCE: the score function of the exponential noise, ``f(X) grad log p(E)``.
+
+    Needs only the noise density, so it works for any algorithm on the noise; its variance is
+    at least that of :class:`TReinforce`. With ``num_samples >= 2`` and
+    :class:`~latentgrad.estimators.baselines.LeaveOneOut` it is "E-REINFORCE+".
+
+    Equivalent to ``ScoreFunction(num_samples, baseline, score="noise")``.
+
+    References:
+        [1] Struminsky et al., "Leveraging recursive Gumbel-max trick for approximate inference
+            in combinatorial spaces", NeurIPS 2021.
+    """
+
+    def __init__(self, num_samples: int = 1, baseline: Baseline | None = None) -> None:
+        super().__init__(num_samples, baseline, score="noise")

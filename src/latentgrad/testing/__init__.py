@@ -7,6 +7,9 @@ from latentgrad.testing.stats import (
     assert_unbiased,
     bonferroni_z,
     check_unbiased,
+    chi_square_pvalue,
+    ks_critical_value,
+    ks_statistic,
 )
 
 __all__ = [
@@ -15,7 +18,10 @@ __all__ = [
     "assert_unbiased",
     "bonferroni_z",
     "check_unbiased",
+    "chi_square_pvalue",
     "exact_expectation",
     "exact_gradient",
+    "ks_critical_value",
+    "ks_statistic",
     "replicated_gradients",
 ]

@@ -8,6 +8,7 @@ gradient by enumeration, ready for :func:`~latentgrad.testing.assert_unbiased`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -168,3 +169,48 @@ def small_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
             units_loss,
         ),
     ]
+
+
+def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
+    """Small structured problems (2 examples each) with a nonlinear loss of the whole value.
+
+    The loss is ``(s - 0.5)^2 + sin(2 s) + 0.3 s t`` with ``s = <z, theta>`` and ``t = <z, c>``
+    over the flattened value ``z`` (orderings are used as numbers), so its gradient w.r.t. both
+    the scores and ``theta`` is nonzero. Families: ``KSubset`` (n = 4, k = 2, one item absent
+    in one example) and ``PlackettLuce`` (n = 3).
+    """
+    from latentgrad.distributions.ksubset import KSubset, PlackettLuce
+
+    g = torch.Generator().manual_seed(7)
+
+    def problem(
+        name: str,
+        scores: Tensor,
+        make: Callable[[Tensor], Distribution],
+        event_shape: tuple[int, ...],
+    ) -> GradientProblem:
+        size = math.prod(event_shape)
+        c = torch.randn(size, generator=g, dtype=dtype)
+        theta = torch.randn(size, generator=g, dtype=dtype)
+
+        def make_loss(theta: Tensor) -> LossFn:
+            def loss_fn(z: Tensor) -> Tensor:
+                flat = z.to(dtype).reshape(*z.shape[: z.dim() - len(event_shape)], size)
+                return _structured_loss(flat, theta, c)
+
+            return loss_fn
+
+        return GradientProblem(name, scores, theta, make, make_loss)
+
+    ks = torch.tensor([[0.5, -0.3, 1.0, 0.0], [0.2, -torch.inf, -0.6, 0.9]], dtype=dtype)
+    pl = torch.tensor([[0.3, -0.8, 1.2], [0.0, 0.5, -0.4]], dtype=dtype)
+    return [
+        problem("ksubset", ks, lambda s: KSubset(s, k=2), (4,)),
+        problem("plackett-luce", pl, PlackettLuce, (3,)),
+    ]
+
+
+def _structured_loss(z: Tensor, theta: Tensor, c: Tensor) -> Tensor:
+    s = (z * theta.unsqueeze(-2)).sum(-1)
+    t = (z * c).sum(-1)
+    return (s - 0.5) ** 2 + torch.sin(2 * s) + 0.3 * s * t

@@ -122,3 +122,75 @@ def assert_unbiased(
     if not result.passed:
         raise AssertionError(f"{name} is biased (or alpha too small):\n{result.summary()}")
     return result
+
+
+def chi_square_pvalue(counts: Tensor, probs: Tensor, *, min_expected: float = 5.0) -> float:
+    """p-value of Pearson's chi-square goodness-of-fit test of ``counts`` against ``probs``.
+
+    Categories whose expected count is below ``min_expected`` are pooled into one (and dropped
+    if the pool is still below it), so the chi-square approximation holds.
+
+    Args:
+        counts: observed counts per category, shape ``(C,)``.
+        probs: the null probabilities, shape ``(C,)``, summing to 1.
+
+    Example:
+        >>> import torch
+        >>> from latentgrad.testing.stats import chi_square_pvalue
+        >>> round(chi_square_pvalue(torch.tensor([50, 50]), torch.tensor([0.5, 0.5])), 3)
+        1.0
+    """
+    c = counts.detach().to(torch.float64).reshape(-1)
+    p = probs.detach().to(torch.float64).reshape(-1).to(c.device)
+    if c.shape != p.shape:
+        raise ValueError(f"counts and probs must have the same size, got {c.shape} and {p.shape}")
+    n = float(c.sum())
+    expected = n * p
+    small = expected < min_expected
+    obs = c[~small]
+    exp = expected[~small]
+    if bool(small.any()) and float(expected[small].sum()) >= min_expected:
+        obs = torch.cat([obs, c[small].sum().reshape(1)])
+        exp = torch.cat([exp, expected[small].sum().reshape(1)])
+    elif bool(small.any()):
+        # the pooled rare categories are tested not to be observed too often
+        if float(c[small].sum()) > max(min_expected, 10 * float(expected[small].sum())):
+            return 0.0
+    df = obs.numel() - 1
+    if df < 1:
+        return 1.0
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), stat / 2))
+
+
+def ks_critical_value(n: int, m: int, alpha: float) -> float:
+    """Asymptotic critical value of the two-sample Kolmogorov-Smirnov statistic at level ``alpha``.
+
+    ``sqrt(-log(alpha / 2) / 2) * sqrt((n + m) / (n m))``; conservative for moderate sizes.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
+def ks_statistic(x: Tensor, y: Tensor) -> Tensor:
+    """Two-sample Kolmogorov-Smirnov statistics, one per column.
+
+    Args:
+        x: samples ``(n, C)``; y: samples ``(m, C)`` (``+inf`` allowed: it sorts last).
+
+    Returns:
+        ``sup_t |F_x(t) - F_y(t)|`` per column, shape ``(C,)``.
+    """
+    x = x.detach().to(torch.float64)
+    y = y.detach().to(torch.float64)
+    n, m = x.shape[0], y.shape[0]
+    pooled = torch.cat([x, y], 0)
+    order = pooled.argsort(dim=0, stable=True)
+    sorted_vals = pooled.gather(0, order)
+    step = torch.where(order < n, 1.0 / n, -1.0 / m)
+    diff = step.cumsum(0)
+    # Only compare at the last of each run of equal values (ties move together).
+    last = torch.ones_like(sorted_vals, dtype=torch.bool)
+    last[:-1] = sorted_vals[1:] != sorted_vals[:-1]
+    return torch.where(last, diff.abs(), torch.zeros_like(diff)).amax(0)
