@@ -26,6 +26,7 @@ from latentgrad.distributions import (
 from latentgrad.estimators import (
     DARN,
     NVIL,
+    RELAX,
     Baseline,
     BaselineOutput,
     EReinforce,
@@ -36,6 +37,7 @@ from latentgrad.estimators import (
     LeaveOneOut,
     LocalReparam,
     Marginalize,
+    MLPCritic,
     MovingAverage,
     MuProp,
     ScoreFunction,
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DARN",
     "NVIL",
+    "RELAX",
     "Baseline",
     "BaselineOutput",
     "Bernoulli",
@@ -68,6 +71,7 @@ __all__ = [
     "LeaveOneOut",
     "LinearGrowth",
     "LocalReparam",
+    "MLPCritic",
     "Marginalize",
     "MovingAverage",
     "MuProp",

@@ -12,6 +12,7 @@ from latentgrad.estimators.baselines import (
 from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.estimators.marginalize import Marginalize
 from latentgrad.estimators.muprop import DARN, MuProp
+from latentgrad.estimators.relax import RELAX, MLPCritic
 from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough
 from latentgrad.estimators.score_function import EReinforce, ScoreFunction, TReinforce
 from latentgrad.estimators.sum_and_sample import SumAndSample
@@ -19,6 +20,7 @@ from latentgrad.estimators.sum_and_sample import SumAndSample
 __all__ = [
     "DARN",
     "NVIL",
+    "RELAX",
     "Baseline",
     "BaselineOutput",
     "EReinforce",
@@ -29,6 +31,7 @@ __all__ = [
     "LeaveOneOut",
     "LocalReparam",
     "LossFn",
+    "MLPCritic",
     "Marginalize",
     "MovingAverage",
     "MuProp",
