@@ -13,10 +13,12 @@ Importing latentgrad changes no global state.
 from latentgrad import distributions, estimators, mappings, schedules, structured, testing
 from latentgrad.distributions import (
     Bernoulli,
+    BinaryTree,
     Categorical,
     DiscreteDistribution,
     Independent,
     KSubset,
+    Matching,
     PlackettLuce,
     RelaxedBernoulli,
     RelaxedCategorical,
@@ -57,6 +59,7 @@ __all__ = [
     "Baseline",
     "BaselineOutput",
     "Bernoulli",
+    "BinaryTree",
     "Categorical",
     "Constant",
     "DiscreteDistribution",
@@ -73,6 +76,7 @@ __all__ = [
     "LocalReparam",
     "MLPCritic",
     "Marginalize",
+    "Matching",
     "MovingAverage",
     "MuProp",
     "PlackettLuce",

@@ -4,18 +4,22 @@ from latentgrad.distributions import kl  # noqa: F401  (registers closed-form KL
 from latentgrad.distributions._base import DiscreteDistribution, Independent, LocalVariants
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.distributions.bernoulli import Bernoulli
+from latentgrad.distributions.binary_tree import BinaryTree
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.distributions.ksubset import KSubset, PlackettLuce
+from latentgrad.distributions.matching import Matching
 from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
 __all__ = [
     "Bernoulli",
+    "BinaryTree",
     "Categorical",
     "DiscreteDistribution",
     "Independent",
     "KSubset",
     "LocalVariants",
+    "Matching",
     "PlackettLuce",
     "RelaxedBernoulli",
     "RelaxedCategorical",

@@ -19,14 +19,18 @@ from latentgrad.structured._core import (
     structure_support,
     trace_log_prob,
 )
+from latentgrad.structured.argmin_splits import ArgminSplits
+from latentgrad.structured.elimination import Elimination
 from latentgrad.structured.topk import TopK
 
 __all__ = [
+    "ArgminSplits",
+    "Elimination",
     "Enumeration",
     "RecursiveAlgorithm",
     "State",
-    "Trace",
     "TopK",
+    "Trace",
     "conditional_noise",
     "enumerate_traces",
     "noise_log_prob",
