@@ -12,6 +12,7 @@ Importing latentgrad changes no global state.
 
 from latentgrad import distributions, estimators, mappings, schedules, structured, testing
 from latentgrad.distributions import (
+    Arborescence,
     Bernoulli,
     BinaryTree,
     Categorical,
@@ -56,6 +57,7 @@ __all__ = [
     "DARN",
     "NVIL",
     "RELAX",
+    "Arborescence",
     "Baseline",
     "BaselineOutput",
     "Bernoulli",

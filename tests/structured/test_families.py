@@ -111,7 +111,7 @@ def test_trace_probabilities_sum_to_one(name: str) -> None:
     totals = torch.zeros(theta.shape[0], dtype=F64).index_add(0, enum.row, p)
     torch.testing.assert_close(totals, torch.ones_like(totals), rtol=0, atol=1e-12)
     # every enumerated trace is the trace of its own structure when replayed
-    replay = run(q.algorithm, _noise_for(enum.trace, theta[enum.row]), mask[enum.row])
+    replay = run(q.algorithm, q._costs(_noise_for(enum.trace, theta[enum.row])), mask[enum.row])
     assert torch.equal(replay[1].choices, enum.trace.choices)
 
 

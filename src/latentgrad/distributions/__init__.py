@@ -3,6 +3,7 @@
 from latentgrad.distributions import kl  # noqa: F401  (registers closed-form KL divergences)
 from latentgrad.distributions._base import DiscreteDistribution, Independent, LocalVariants
 from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.distributions.arborescence import Arborescence
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.binary_tree import BinaryTree
 from latentgrad.distributions.categorical import Categorical
@@ -12,6 +13,7 @@ from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorica
 from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
 __all__ = [
+    "Arborescence",
     "Bernoulli",
     "BinaryTree",
     "Categorical",

@@ -20,11 +20,13 @@ from latentgrad.structured._core import (
     trace_log_prob,
 )
 from latentgrad.structured.argmin_splits import ArgminSplits
+from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
 from latentgrad.structured.elimination import Elimination
 from latentgrad.structured.topk import TopK
 
 __all__ = [
     "ArgminSplits",
+    "ChuLiuEdmonds",
     "Elimination",
     "Enumeration",
     "RecursiveAlgorithm",
