@@ -23,6 +23,7 @@ from latentgrad.distributions import (
     PlackettLuce,
     RelaxedBernoulli,
     RelaxedCategorical,
+    SpanningTree,
     SparsemaxCategorical,
     StructuredDistribution,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "RelaxedCategorical",
     "Schedule",
     "ScoreFunction",
+    "SpanningTree",
     "SparsemaxCategorical",
     "StraightThrough",
     "StructuredDistribution",

@@ -10,6 +10,7 @@ import torch
 
 import latentgrad as lg
 from latentgrad.estimators.baselines import LeaveOneOut
+from latentgrad.estimators.relax import RELAX, MLPCritic
 from latentgrad.estimators.score_function import EReinforce, ScoreFunction, TReinforce
 from latentgrad.testing import assert_unbiased
 from latentgrad.testing.problems import GradientProblem, replicated_and_exact, structured_problems
@@ -25,12 +26,25 @@ ESTIMATORS = {
 }
 
 
+def _relax(problem: GradientProblem, num_samples: int) -> RELAX:
+    d = problem.make_dist(problem.logits).num_items
+    critic = MLPCritic(d, hidden=8).to(F64)
+    with torch.no_grad():  # a random critic: its terms must cancel in expectation
+        for p in critic.parameters():
+            p.normal_(0.0, 0.5)
+    return RELAX(critic, num_samples=num_samples)
+
+
 @pytest.mark.stat
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", [*sorted(ESTIMATORS), "RELAX", "RELAX K=2"])
 def test_unbiased_against_enumeration(problem: GradientProblem, name: str) -> None:
     torch.manual_seed(0)
-    grads, exact = replicated_and_exact(problem, ESTIMATORS[name](), 4000)
+    if name.startswith("RELAX"):
+        est = _relax(problem, 2 if name.endswith("2") else 1)
+    else:
+        est = ESTIMATORS[name]()
+    grads, exact = replicated_and_exact(problem, est, 4000)
     assert_unbiased(grads, exact, name=f"{name} on {problem.name}")
 
 

@@ -10,6 +10,7 @@ from latentgrad.distributions.categorical import Categorical
 from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.distributions.matching import Matching
 from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
+from latentgrad.distributions.spanning_tree import SpanningTree
 from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "PlackettLuce",
     "RelaxedBernoulli",
     "RelaxedCategorical",
+    "SpanningTree",
     "SparsemaxCategorical",
     "StructuredDistribution",
 ]

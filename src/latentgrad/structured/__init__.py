@@ -22,6 +22,7 @@ from latentgrad.structured._core import (
 from latentgrad.structured.argmin_splits import ArgminSplits
 from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
 from latentgrad.structured.elimination import Elimination
+from latentgrad.structured.kruskal import Kruskal
 from latentgrad.structured.topk import TopK
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ChuLiuEdmonds",
     "Elimination",
     "Enumeration",
+    "Kruskal",
     "RecursiveAlgorithm",
     "State",
     "TopK",

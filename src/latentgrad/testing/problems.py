@@ -177,9 +177,14 @@ def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProb
     The loss is ``(s - 0.5)^2 + sin(2 s) + 0.3 s t`` with ``s = <z, theta>`` and ``t = <z, c>``
     over the flattened value ``z`` (orderings are used as numbers), so its gradient w.r.t. both
     the scores and ``theta`` is nonzero. Families: ``KSubset`` (n = 4, k = 2, one item absent
-    in one example) and ``PlackettLuce`` (n = 3).
+    in one example), ``PlackettLuce`` (n = 3), ``SpanningTree`` and ``Arborescence`` (4
+    vertices, one edge absent in one example), ``BinaryTree`` (n = 4), ``Matching`` (n = 3).
     """
+    from latentgrad.distributions.arborescence import Arborescence
+    from latentgrad.distributions.binary_tree import BinaryTree
     from latentgrad.distributions.ksubset import KSubset, PlackettLuce
+    from latentgrad.distributions.matching import Matching
+    from latentgrad.distributions.spanning_tree import SpanningTree
 
     g = torch.Generator().manual_seed(7)
 
@@ -204,9 +209,15 @@ def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProb
 
     ks = torch.tensor([[0.5, -0.3, 1.0, 0.0], [0.2, -torch.inf, -0.6, 0.9]], dtype=dtype)
     pl = torch.tensor([[0.3, -0.8, 1.2], [0.0, 0.5, -0.4]], dtype=dtype)
+    graph = torch.randn(2, 4, 4, generator=g, dtype=dtype)
+    graph[1, 0, 2] = -torch.inf  # an absent edge in the second example
     return [
         problem("ksubset", ks, lambda s: KSubset(s, k=2), (4,)),
         problem("plackett-luce", pl, PlackettLuce, (3,)),
+        problem("spanning-tree", graph, SpanningTree, (4, 4)),
+        problem("arborescence", graph, Arborescence, (4, 4)),
+        problem("binary-tree", torch.randn(2, 4, generator=g, dtype=dtype), BinaryTree, (4, 4)),
+        problem("matching", torch.randn(2, 3, 3, generator=g, dtype=dtype), Matching, (3, 3)),
     ]
 
 
@@ -214,3 +225,62 @@ def _structured_loss(z: Tensor, theta: Tensor, c: Tensor) -> Tensor:
     s = (z * theta.unsqueeze(-2)).sum(-1)
     t = (z * c).sum(-1)
     return (s - 0.5) ** 2 + torch.sin(2 * s) + 0.3 * s * t
+
+
+def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
+    """The toy objectives of Struminsky et al. (2021), at sizes small enough to enumerate.
+
+    One example each, random scores (fixed seed); the losses have no parameters (``theta`` is
+    an unused placeholder):
+
+    * ``spanning-tree n=5``: the number of edges not touching vertex 0;
+    * ``arborescence n=5``: minus the largest out-degree;
+    * ``binary-tree n=6``: minus the height;
+    * ``matching n=4``: minus the number of diagonal matches;
+    * ``ksubset n=8 k=3``: minus the number of chosen even items.
+    """
+    from latentgrad.distributions.arborescence import Arborescence
+    from latentgrad.distributions.binary_tree import BinaryTree
+    from latentgrad.distributions.ksubset import KSubset
+    from latentgrad.distributions.matching import Matching
+    from latentgrad.distributions.spanning_tree import SpanningTree
+
+    g = torch.Generator().manual_seed(11)
+    unused = torch.zeros(1, dtype=dtype)
+
+    def constant(loss: LossFn) -> Callable[[Tensor], LossFn]:
+        return lambda theta: loss
+
+    def off_zero(a: Tensor) -> Tensor:
+        return a[..., 1:, 1:].sum((-1, -2)) / 2
+
+    def max_out_degree(a: Tensor) -> Tensor:
+        return -a.sum(-1).amax(-1)
+
+    def height(a: Tensor) -> Tensor:
+        n = a.shape[-1]
+        reach = a
+        for _ in range(n):
+            reach = (a + reach @ a).clamp_max(1)
+        return -reach.sum(-2).amax(-1)  # depth = number of ancestors
+
+    def diagonal(m: Tensor) -> Tensor:
+        return -m.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+    def even(z: Tensor) -> Tensor:
+        return -z[..., ::2].sum(-1)
+
+    def scores(*shape: int) -> Tensor:
+        return torch.randn(1, *shape, generator=g, dtype=dtype)
+
+    return [
+        GradientProblem("spanning-tree n=5", scores(5, 5), unused, SpanningTree, constant(off_zero)),
+        GradientProblem(
+            "arborescence n=5", scores(5, 5), unused, Arborescence, constant(max_out_degree)
+        ),
+        GradientProblem("binary-tree n=6", scores(6), unused, BinaryTree, constant(height)),
+        GradientProblem("matching n=4", scores(4, 4), unused, Matching, constant(diagonal)),
+        GradientProblem(
+            "ksubset n=8 k=3", scores(8), unused, lambda s: KSubset(s, k=3), constant(even)
+        ),
+    ]
