@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -65,9 +64,7 @@ def nx_arborescences(costs: list[list[list[float]]], n: int) -> list[set[tuple[i
     out = []
     for c in costs:
         g = nx.DiGraph()
-        g.add_weighted_edges_from(
-            (u, v, c[u][v]) for u in range(n) for v in range(1, n) if u != v
-        )
+        g.add_weighted_edges_from((u, v, c[u][v]) for u in range(n) for v in range(1, n) if u != v)
         tree = nx.minimum_spanning_arborescence(g)
         out.append(set(tree.edges()))
     return out
@@ -86,16 +83,22 @@ def speed(args: argparse.Namespace) -> None:
         f"Part 1: samples/s at batch {args.batch}, {args.threads} thread(s), median [IQR] over "
         f"{args.rounds} interleaved rounds"
     )
-    header = f"{'family':<14}{'n':>5}  {'latentgrad':>24}  {'networkx':>22}  {'speed-up':>8}  mismatch"
+    header = (
+        f"{'family':<14}{'n':>5}  {'latentgrad':>24}  {'networkx':>22}  {'speed-up':>8}  mismatch"
+    )
     print(header)
     print("-" * len(header))
     g = torch.Generator().manual_seed(0)
     for n in args.sizes:
+        bench_size(n, args, g)
+
+
+def bench_size(n: int, args: argparse.Namespace, g: torch.Generator) -> None:
+    if True:
         scores = torch.randn(args.batch, n, n, generator=g)
         tree = SpanningTree(scores)
         arbo = Arborescence(scores, root=0)
         m = min(args.batch, args.nx_samples if n >= 100 else args.batch)
-        cases: dict[str, Callable[[], float]] = {}
         mismatches = {"tree": 0, "arbo": 0}
 
         def lg_tree() -> float:
@@ -114,7 +117,9 @@ def speed(args: argparse.Namespace) -> None:
             t = time.perf_counter()
             trees = nx_spanning_trees(keys, n)
             rate = m / (time.perf_counter() - t)
-            mismatches["tree"] += sum(a != b for a, b in zip(trees, edge_sets(z[:m], False)))
+            mismatches["tree"] += sum(
+                a != b for a, b in zip(trees, edge_sets(z[:m], False), strict=True)
+            )
             return rate
 
         def nx_arbo() -> float:
@@ -123,7 +128,9 @@ def speed(args: argparse.Namespace) -> None:
             t = time.perf_counter()
             trees = nx_arborescences(costs, n)
             rate = m / (time.perf_counter() - t)
-            mismatches["arbo"] += sum(a != b for a, b in zip(trees, edge_sets(z[:m], True)))
+            mismatches["arbo"] += sum(
+                a != b for a, b in zip(trees, edge_sets(z[:m], True), strict=True)
+            )
             return rate
 
         cases = {"lg tree": lg_tree, "nx tree": nx_tree, "lg arbo": lg_arbo, "nx arbo": nx_arbo}
@@ -182,9 +189,7 @@ def variance(args: argparse.Namespace) -> None:
             grads, exact = replicated_and_exact(problem, make(), args.replicates)
             row.append(float(grads[:, :n].var(0).sum() / exact[:n].pow(2).sum()))
         print(
-            f"{problem.name:<26}"
-            + "".join(f"{x:>18.3g}" for x in row)
-            + f"{row[1] / row[0]:>7.2f}"
+            f"{problem.name:<26}" + "".join(f"{x:>18.3g}" for x in row) + f"{row[1] / row[0]:>7.2f}"
         )
 
 
@@ -193,7 +198,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--nx-samples", type=int, default=16, help="networkx graphs per round at n >= 100")
+    parser.add_argument(
+        "--nx-samples", type=int, default=16, help="networkx graphs per round at n >= 100"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--replicates", type=int, default=4000)
     parser.add_argument("--skip-variance", action="store_true")

@@ -78,3 +78,26 @@ def check_probability(x: object, name: str, *, open_low: bool = False) -> float:
         interval = "(0, 1]" if open_low else "[0, 1]"
         raise ValueError(f"{name} must be in {interval}, got {x!r}")
     return value
+
+
+def check_index(x: object, name: str, size: int) -> int:
+    """Check an int in ``[0, size)`` (a root vertex, a position)."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    if not 0 <= x < size:
+        raise ValueError(f"{name} must be in [0, {size}), got {x}")
+    return x
+
+
+def check_output_shape(out: object, shape: tuple[int, ...], what: str, expected: str) -> Tensor:
+    """A network's output as a tensor of ``shape`` (a trailing singleton dim is squeezed).
+
+    ``what`` names the call (``"critic"``), ``expected`` says what it should return.
+    """
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+    if out.shape == (*shape, 1):
+        out = out.squeeze(-1)
+    if out.shape != shape:
+        raise ValueError(f"{what} must return {expected}, got shape {tuple(out.shape)}")
+    return out

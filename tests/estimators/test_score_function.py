@@ -15,7 +15,12 @@ from latentgrad.testing import (
     assert_unbiased,
     exact_expectation,
 )
-from latentgrad.testing.problems import GradientProblem, replicated_and_exact, small_problems
+from latentgrad.testing.problems import (
+    GradientProblem,
+    pathwise_only,
+    replicated_and_exact,
+    small_problems,
+)
 
 F64 = torch.float64
 
@@ -41,14 +46,7 @@ def test_the_test_detects_a_wrong_gradient() -> None:
     # Sanity check of the harness: dropping the score term leaves only the pathwise part,
     # whose mean w.r.t. the logits is 0, far from the exact gradient.
     torch.manual_seed(1)
-    problem = PROBLEMS[0]
-
-    def pathwise_only(dist, loss_fn, *, context=None):
-        out = ScoreFunction(2)(dist, loss_fn)
-        out.surrogate = out.extras["losses"].mean(0) + 0 * out.surrogate
-        return out
-
-    grads, exact = replicated_and_exact(problem, pathwise_only, 4000)
+    grads, exact = replicated_and_exact(PROBLEMS[0], pathwise_only(ScoreFunction(2)), 4000)
     with pytest.raises(AssertionError, match="biased"):
         assert_unbiased(grads, exact)
 

@@ -13,7 +13,12 @@ from latentgrad.estimators.baselines import LeaveOneOut
 from latentgrad.estimators.relax import RELAX, MLPCritic
 from latentgrad.estimators.score_function import EReinforce, ScoreFunction, TReinforce
 from latentgrad.testing import assert_unbiased
-from latentgrad.testing.problems import GradientProblem, replicated_and_exact, structured_problems
+from latentgrad.testing.problems import (
+    GradientProblem,
+    pathwise_only,
+    replicated_and_exact,
+    structured_problems,
+)
 
 F64 = torch.float64
 PROBLEMS = structured_problems()
@@ -51,14 +56,7 @@ def test_unbiased_against_enumeration(problem: GradientProblem, name: str) -> No
 @pytest.mark.stat
 def test_dropping_the_score_is_detected() -> None:
     torch.manual_seed(1)
-    problem = PROBLEMS[0]
-
-    def pathwise_only(dist, loss_fn, *, context=None):
-        out = TReinforce(2)(dist, loss_fn)
-        out.surrogate = out.extras["losses"].mean(0) + 0 * out.surrogate
-        return out
-
-    grads, exact = replicated_and_exact(problem, pathwise_only, 4000)
+    grads, exact = replicated_and_exact(PROBLEMS[0], pathwise_only(TReinforce(2)), 4000)
     with pytest.raises(AssertionError, match="biased"):
         assert_unbiased(grads, exact)
 

@@ -144,7 +144,7 @@ def test_ksubset_log_prob_dp_equals_enumeration(n: int, k: int) -> None:
     g = torch.Generator().manual_seed(n + k)
     s = torch.randn(2, n, generator=g, dtype=F64)
     q = KSubset(s, k=k)
-    values, probs = q.support_probs()
+    values, _ = q.support_probs()
     dp = q.log_prob(values).exp()
     by_enumeration = StructuredDistribution.log_prob(q, values).exp()
     torch.testing.assert_close(dp, by_enumeration, rtol=1e-10, atol=1e-14)

@@ -17,8 +17,15 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from latentgrad.distributions import (
+    Arborescence,
+    BinaryTree,
+    KSubset,
+    Matching,
+    PlackettLuce,
+    SpanningTree,
+)
 from latentgrad.distributions._structured import StructuredDistribution
-from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.structured import enumerate_traces, run, trace_log_prob
 from latentgrad.testing.stats import chi_square_pvalue, ks_critical_value, ks_statistic
 
@@ -43,57 +50,34 @@ FAMILIES: dict[str, Factory] = {
 }
 
 
-def _extra_families() -> dict[str, Factory]:
-    """Families written in their own modules, registered when present."""
-    out: dict[str, Factory] = {}
-    try:
-        from latentgrad.distributions.spanning_tree import SpanningTree
-
-        def spanning(dtype: torch.dtype) -> StructuredDistribution:
-            g = torch.Generator().manual_seed(3)
-            s = torch.randn(2, 4, 4, generator=g, dtype=dtype)
-            s[1, 0, 3] = -torch.inf
-            return SpanningTree(s)
-
-        out["spanning-tree"] = spanning
-    except ImportError:
-        pass
-    try:
-        from latentgrad.distributions.arborescence import Arborescence
-
-        def arborescence(dtype: torch.dtype) -> StructuredDistribution:
-            g = torch.Generator().manual_seed(4)
-            s = torch.randn(2, 4, 4, generator=g, dtype=dtype)
-            s[1, 2, 1] = -torch.inf
-            return Arborescence(s, root=0)
-
-        out["arborescence"] = arborescence
-    except ImportError:
-        pass
-    try:
-        from latentgrad.distributions.binary_tree import BinaryTree
-
-        def binary_tree(dtype: torch.dtype) -> StructuredDistribution:
-            g = torch.Generator().manual_seed(5)
-            return BinaryTree(torch.randn(2, 4, generator=g, dtype=dtype))
-
-        out["binary-tree"] = binary_tree
-    except ImportError:
-        pass
-    try:
-        from latentgrad.distributions.matching import Matching
-
-        def matching(dtype: torch.dtype) -> StructuredDistribution:
-            g = torch.Generator().manual_seed(6)
-            return Matching(torch.randn(2, 3, 3, generator=g, dtype=dtype))
-
-        out["matching"] = matching
-    except ImportError:
-        pass
-    return out
+def _spanning_tree(dtype: torch.dtype) -> StructuredDistribution:
+    s = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    s[1, 0, 3] = -torch.inf
+    return SpanningTree(s)
 
 
-FAMILIES.update(_extra_families())
+def _arborescence(dtype: torch.dtype) -> StructuredDistribution:
+    s = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    s[1, 2, 1] = -torch.inf
+    return Arborescence(s, root=0)
+
+
+def _binary_tree(dtype: torch.dtype) -> StructuredDistribution:
+    return BinaryTree(torch.randn(2, 4, generator=torch.Generator().manual_seed(5), dtype=dtype))
+
+
+def _matching(dtype: torch.dtype) -> StructuredDistribution:
+    return Matching(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(6), dtype=dtype))
+
+
+FAMILIES.update(
+    {
+        "spanning-tree": _spanning_tree,
+        "arborescence": _arborescence,
+        "binary-tree": _binary_tree,
+        "matching": _matching,
+    }
+)
 NAMES = sorted(FAMILIES)
 
 
@@ -211,6 +195,11 @@ def test_trace_then_conditional_noise_has_the_noise_law(name: str) -> None:
     del fresh
 
 
+def _with_scores(base: StructuredDistribution, scores: torch.Tensor) -> StructuredDistribution:
+    """The same family and settings as ``base`` with other scores."""
+    return base._map_params(lambda _: scores, base.batch_shape)  # type: ignore[return-value]
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
 def test_half_precision_and_extreme_scores_stay_finite(name: str, dtype: torch.dtype) -> None:
@@ -218,11 +207,12 @@ def test_half_precision_and_extreme_scores_stay_finite(name: str, dtype: torch.d
     base = FAMILIES[name](F64)
     for scale in (1.0, 1e4):
         scores = (base.scores * scale).to(dtype).requires_grad_(True)
-        q = type(base).__new__(type(base))
-        q = base._map_params(lambda _: scores, base.batch_shape)  # same settings, new scores
+        q = _with_scores(base, scores)
         z, noise, trace = q.sample_with_trace((64,))
         assert z.dtype in (dtype, torch.long)
-        assert bool(torch.isfinite(noise[torch.isfinite(q.item_scores().detach()).expand_as(noise)]).all())
+        assert bool(
+            torch.isfinite(noise[torch.isfinite(q.item_scores().detach()).expand_as(noise)]).all()
+        )
         lp = q.trace_log_prob(trace)
         ln = q.noise_log_prob(noise)
         assert bool(torch.isfinite(lp).all()) and bool(torch.isfinite(ln).all())
@@ -238,8 +228,8 @@ def test_no_graph_under_no_grad(name: str) -> None:
     base = FAMILIES[name](F64)
     scores = base.scores.clone().requires_grad_(True)
     with torch.no_grad():
-        q = base._map_params(lambda _: scores, base.batch_shape)
-        z, noise, trace = q.sample_with_trace((4,))
+        q = _with_scores(base, scores)
+        _, noise, trace = q.sample_with_trace((4,))
         lp = q.trace_log_prob(trace)
         cond = q.conditional_noise(trace)
     assert not lp.requires_grad and not cond.requires_grad and not noise.requires_grad

@@ -274,7 +274,7 @@ class Independent(torch.distributions.Independent):
         hook = getattr(self.base_dist, name, None)
         if hook is None:
             raise TypeError(f"{type(self.base_dist).__name__} does not provide {name}")
-        return hook  # type: ignore[no-any-return]
+        return hook
 
     def _sum_units(self, x: Tensor) -> Tensor:
         return x.sum(tuple(range(-self._n, 0))) if self._n else x

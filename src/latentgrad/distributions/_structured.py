@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import ClassVar
 
 import torch
@@ -48,7 +49,7 @@ class StructuredDistribution(DiscreteDistribution):
 
     _param_names = ("scores",)
     has_rsample = False
-    support = constraints.dependent  # type: ignore[assignment]
+    support = constraints.dependent
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
 
     scores: Tensor
@@ -233,7 +234,19 @@ class StructuredDistribution(DiscreteDistribution):
         return ""
 
 
+@cache
+def subset_bits_cpu(n: int) -> Tensor:
+    """Membership table of the ``2^n`` subsets of ``n`` items: ``bits[m, i]`` = item ``i`` in
+    subset ``m`` (bit ``i`` of ``m``), bool ``(2^n, n)``; cached, on the CPU."""
+    masks = torch.arange(2**n)
+    return (masks.unsqueeze(-1) >> torch.arange(n)) & 1 == 1
+
+
+def subset_bits(n: int, device: torch.device) -> Tensor:
+    """:func:`subset_bits_cpu` on ``device``."""
+    return subset_bits_cpu(n).to(device)
+
+
 def _log_positive(p: Tensor) -> Tensor:
     positive = p > 0
     return torch.where(positive, torch.where(positive, p, torch.ones_like(p)).log(), -torch.inf)
-

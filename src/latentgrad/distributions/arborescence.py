@@ -111,10 +111,6 @@ class Arborescence(StructuredDistribution):
             )
         if n < 2:
             raise ValueError(f"scores must have n >= 2 vertices, got shape {tuple(scores.shape)}")
-        if isinstance(root, bool) or not isinstance(root, int):
-            raise TypeError(f"root must be an int, got {type(root).__name__}")
-        if not 0 <= root < n:
-            raise ValueError(f"root must be in [0, {n}), got {root}")
         self.scores = scores
         self.root = root
         self._algorithm = ChuLiuEdmonds(n, root)

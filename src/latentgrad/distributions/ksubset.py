@@ -10,7 +10,12 @@ from torch import Tensor
 
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_int
-from latentgrad.distributions._structured import StructuredDistribution, check_structure_scores
+from latentgrad.distributions._structured import (
+    StructuredDistribution,
+    check_structure_scores,
+    subset_bits,
+    subset_bits_cpu,
+)
 from latentgrad.structured.topk import TopK
 
 MAX_SUBSET_DP = 16
@@ -75,7 +80,9 @@ class KSubset(StructuredDistribution):
 
     def _to_value(self, structure: Tensor) -> Tensor:
         n = self.scores.shape[-1]
-        out = torch.zeros((*structure.shape[:-1], n), dtype=self.scores.dtype, device=structure.device)
+        out = torch.zeros(
+            (*structure.shape[:-1], n), dtype=self.scores.dtype, device=structure.device
+        )
         return out.scatter_(-1, structure, 1)
 
     def _repr_settings(self) -> str:
@@ -110,7 +117,7 @@ def _subset_log_prob(theta: Tensor, index: Tensor) -> Tensor:
     a = theta.gather(-1, index)  # (..., k)
     chosen = torch.zeros_like(theta, dtype=torch.bool).scatter_(-1, index, True)
     outside = torch.logsumexp(torch.where(chosen, -torch.inf, theta), -1, keepdim=True)
-    bits = _bits(k, theta.device)  # (2^k, k)
+    bits = subset_bits(k, theta.device)  # (2^k, k)
     rest_in = torch.where(bits, -torch.inf, a.unsqueeze(-2))  # items of the set not yet taken
     rest = torch.logaddexp(torch.logsumexp(rest_in, -1), outside)  # (..., 2^k)
     f = torch.full(rest.shape, -torch.inf, dtype=theta.dtype, device=theta.device)
@@ -123,18 +130,8 @@ def _subset_log_prob(theta: Tensor, index: Tensor) -> Tensor:
 
 
 @cache
-def _bits_cpu(k: int) -> Tensor:
-    masks = torch.arange(2**k)
-    return (masks.unsqueeze(-1) >> torch.arange(k)) & 1 == 1
-
-
-def _bits(k: int, device: torch.device) -> Tensor:
-    return _bits_cpu(k).to(device)
-
-
-@cache
 def _layers_cpu(k: int) -> list[tuple[Tensor, Tensor, Tensor]]:
-    bits = _bits_cpu(k)
+    bits = subset_bits_cpu(k)
     size = bits.sum(-1)
     out = []
     for p in range(1, k + 1):

@@ -9,7 +9,11 @@ import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.distributions._structured import (
+    StructuredDistribution,
+    subset_bits,
+    subset_bits_cpu,
+)
 from latentgrad.distributions.binary_tree import check_finite_scores
 from latentgrad.structured.elimination import Elimination
 
@@ -157,7 +161,7 @@ def _matching_log_prob(theta: Tensor, sigma: Tensor) -> Tensor:
 def _matching_dp(q: Tensor) -> Tensor:
     rows, n, _ = q.shape
     device = q.device
-    bits = _bits(n, device)  # (2^n, n): member k of subset C
+    bits = subset_bits(n, device)  # (2^n, n): member k of subset C
     # a[C, k] = logsumexp_{i in C} q[i, k], built by doubling the subsets one row at a time.
     a = torch.full((rows, 1, n), -torch.inf, dtype=q.dtype, device=device)
     for i in range(n):
@@ -179,21 +183,11 @@ def _matching_dp(q: Tensor) -> Tensor:
 
 
 @cache
-def _bits_cpu(n: int) -> Tensor:
-    masks = torch.arange(2**n)
-    return (masks.unsqueeze(-1) >> torch.arange(n)) & 1 == 1
-
-
-def _bits(n: int, device: torch.device) -> Tensor:
-    return _bits_cpu(n).to(device)
-
-
-@cache
 def _layers_cpu(n: int) -> list[tuple[Tensor, Tensor, Tensor | None]]:
     """Per subset size ``s = 1..n``: for each subset ``S`` of that size (in a fixed order), its
     members ``k`` (``(L, s)``), the position of ``S - k`` in the previous layer, and the index of
     its free set (the complement), ``None`` for the full set."""
-    bits = _bits_cpu(n)
+    bits = subset_bits_cpu(n)
     size = bits.sum(-1)
     full = 2**n - 1
     position = torch.zeros(2**n, dtype=torch.long)

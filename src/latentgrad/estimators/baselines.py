@@ -19,7 +19,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from latentgrad._validation import check_int, check_probability
+from latentgrad._validation import check_int, check_output_shape, check_probability
 
 
 class BaselineOutput(NamedTuple):
@@ -371,16 +371,12 @@ class NVIL(nn.Module):
                 "network) to the estimator"
             )
         batch_shape = losses.shape[1:]
-        out = self.network(context)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"network must return a tensor, got {type(out).__name__}")
-        if out.shape == (*batch_shape, 1):
-            out = out.squeeze(-1)
-        if out.shape != batch_shape:
-            raise ValueError(
-                f"network(context) must return batch_shape {tuple(batch_shape)} or "
-                f"batch_shape + (1,), got {tuple(out.shape)}"
-            )
+        out = check_output_shape(
+            self.network(context),
+            tuple(batch_shape),
+            "network(context)",
+            f"batch_shape {tuple(batch_shape)} or batch_shape + (1,)",
+        )
         prediction = out.to(losses.dtype)
         center = self.center.to(losses.dtype).clone()
         own_loss = (losses - center - prediction).pow(2).mean()

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from latentgrad._numerics import exponential_noise, upcast
-from latentgrad._validation import check_int
+from latentgrad._validation import check_int, check_output_shape
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.estimators._base import Estimate, LossFn, check_loss_fn, evaluate_loss, zero_forward
 from latentgrad.structured._core import Trace, conditional_noise, trace_log_prob
@@ -165,18 +165,12 @@ class RELAX(nn.Module):
         """``(c(E), c(Ẽ))`` from log-noise with absent items already 0, in one critic call."""
         x = torch.stack([noise, cond])
         dtype = next((p.dtype for p in self.critic.parameters() if p.is_floating_point()), x.dtype)
-        out = self.critic(x.to(dtype))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"critic must return a tensor, got {type(out).__name__}")
-        lead = x.shape[:-1]
-        if out.shape == (*lead, 1):
-            out = out.squeeze(-1)
-        if out.shape != lead:
-            raise ValueError(
-                f"critic must map log-noise (*, D) to (*) or (*, 1): for input shape "
-                f"{tuple(noise.shape)} it must return {tuple(noise.shape[:-1])}, got "
-                f"{tuple(out.shape[1:])}"
-            )
+        out = check_output_shape(
+            self.critic(x.to(dtype)),
+            tuple(x.shape[:-1]),
+            "critic",
+            f"(*) or (*, 1) for log-noise (*, D) (stacked input {tuple(x.shape)})",
+        )
         out = out.to(x.dtype)
         return out[0], out[1]
 

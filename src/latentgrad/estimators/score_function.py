@@ -26,7 +26,6 @@ from latentgrad.estimators.baselines import (
     check_baseline,
 )
 
-
 Score = Literal["value", "trace", "noise"]
 SCORES: tuple[str, ...] = ("value", "trace", "noise")
 
@@ -119,7 +118,7 @@ class ScoreFunction(nn.Module):
         """``total`` samples and what :meth:`_score` needs besides them (noise, or traces)."""
         if self.score == "trace":
             _require(dist, "sample_with_trace", self.score)
-            z, _, trace = dist.sample_with_trace((total,))
+            z, _, trace = dist.sample_with_trace((total,))  # type: ignore[union-attr]
             return z, trace
         return dist.sample_with_noise((total,))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from latentgrad._validation import check_index, check_int
 from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
 from latentgrad.structured._core import run as _generic_run
 
@@ -87,16 +88,8 @@ class ChuLiuEdmonds(RecursiveAlgorithm):
     reduced_costs = True
 
     def __init__(self, n: int, root: int = 0) -> None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if n < 2:
-            raise ValueError(f"n must be >= 2, got {n}")
-        if isinstance(root, bool) or not isinstance(root, int):
-            raise TypeError(f"root must be an int, got {type(root).__name__}")
-        if not 0 <= root < n:
-            raise ValueError(f"root must be in [0, {n}), got {root}")
-        self.n = n
-        self.root = root
+        self.n = check_int(n, "n", minimum=2)
+        self.root = check_index(root, "root", n)
         self.num_items = n * n
         self.max_steps = 2 * n - 3
         self.num_supernodes = 2 * n - 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from latentgrad._validation import check_int
 from latentgrad.structured import _core
 from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
 
@@ -58,11 +59,7 @@ class Elimination(RecursiveAlgorithm):
     reduced_costs = False
 
     def __init__(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        self.n = n
+        self.n = check_int(n, "n", minimum=1)
         self.num_items = n * n
         self.max_steps = n
 

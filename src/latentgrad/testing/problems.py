@@ -274,7 +274,9 @@ def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
         return torch.randn(1, *shape, generator=g, dtype=dtype)
 
     return [
-        GradientProblem("spanning-tree n=5", scores(5, 5), unused, SpanningTree, constant(off_zero)),
+        GradientProblem(
+            "spanning-tree n=5", scores(5, 5), unused, SpanningTree, constant(off_zero)
+        ),
         GradientProblem(
             "arborescence n=5", scores(5, 5), unused, Arborescence, constant(max_out_degree)
         ),
@@ -284,3 +286,19 @@ def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
             "ksubset n=8 k=3", scores(8), unused, lambda s: KSubset(s, k=3), constant(even)
         ),
     ]
+
+
+def pathwise_only(estimator: EstimatorLike) -> EstimatorLike:
+    """A deliberately biased ``estimator``: its surrogate keeps the losses only.
+
+    Dropping the score terms leaves the pathwise gradient (zero for the distribution's
+    scores), far from the exact gradient: a negative control showing that an unbiasedness test
+    can fail.
+    """
+
+    def biased(dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None) -> Estimate:
+        out = estimator(dist, loss_fn)
+        out.surrogate = out.extras["losses"].mean(0) + 0 * out.surrogate
+        return out
+
+    return biased
