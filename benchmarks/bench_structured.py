@@ -17,12 +17,13 @@ and the interquartile range over rounds.
 
 Part 2 (variance): on the toy losses of Struminsky et al. (2021) at sizes small enough to
 enumerate, the total variance over the scores of one gradient estimate, E-REINFORCE against
-T-REINFORCE (and their leave-one-out "+" versions with K = 3), relative to the squared norm of
-the exact gradient.
+T-REINFORCE (and their leave-one-out "+" versions with K = 3) and RELAX (one sample, an MLP
+critic trained for ``--relax-steps`` Adam steps on the same problem), relative to the squared
+norm of the exact gradient.
 
 Usage:
     python benchmarks/bench_structured.py [--sizes 10 30 100] [--batch 256] [--rounds 5]
-        [--threads 1] [--skip-variance]
+        [--threads 1] [--relax-steps 300] [--skip-variance]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch
 
 from latentgrad.distributions.arborescence import Arborescence
 from latentgrad.distributions.spanning_tree import SpanningTree
+from latentgrad.estimators.relax import RELAX, MLPCritic
+from latentgrad.testing.problems import GradientProblem
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -181,16 +184,31 @@ def variance(args: argparse.Namespace) -> None:
     }
     from latentgrad.testing.problems import replicated_and_exact
 
-    print(f"{'problem':<26}" + "".join(f"{k:>18}" for k in estimators) + f"{'T/E':>7}")
+    names = [*estimators, f"RELAX ({args.relax_steps} st.)"]
+    print(f"{'problem':<26}" + "".join(f"{k:>18}" for k in names) + f"{'T/E':>7}")
     for problem in toy_problems():
         n = problem.logits.numel()
         row = []
-        for make in estimators.values():
+        for make in [*estimators.values(), lambda p=problem: trained_relax(p, args.relax_steps)]:
             grads, exact = replicated_and_exact(problem, make(), args.replicates)
             row.append(float(grads[:, :n].var(0).sum() / exact[:n].pow(2).sum()))
         print(
             f"{problem.name:<26}" + "".join(f"{x:>18.3g}" for x in row) + f"{row[1] / row[0]:>7.2f}"
         )
+
+
+def trained_relax(problem: GradientProblem, steps: int) -> RELAX:
+    """RELAX with an MLP critic trained for ``steps`` Adam steps (batch 64) on the problem."""
+    dist = problem.make_dist(problem.logits)
+    est = RELAX(MLPCritic(dist.num_items, hidden=32).to(problem.logits.dtype))
+    opt = torch.optim.Adam(est.parameters(), lr=1e-2)
+    loss_fn = problem.make_loss(problem.theta)
+    for _ in range(steps):
+        scores = problem.logits.expand(64, *problem.logits.shape[1:]).clone().requires_grad_()
+        opt.zero_grad()
+        est(problem.make_dist(scores), loss_fn).surrogate.sum().backward()
+        opt.step()
+    return est
 
 
 def main() -> None:
@@ -203,6 +221,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--replicates", type=int, default=4000)
+    parser.add_argument("--relax-steps", type=int, default=300, help="critic training steps")
     parser.add_argument("--skip-variance", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
