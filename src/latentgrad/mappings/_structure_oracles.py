@@ -94,7 +94,7 @@ class StructureOracle:
         raise NotImplementedError
 
     def enumerate(self, *, max_structures: int = MAX_STRUCTURES) -> Tensor:
-        """Every structure, as rows of a float32 0/1 tensor (for small sizes and tests).
+        """Every structure, as rows of a float32 0/1 CPU tensor (for small sizes and tests).
 
         Args:
             max_structures: refuse to build more structures than this.
@@ -108,8 +108,7 @@ class StructureOracle:
         limit = check_int(max_structures, "max_structures", minimum=1)
         if self.num_structures > limit:
             raise ValueError(
-                f"{self!r} has {self.num_structures} structures, more than "
-                f"max_structures={limit}"
+                f"{self!r} has {self.num_structures} structures, more than max_structures={limit}"
             )
         return self._enumerate().float()
 

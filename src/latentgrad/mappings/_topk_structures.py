@@ -344,9 +344,6 @@ def kbest_budget_bits(theta: Tensor, k: int, budget: int) -> tuple[Tensor, Tenso
     References:
         [1] Correia, Niculae, Aziz & Martins, "Efficient Marginalization of Discrete and
             Structured Latent Variables via Sparsity", NeurIPS 2020.
-        [2] Lawler, "A procedure for computing the K best solutions to discrete optimization
-            problems and its application to the shortest path problem", Management Science
-            1972 (the best-first principle).
     """
     theta = _check_theta(theta)
     budget = _check_budget(budget)
