@@ -11,6 +11,7 @@ from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.distributions.matching import Matching
 from latentgrad.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from latentgrad.distributions.spanning_tree import SpanningTree
+from latentgrad.distributions.sparsemap import SparseMAP, TopKSparsemax
 from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "RelaxedBernoulli",
     "RelaxedCategorical",
     "SpanningTree",
+    "SparseMAP",
     "SparsemaxCategorical",
     "StructuredDistribution",
+    "TopKSparsemax",
 ]

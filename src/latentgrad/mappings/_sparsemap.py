@@ -38,9 +38,13 @@ from latentgrad.mappings._sparsemax import _apply
 
 Oracle = Callable[[Tensor], Tensor]
 
-#: Ridge added to the diagonal of the Gram matrix of the active set (entries are integers), so
-#: that a numerically near-degenerate active set never makes the KKT system singular.
+#: Ridge added to the diagonal of the Gram matrix of an active set whose KKT system is exactly
+#: singular (never the case in exact arithmetic: the solver keeps active sets affinely
+#: independent; the Gram entries are integers).
 _RIDGE = 1e-11
+
+#: The oracle sees ``theta - mu`` rounded to multiples of this times ``1 + max|theta|``.
+_GRID = 1e-10
 
 #: Weights at most this small after a step to the boundary are dropped with the blocking one.
 _DROP = 1e-13
@@ -71,21 +75,33 @@ class SparseMAPResult(NamedTuple):
 # -- the KKT system -------------------------------------------------------------------------------
 
 
-def _kkt_matrix(z: Tensor, mask: Tensor) -> Tensor:
-    """The bordered KKT matrix ``[[G + ridge, m], [m^T, 0]]`` of the active sets, ``(n, K+1, K+1)``.
+def _kkt_matrix(gram: Tensor, mask: Tensor, ridge: float = 0.0) -> Tensor:
+    """The bordered KKT matrix ``[[G, m], [m^T, 0]]`` of the active sets, ``(n, K+1, K+1)``.
 
-    ``G = z z^T`` restricted to the active slots ``m``; inactive slots get identity rows and
-    columns (and no border), so their weight solves to 0.
+    ``G``: the Gram matrix ``z z^T`` of the slots, restricted to the active slots ``m`` (plus
+    ``ridge`` on its diagonal);
+    inactive slots get identity rows and columns (and no border), so their weight solves to 0.
+    The matrix is invertible exactly when the active structures are affinely independent.
     """
-    n, k, _ = z.shape
-    m = mask.to(z.dtype)
-    a = z.new_zeros(n, k + 1, k + 1)
-    gram = torch.bmm(z, z.transpose(1, 2))
+    n, k = mask.shape
+    m = mask.to(gram.dtype)
+    a = gram.new_zeros(n, k + 1, k + 1)
     a[:, :k, :k] = gram * (m.unsqueeze(2) * m.unsqueeze(1))
-    a[:, :k, :k].diagonal(dim1=1, dim2=2).add_(1.0 - m + _RIDGE * m)
+    a[:, :k, :k].diagonal(dim1=1, dim2=2).add_(1.0 - m + ridge * m)
     a[:, :k, k] = m
     a[:, k, :k] = m
     return a
+
+
+def _kkt_solve(gram: Tensor, mask: Tensor, rhs: Tensor) -> Tensor:
+    """Solve the KKT system of :func:`_kkt_matrix`; rows where it is singular get a tiny ridge."""
+    a = _kkt_matrix(gram, mask)
+    sol, info = torch.linalg.solve_ex(a, rhs)
+    bad = (info != 0).nonzero().squeeze(1)
+    if bad.numel():
+        a_bad = _kkt_matrix(gram[bad], mask[bad], _RIDGE)
+        sol = sol.index_put((bad,), torch.linalg.solve(a_bad, rhs[bad]))
+    return sol
 
 
 def _kkt_rhs(z: Tensor, mask: Tensor, theta: Tensor) -> Tensor:
@@ -93,13 +109,6 @@ def _kkt_rhs(z: Tensor, mask: Tensor, theta: Tensor) -> Tensor:
     m = mask.to(z.dtype)
     top = torch.bmm(z, theta.unsqueeze(2)).squeeze(2) * m
     return torch.cat([top, torch.ones_like(top[:, :1])], 1).unsqueeze(2)
-
-
-def _solve_weights(z: Tensor, mask: Tensor, theta: Tensor) -> Tensor:
-    """The minimizer of ``||M^T p - theta||^2`` subject to ``sum(p) = 1`` on each active set."""
-    k = z.shape[1]
-    sol = torch.linalg.solve(_kkt_matrix(z, mask), _kkt_rhs(z, mask, theta))
-    return sol[:, :k, 0]
 
 
 # -- argument checks ------------------------------------------------------------------------------
@@ -188,10 +197,21 @@ class _Solution(NamedTuple):
     iterations: Tensor  # (n,)
 
 
-def _grow(t: Tensor, k: int) -> Tensor:
-    """``t`` with its dimension 1 zero-padded to ``k``."""
-    pad = t.new_zeros((t.shape[0], k - t.shape[1], *t.shape[2:]))
-    return torch.cat([t, pad], 1)
+def _grow(t: Tensor, k: int, dims: int = 1) -> Tensor:
+    """``t`` with its dimension 1 (and 2 if ``dims == 2``) zero-padded to ``k``."""
+    out = t.new_zeros(
+        (t.shape[0], k, k, *t.shape[3:]) if dims == 2 else (t.shape[0], k, *t.shape[2:])
+    )
+    if dims == 2:
+        out[:, : t.shape[1], : t.shape[2]] = t
+    else:
+        out[:, : t.shape[1]] = t
+    return out
+
+
+def _next_capacity(cap: int, max_active: int) -> int:
+    """Active-set capacity after ``cap`` (grown by half: the KKT solve is cubic in it)."""
+    return min(max_active, cap + max(8, cap // 2))
 
 
 def _active_set(
@@ -202,7 +222,12 @@ def _active_set(
     max_active: int,
     warm: tuple[Tensor, Tensor] | None,
 ) -> _Solution:
-    """Batched active-set SparseMAP on float64 scores ``theta`` of shape ``(n, D)``."""
+    """Batched active-set SparseMAP on float64 scores ``theta`` of shape ``(n, D)``.
+
+    Per row and slot it keeps the structure ``z``, its weight ``p``, whether it is active, the
+    Gram matrix of the slots and the scores ``<z, theta>``; the last two are updated when a
+    structure enters, so an iteration costs one KKT solve, one ``p^T z`` and one oracle call.
+    """
     n, d = theta.shape
     if warm is None:
         cap = min(max_active, 8)
@@ -215,16 +240,26 @@ def _active_set(
         cap = min(max_active, max(z.shape[1], 8))
         z, p = _grow(z, cap), _grow(p, cap)
     mask = p > 0
+    gram = torch.bmm(z, z.transpose(1, 2))
+    score = torch.bmm(z, theta.unsqueeze(2)).squeeze(2)
     gap = theta.new_full((n,), math.inf)
     converged = torch.zeros(n, dtype=torch.bool, device=theta.device)
     stuck = torch.zeros_like(converged)
     iterations = torch.zeros(n, dtype=torch.long, device=theta.device)
     rows = torch.arange(n, device=theta.device)
+    grid = (theta.abs().amax(1, keepdim=True) + 1.0).mul_(_GRID)
     for _ in range(max_iter):
-        if rows.numel() == 0:
+        m = rows.numel()
+        if m == 0:
             break
-        zi, pi, mi, th = z[rows], p[rows], mask[rows], theta[rows]
-        p_hat = _solve_weights(zi, mi, th)
+        every = m == n  # then work on the full tensors, without gathering rows
+        if every:
+            zi, gi, si, pi, mi, th, q = z, gram, score, p, mask, theta, grid
+        else:
+            zi, gi, si, pi, mi = z[rows], gram[rows], score[rows], p[rows], mask[rows]
+            th, q = theta[rows], grid[rows]
+        rhs = torch.cat([si * mi, torch.ones_like(si[:, :1])], 1).unsqueeze(2)
+        p_hat = _kkt_solve(gi, mi, rhs)[:, :cap, 0]
         step = p_hat - pi
         infeasible = (mi & (p_hat < 0)).any(1)
         # Step from p towards p_hat until the first weight hits 0 (only where p_hat < 0).
@@ -233,36 +268,58 @@ def _active_set(
         alpha, block = ratio.min(1)
         alpha = alpha.clamp(max=1.0).unsqueeze(1)
         p_new = torch.where(infeasible.unsqueeze(1), pi + alpha * step, p_hat)
-        blocked = torch.nn.functional.one_hot(block, mi.shape[1]).bool() | (p_new <= _DROP)
+        blocked = torch.nn.functional.one_hot(block, cap).bool() | (p_new <= _DROP)
         mi = mi & ~(infeasible.unsqueeze(1) & blocked)
         p_new = p_new.clamp_min(0.0) * mi
         p_new = p_new / p_new.sum(1, keepdim=True)
         # Where p_hat was feasible, ask the oracle for the best structure in direction theta - mu.
         mu = torch.bmm(p_new.unsqueeze(1), zi).squeeze(1)
         g = th - mu
-        z_new = _call_oracle(oracle, g)
+        # The oracle sees g rounded to a grid far coarser than rounding noise: entries that tie
+        # (or vanish) in exact arithmetic then tie exactly, so the oracle's deterministic
+        # tie-breaking, not noise, picks among them, and the solver's path and final support
+        # are stable under tiny changes of theta (the found structure is optimal for g up to
+        # D times the grid step).
+        z_new = _call_oracle(oracle, torch.round(g / q) * q)
         gap_i = (g * (z_new - mu)).sum(1)
         done = ~infeasible & (gap_i <= tol)
         add = ~infeasible & ~done
-        size = mi.sum(1)
-        full = add & (size >= cap)
+        full = add & (mi.sum(1) >= cap)
         if bool(full.any()):
             if cap < max_active:
-                cap = min(max_active, 2 * cap)
+                cap = _next_capacity(cap, max_active)
                 z, p, mask = _grow(z, cap), _grow(p, cap), _grow(mask, cap)
-                zi, p_new, mi = _grow(zi, cap), _grow(p_new, cap), _grow(mi, cap)
+                gram, score = _grow(gram, cap, 2), _grow(score, cap)
+                zi, gi, si = _grow(zi, cap), _grow(gi, cap, 2), _grow(si, cap)
+                p_new, mi = _grow(p_new, cap), _grow(mi, cap)
+                if every:
+                    z, gram, score = zi, gi, si
             else:
                 stuck[rows[full]] = True
                 add = add & ~full
-        slot = (~mi).to(torch.uint8).argmax(1)
         local = add.nonzero().squeeze(1)
-        zi[local, slot[local]] = z_new[local]
-        mi[local, slot[local]] = True
-        z[rows], p[rows], mask[rows] = zi, p_new, mi
-        gap[rows] = torch.where(infeasible, gap[rows], gap_i)
-        iterations[rows] += 1
-        converged[rows] = done
-        rows = rows[~done & ~stuck[rows]]
+        if local.numel():
+            where = (~mi[local]).to(torch.uint8).argmax(1)
+            z_add = z_new[local]
+            zi[local, where] = z_add
+            mi[local, where] = True
+            # The new structure's inner products with every slot fill its row and column of G.
+            inner = torch.bmm(zi[local], z_add.unsqueeze(2)).squeeze(2)
+            gi[local, where] = inner
+            gi[local, :, where] = inner
+            si[local, where] = (z_add * th[local]).sum(1)
+        if every:
+            p, mask = p_new, mi
+            gap = torch.where(infeasible, gap, gap_i)
+            iterations += 1
+            converged = done
+            rows = (~done & ~stuck).nonzero().squeeze(1)
+        else:
+            z[rows], gram[rows], score[rows], p[rows], mask[rows] = zi, gi, si, p_new, mi
+            gap[rows] = torch.where(infeasible, gap[rows], gap_i)
+            iterations[rows] += 1
+            converged[rows] = done
+            rows = rows[~done & ~stuck[rows]]
     # Rows left unconverged: report the duality gap of their current point.
     left = (~converged).nonzero().squeeze(1)
     if left.numel():
@@ -305,9 +362,8 @@ class SparseMAPFunction(torch.autograd.Function):
     def forward(theta: Tensor, structures: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
         th = theta.double()
         z = structures.double()
-        lu, pivots = torch.linalg.lu_factor(_kkt_matrix(z, support))
-        sol = torch.linalg.lu_solve(lu, pivots, _kkt_rhs(z, support, th))
-        p = sol[:, : z.shape[1], 0] * support
+        gram = torch.bmm(z, z.transpose(1, 2))
+        p = _kkt_solve(gram, support, _kkt_rhs(z, support, th))[:, : z.shape[1], 0] * support
         mu = torch.bmm(p.unsqueeze(1), z).squeeze(1)
         return p.to(theta.dtype), mu.to(theta.dtype)
 
@@ -315,7 +371,6 @@ class SparseMAPFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         theta, structures, support = inputs
         if ctx.needs_input_grad[0]:
-            # Refactorizing in backward keeps forward free of saved state it may not need.
             ctx.save_for_backward(structures, support)
         ctx.theta_dtype = theta.dtype
 
@@ -327,7 +382,7 @@ class SparseMAPFunction(torch.autograd.Function):
             return None, None, None
         structures, support = ctx.saved_tensors
         z = structures.double()
-        n, k, d = z.shape
+        n, k, _ = z.shape
         v = z.new_zeros(n, k)
         if grad_p is not None:
             v = v + grad_p.double()
@@ -335,7 +390,8 @@ class SparseMAPFunction(torch.autograd.Function):
             v = v + torch.bmm(z, grad_mu.double().unsqueeze(2)).squeeze(2)
         v = v * support
         rhs = torch.cat([v, v.new_zeros(n, 1)], 1).unsqueeze(2)
-        s_v = torch.linalg.solve(_kkt_matrix(z, support), rhs)[:, :k, 0] * support
+        gram = torch.bmm(z, z.transpose(1, 2))
+        s_v = _kkt_solve(gram, support, rhs)[:, :k, 0] * support
         grad_theta = torch.bmm(s_v.unsqueeze(1), z).squeeze(1)
         return grad_theta.to(ctx.theta_dtype), None, None
 
@@ -400,9 +456,9 @@ def sparsemap(
         >>> out = sparsemap(theta, FreeBits(3))
         >>> out.mu.detach()  # the projection onto the cube [0, 1]^3
         tensor([[0.3000, 1.0000, 0.0000]])
-        >>> out.structures[0, : out.weights.shape[1]], out.weights.detach()
-        (tensor([[0., 1., 0.],
-                [1., 1., 0.]]), tensor([[0.7000, 0.3000]]))
+        >>> out.structures, out.weights.detach()
+        (tensor([[[1., 1., 0.],
+                 [0., 1., 0.]]]), tensor([[0.3000, 0.7000]]))
         >>> out.mu[0, 0].backward(); theta.grad
         tensor([[1., 0., 0.]])
 

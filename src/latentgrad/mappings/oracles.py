@@ -137,3 +137,25 @@ class BudgetBits:
 
     def __repr__(self) -> str:
         return f"BudgetBits(d={self.dim}, budget={self.budget})"
+
+
+# The structure oracles live in their own module; they are part of this public one.
+from latentgrad.mappings._structure_oracles import (  # noqa: E402
+    ArborescenceOracle,
+    KSubsetOracle,
+    PermutationOracle,
+    SequenceOracle,
+    SpanningTreeOracle,
+    StructureOracle,
+)
+
+__all__ = [
+    "ArborescenceOracle",
+    "BudgetBits",
+    "FreeBits",
+    "KSubsetOracle",
+    "PermutationOracle",
+    "SequenceOracle",
+    "SpanningTreeOracle",
+    "StructureOracle",
+]

@@ -1,0 +1,351 @@
+"""Tests of the batched active-set SparseMAP solver and the bit-vector oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from latentgrad.mappings._sparsemap import SparseMAPResult, sparsemap
+from latentgrad.mappings.oracles import BudgetBits, FreeBits
+
+DT = torch.float64
+
+
+def small_instances() -> list[tuple[Tensor, FreeBits | BudgetBits]]:
+    """Small ``(theta, oracle)`` problems (batch of 2) for shared parametrized tests."""
+    gen = torch.Generator().manual_seed(5)
+    out: list[tuple[Tensor, FreeBits | BudgetBits]] = []
+    for oracle in (FreeBits(3), FreeBits(5), BudgetBits(4, 2), BudgetBits(6, 3), BudgetBits(3, 1)):
+        theta = torch.rand(2, oracle.dim, generator=gen, dtype=DT) * 2 - 0.5
+        out.append((theta, oracle))
+    return out
+
+
+# -- independent references -----------------------------------------------------------------------
+
+
+def project_capped(theta: Tensor, budget: int | None) -> Tensor:
+    """Projection onto ``{0 <= mu <= 1, sum(mu) <= budget}`` (the hull of BudgetBits) by bisection."""
+    mu = theta.clamp(0, 1)
+    if budget is None:
+        return mu
+    lo = torch.zeros_like(theta[:, :1])
+    hi = theta.abs().amax(1, keepdim=True) + 1
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        over = (theta - mid).clamp(0, 1).sum(1, keepdim=True) > budget
+        lo = torch.where(over, mid, lo)
+        hi = torch.where(over, hi, mid)
+    need = mu.sum(1, keepdim=True) > budget
+    return torch.where(need, (theta - hi).clamp(0, 1), mu)
+
+
+def budget_of(oracle: FreeBits | BudgetBits) -> int | None:
+    return oracle.budget if isinstance(oracle, BudgetBits) else None
+
+
+def check_certificate(theta: Tensor, oracle: FreeBits | BudgetBits, out: SparseMAPResult) -> None:
+    """Convex combination reproducing mu, and the KKT conditions over all enumerated structures."""
+    w, z, mu = out.weights.detach(), out.structures, out.mu.detach()
+    assert bool((w >= 0).all())
+    torch.testing.assert_close(w.sum(-1), torch.ones_like(w[..., 0]), atol=1e-9, rtol=0)
+    torch.testing.assert_close(torch.einsum("na,nad->nd", w, z), mu, atol=1e-9, rtol=0)
+    assert bool(((z == 0) | (z == 1)).all())
+    g = theta - mu
+    scores_active = torch.einsum("nd,nad->na", g, z)
+    scores_all = g @ oracle.enumerate().to(DT).T
+    best = scores_all.amax(1)
+    on = w > 0
+    slack = 1e-6 * (1 + float(theta.abs().max()))  # rounding grows with the scale of theta
+    # Every active structure is optimal for <theta - mu, .> and they tie.
+    assert bool(((best.unsqueeze(1) - scores_active)[on] <= slack).all())
+    # max_z <g, z - mu> is the duality gap, at most tol.
+    assert bool((best - (g * mu).sum(1) <= slack).all())
+
+
+# -- oracles --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "oracle", [FreeBits(5), BudgetBits(5, 2), BudgetBits(6, 1), BudgetBits(4, 4)]
+)
+def test_oracle_is_a_maximizer(oracle: FreeBits | BudgetBits) -> None:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(200, oracle.dim, generator=gen, dtype=DT)
+    w[:20] = w[:20].round()  # ties
+    z = oracle(w)
+    all_z = oracle.enumerate().to(DT)
+    assert all_z.shape == (oracle.num_structures, oracle.dim)
+    assert z.dtype == w.dtype and z.shape == w.shape
+    # z is a structure, and an optimal one.
+    assert bool((z.unsqueeze(1) == all_z).all(-1).any(1).all())
+    torch.testing.assert_close((w * z).sum(1), (w @ all_z.T).amax(1))
+    assert torch.equal(oracle(w.clone()), z)  # deterministic
+
+
+def test_oracle_tie_breaking() -> None:
+    w = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert BudgetBits(4, 2)(w).tolist() == [[1.0, 1.0, 0.0, 0.0]]
+    assert FreeBits(4)(w).tolist() == [[1.0, 1.0, 1.0, 0.0]]
+
+
+def test_oracle_validation() -> None:
+    with pytest.raises(ValueError, match="budget"):
+        BudgetBits(3, 4)
+    with pytest.raises(TypeError, match="d must be an int"):
+        FreeBits(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="w must have shape"):
+        FreeBits(3)(torch.zeros(2, 4))
+    assert repr(BudgetBits(4, 2)) == "BudgetBits(d=4, budget=2)"
+
+
+# -- correctness ----------------------------------------------------------------------------------
+
+
+ORACLES = [
+    FreeBits(1),
+    FreeBits(4),
+    FreeBits(6),
+    BudgetBits(5, 2),
+    BudgetBits(6, 3),
+    BudgetBits(6, 1),
+]
+
+
+@pytest.mark.parametrize("oracle", ORACLES, ids=repr)
+def test_matches_brute_force(oracle: FreeBits | BudgetBits) -> None:
+    gen = torch.Generator().manual_seed(1)
+    theta = torch.randn(300, oracle.dim, generator=gen, dtype=DT) * 1.5 + 0.4
+    out = sparsemap(theta, oracle)
+    assert bool(out.converged.all())
+    assert bool((out.gap <= 1e-6).all())
+    torch.testing.assert_close(out.mu, project_capped(theta, budget_of(oracle)), atol=1e-5, rtol=0)
+    check_certificate(theta, oracle, out)
+    # Expectations of linear losses are exact: E_p[<c, z>] = <c, mu*>.
+    c = torch.randn(300, oracle.dim, generator=gen, dtype=DT)
+    expected = torch.einsum("na,nad,nd->n", out.weights, out.structures, c)
+    reference = (c * project_capped(theta, budget_of(oracle))).sum(1)
+    torch.testing.assert_close(expected, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("oracle", [FreeBits(32), BudgetBits(32, 8)], ids=repr)
+def test_larger_problems(oracle: FreeBits | BudgetBits) -> None:
+    gen = torch.Generator().manual_seed(2)
+    theta = torch.randn(64, 32, generator=gen) + 0.5  # float32 in, float32 out
+    out = sparsemap(theta, oracle)
+    assert out.mu.dtype == torch.float32 and out.weights.dtype == torch.float32
+    assert bool(out.converged.all())
+    ref = project_capped(theta.double(), budget_of(oracle)).float()
+    torch.testing.assert_close(out.mu, ref, atol=1e-5, rtol=0)
+    # The support is sparse: at most D + 1 affinely independent structures.
+    assert out.weights.shape[1] <= 33
+
+
+@pytest.mark.parametrize("oracle", [FreeBits(5), BudgetBits(5, 2)], ids=repr)
+@pytest.mark.parametrize(
+    "theta",
+    [
+        torch.zeros(5, dtype=DT),
+        torch.full((5,), 0.5, dtype=DT),
+        torch.ones(5, dtype=DT),
+        torch.tensor([1.0, 1.0, 0.0, 0.0, 2.0], dtype=DT),
+        torch.tensor([0.3, 0.3, 0.3, -1.0, 0.3], dtype=DT),
+        torch.full((5,), -3.0, dtype=DT),
+        torch.full((5,), 1e6, dtype=DT),
+    ],
+)
+def test_ties_and_degenerate_scores(oracle: FreeBits | BudgetBits, theta: Tensor) -> None:
+    out = sparsemap(theta.unsqueeze(0), oracle, strict=True)
+    ref = project_capped(theta.unsqueeze(0), budget_of(oracle))
+    torch.testing.assert_close(out.mu, ref, atol=1e-6, rtol=0)
+    check_certificate(theta.unsqueeze(0), oracle, out)
+
+
+def test_leading_batch_dims_and_padding() -> None:
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(3, 4, 6, generator=gen, dtype=DT)
+    out = sparsemap(theta, FreeBits(6))
+    a = out.weights.shape[-1]
+    assert out.structures.shape == (3, 4, a, 6) and out.mu.shape == (3, 4, 6)
+    assert out.gap.shape == out.converged.shape == out.iterations.shape == (3, 4)
+    flat = sparsemap(theta.reshape(12, 6), FreeBits(6))
+    torch.testing.assert_close(out.mu.reshape(12, 6), flat.mu)
+    # Padded slots repeat a real structure of the row at weight 0.
+    w, z = out.weights.reshape(12, a), out.structures.reshape(12, a, 6)
+    pad = w == 0
+    assert bool(pad.any())
+    first = z[:, :1].expand_as(z)
+    assert torch.equal(z[pad], first[pad])
+
+
+def test_half_precision_is_computed_in_float32() -> None:
+    theta = torch.tensor([[0.25, 1.5, -1.0, 0.5]], dtype=torch.bfloat16)
+    out = sparsemap(theta, FreeBits(4))
+    assert out.mu.dtype == torch.bfloat16
+    torch.testing.assert_close(out.mu.float(), theta.float().clamp(0, 1))
+
+
+def test_warm_start() -> None:
+    gen = torch.Generator().manual_seed(4)
+    theta = torch.randn(50, 12, generator=gen, dtype=DT) + 0.5
+    oracle = BudgetBits(12, 4)
+    first = sparsemap(theta, oracle)
+    again = sparsemap(theta, oracle, warm_start=first)
+    assert bool((again.iterations == 1).all())
+    torch.testing.assert_close(again.mu, first.mu)
+    moved = theta + 0.05 * torch.randn(50, 12, generator=gen, dtype=DT)
+    cold = sparsemap(moved, oracle)
+    warm = sparsemap(moved, oracle, warm_start=first)
+    assert bool(warm.converged.all())
+    torch.testing.assert_close(warm.mu, cold.mu, atol=1e-5, rtol=0)
+    assert warm.iterations.sum() < cold.iterations.sum()
+
+
+def test_non_convergence_is_reported() -> None:
+    gen = torch.Generator().manual_seed(6)
+    theta = torch.rand(8, 20, generator=gen, dtype=DT)  # interior of the cube: many structures
+    out = sparsemap(theta, FreeBits(20), max_iter=3)
+    assert not bool(out.converged.any())
+    assert bool((out.gap > 1e-6).all()) and bool((out.iterations == 3).all())
+    # The reported gap bounds the squared distance to the solution.
+    assert bool(((out.mu.detach() - theta).square().sum(1) <= out.gap + 1e-12).all())
+    with pytest.raises(RuntimeError, match="did not converge on 8 of 8 rows"):
+        sparsemap(theta, FreeBits(20), max_iter=3, strict=True)
+    capped = sparsemap(theta, FreeBits(20), max_active=4)
+    assert not bool(capped.converged.any()) and capped.weights.shape[1] <= 4
+
+
+# -- gradients ------------------------------------------------------------------------------------
+
+
+def _weights_and_mu(oracle: FreeBits | BudgetBits) -> object:
+    def fn(theta: Tensor) -> tuple[Tensor, Tensor]:
+        out = sparsemap(theta, oracle, tol=1e-12)
+        return out.weights, out.mu
+
+    return fn
+
+
+@pytest.mark.parametrize("oracle", [FreeBits(5), BudgetBits(6, 2)], ids=repr)
+def test_gradcheck_several_active(oracle: FreeBits | BudgetBits) -> None:
+    gen = torch.Generator().manual_seed(7)
+    theta = (torch.rand(3, oracle.dim, generator=gen, dtype=DT) * 1.2 - 0.1).requires_grad_()
+    out = sparsemap(theta.detach(), oracle)
+    assert bool(((out.weights > 0).sum(1) >= 2).all())
+    assert torch.autograd.gradcheck(_weights_and_mu(oracle), (theta,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("oracle", [FreeBits(5), BudgetBits(5, 2)], ids=repr)
+def test_single_vertex_has_zero_gradient(oracle: FreeBits | BudgetBits) -> None:
+    theta = torch.tensor([[2.0, -1.5, 3.0, -0.7, -2.0]], dtype=DT, requires_grad=True)
+    out = sparsemap(theta, oracle)
+    assert out.weights.shape == (1, 1)
+    (grad,) = torch.autograd.grad((out.mu * torch.arange(5.0, dtype=DT)).sum(), theta)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    assert torch.autograd.gradcheck(_weights_and_mu(oracle), (theta,), eps=1e-6, atol=1e-8)
+
+
+def test_free_bits_jacobian_is_the_clamp_jacobian() -> None:
+    gen = torch.Generator().manual_seed(8)
+    theta = (torch.rand(40, 8, generator=gen, dtype=DT) * 2 - 0.5).requires_grad_()
+    out = sparsemap(theta, FreeBits(8))
+    v = torch.randn(40, 8, generator=gen, dtype=DT)
+    (grad,) = torch.autograd.grad((out.mu * v).sum(), theta)
+    inside = ((theta > 0) & (theta < 1)).to(DT)
+    torch.testing.assert_close(grad, v * inside, atol=1e-9, rtol=0)
+
+
+def _jacobian(theta: Tensor, oracle: FreeBits | BudgetBits) -> Tensor:
+    """``d mu / d theta`` per row, ``(n, D, D)``, by backpropagating unit vectors."""
+    theta = theta.clone().requires_grad_()
+    mu = sparsemap(theta, oracle, tol=1e-12).mu
+    rows = []
+    for j in range(theta.shape[1]):
+        (g,) = torch.autograd.grad(mu[:, j].sum(), theta, retain_graph=True)
+        rows.append(g)
+    return torch.stack(rows, 1)
+
+
+def _finite_differences(theta: Tensor, oracle: FreeBits | BudgetBits, h: float) -> Tensor:
+    cols = []
+    for j in range(theta.shape[1]):
+        e = torch.zeros_like(theta)
+        e[:, j] = h
+        plus = sparsemap(theta + e, oracle, tol=1e-12).mu
+        minus = sparsemap(theta - e, oracle, tol=1e-12).mu
+        cols.append((plus - minus) / (2 * h))
+    return torch.stack(cols, 2)
+
+
+@pytest.mark.parametrize("oracle", [FreeBits(10), BudgetBits(10, 3)], ids=repr)
+def test_finite_differences_on_300_problems(oracle: FreeBits | BudgetBits) -> None:
+    gen = torch.Generator().manual_seed(9)
+    theta = torch.rand(300, 10, generator=gen, dtype=DT) * 1.6 - 0.3
+    jac = _jacobian(theta, oracle)
+    fd = _finite_differences(theta, oracle, 1e-6)
+    bad = ((jac - fd).abs().amax((1, 2)) > 1e-5).sum()
+    assert int(bad) == 0
+
+
+def test_gradient_of_weights_through_expectation() -> None:
+    """d/dtheta of E_p[f(z)] for a nonlinear f, against finite differences of the exact sum."""
+    gen = torch.Generator().manual_seed(10)
+    theta = (torch.rand(20, 6, generator=gen, dtype=DT) * 1.4 - 0.2).requires_grad_()
+    c = torch.randn(6, generator=gen, dtype=DT)
+
+    def expected(t: Tensor) -> Tensor:
+        out = sparsemap(t, BudgetBits(6, 2), tol=1e-12)
+        f = torch.sin(out.structures @ c)  # a nonlinear loss of each structure
+        return (out.weights * f).sum(1)
+
+    assert torch.autograd.gradcheck(expected, (theta,), eps=1e-6, atol=1e-6)
+
+
+def test_no_grad_input_does_not_build_graph() -> None:
+    out = sparsemap(torch.rand(2, 4), FreeBits(4))
+    assert not out.mu.requires_grad and not out.weights.requires_grad
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+def test_validation() -> None:
+    oracle = FreeBits(3)
+    with pytest.raises(ValueError, match="theta contains NaN"):
+        sparsemap(torch.tensor([[0.0, float("nan"), 1.0]]), oracle)
+    with pytest.raises(ValueError, match="theta contains inf"):
+        sparsemap(torch.tensor([[0.0, float("inf"), 1.0]]), oracle)
+    with pytest.raises(TypeError, match=r"theta must be a torch\.Tensor"):
+        sparsemap([[0.0, 1.0, 2.0]], oracle)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="floating-point"):
+        sparsemap(torch.zeros(1, 3, dtype=torch.long), oracle)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        sparsemap(torch.tensor(1.0), oracle)
+    with pytest.raises(ValueError, match="oracle has dim 3"):
+        sparsemap(torch.zeros(1, 4), oracle)
+    with pytest.raises(TypeError, match="oracle must be callable"):
+        sparsemap(torch.zeros(1, 3), 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="oracle must return indicators of shape"):
+        sparsemap(torch.zeros(2, 3), lambda w: w[:, :2])
+    with pytest.raises(TypeError, match=r"oracle must return a torch\.Tensor"):
+        sparsemap(torch.zeros(2, 3), lambda w: 0)
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        sparsemap(torch.zeros(1, 3), oracle, max_iter=0)
+    with pytest.raises(ValueError, match="tol must be finite"):
+        sparsemap(torch.zeros(1, 3), oracle, tol=-1.0)
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        sparsemap(torch.zeros(1, 3), oracle, strict=1)  # type: ignore[arg-type]
+    prev = sparsemap(torch.zeros(2, 3), oracle)
+    with pytest.raises(ValueError, match="warm_start has 2 rows"):
+        sparsemap(torch.zeros(3, 3), oracle, warm_start=prev)
+    with pytest.raises(TypeError, match="warm_start must be a SparseMAPResult"):
+        sparsemap(torch.zeros(2, 3), oracle, warm_start=(1, 2))  # type: ignore[arg-type]
+
+
+def test_small_instances() -> None:
+    for theta, oracle in small_instances():
+        out = sparsemap(theta, oracle, strict=True)
+        torch.testing.assert_close(
+            out.mu, project_capped(theta, budget_of(oracle)), atol=1e-5, rtol=0
+        )
