@@ -9,7 +9,15 @@ import torch
 
 import latentgrad as lg
 from latentgrad.mappings import sparsemax
-from latentgrad.mappings.oracles import BudgetBits, FreeBits, SpanningTreeOracle
+from latentgrad.mappings.oracles import (
+    ArborescenceOracle,
+    BudgetBits,
+    FreeBits,
+    KSubsetOracle,
+    PermutationOracle,
+    SequenceOracle,
+    SpanningTreeOracle,
+)
 from latentgrad.testing.stats import chi_square_pvalue
 
 F64 = torch.float64
@@ -116,3 +124,35 @@ def test_expand_and_batch_shapes() -> None:
     values, probs = big.support_probs()
     assert values.shape[1:] == (2, 3, 4) and probs.shape[1:] == (2, 3)
     assert lg.TopKSparsemax(torch.randn(2, 3, 5), k=3).support_probs()[0].shape == (3, 2, 3, 5)
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [
+        lambda: KSubsetOracle(5, 2),
+        lambda: PermutationOracle(3),
+        lambda: SpanningTreeOracle(4),
+        lambda: ArborescenceOracle(4, root=1),
+        lambda: SequenceOracle(3, 2),
+    ],
+    ids=["ksubset", "permutation", "spanning-tree", "arborescence", "sequence"],
+)
+def test_sparsemap_over_structures_is_certified_by_brute_force(oracle) -> None:
+    # ||mu - mu*||^2 <= max_z <theta - mu, z - mu> over ALL structures (the duality gap), so a
+    # gap of 1e-10 over the enumerated vertices certifies mu to 1e-5: a brute-force QP check.
+    o = oracle()
+    g = torch.Generator().manual_seed(5)
+    theta = torch.randn(8, o.dim, generator=g, dtype=F64)
+    theta[0] = 0.0  # degenerate: every structure ties
+    result = lg.SparseMAP(theta, o, tol=1e-12).result
+    vertices = o.enumerate().to(F64)  # (S, D)
+    r = theta - result.mu
+    gap = (r @ vertices.T).amax(-1) - (r * result.mu).sum(-1)
+    assert float(gap.max()) < 1e-10
+    recon = (result.weights.unsqueeze(-1) * result.structures).sum(-2)
+    torch.testing.assert_close(recon, result.mu, rtol=0, atol=1e-9)
+    assert bool((result.weights >= 0).all())
+    torch.testing.assert_close(result.weights.sum(-1), torch.ones(8, dtype=F64))
+    # every returned structure with positive weight is a vertex
+    member = (result.structures.unsqueeze(-2) == vertices).all(-1).any(-1)
+    assert bool(member[result.weights > 0].all())
