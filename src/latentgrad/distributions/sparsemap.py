@@ -48,6 +48,7 @@ class _SparseStructures(DiscreteDistribution):
             if key not in self._param_names and key not in new.__dict__:
                 setattr(new, key, value)
         new._cache = None  # type: ignore[attr-defined]
+        new._result = None  # type: ignore[attr-defined]
 
     def _compute(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -213,10 +214,6 @@ class SparseMAP(_SparseStructures):
         z = self.oracle(flat).reshape(self.scores.shape)
         return self._value(z)
 
-    def _copy_extra_state(self, new: DiscreteDistribution) -> None:
-        super()._copy_extra_state(new)
-        new._result = None  # type: ignore[attr-defined]
-
 
 class TopKSparsemax(_SparseStructures):
     """Top-k sparsemax over bit-vectors: sparsemax over the scores ``<scores, z>`` of the ``k``
@@ -287,7 +284,3 @@ class TopKSparsemax(_SparseStructures):
     def mode(self) -> Tensor:  # type: ignore[override]
         """The best structure, ``batch_shape + (D,)``."""
         return self._value(self._solve()[0][..., 0, :])
-
-    def _copy_extra_state(self, new: DiscreteDistribution) -> None:
-        super()._copy_extra_state(new)
-        new._result = None  # type: ignore[attr-defined]

@@ -262,7 +262,24 @@ def _assignment(cost: Tensor) -> Tensor:
     return perm.scatter_(1, owner[:, 1:] - 1, columns)
 
 
-class PermutationOracle(StructureOracle):
+class _SquareValues(StructureOracle):
+    """Oracles whose ``D = n * n`` parts are the entries of an ``(n, n)`` matrix, row-major
+    (permutation matrices, adjacency matrices of directed graphs)."""
+
+    n: int
+
+    def to_value(self, z: Tensor) -> Tensor:
+        """The ``(n, n)`` matrices, ``batch + (n, n)``."""
+        z = self._check_z(z)
+        return z.reshape(*z.shape[:-1], self.n, self.n)
+
+    def from_value(self, value: Tensor) -> Tensor:
+        """The flat indicators ``batch + (n * n,)`` of matrices ``batch + (n, n)``."""
+        value = self._check_value(value, (self.n, self.n))
+        return value.reshape(*value.shape[:-2], self.dim)
+
+
+class PermutationOracle(_SquareValues):
     """Permutation matrices of size ``n``: the maximizer is a maximum-weight perfect matching.
 
     ``D = n * n``: the score of assigning row ``i`` to column ``j`` is ``w[i * n + j]``. The
@@ -329,16 +346,6 @@ class PermutationOracle(StructureOracle):
     def _enumerate(self) -> Tensor:
         perms = torch.tensor(list(itertools.permutations(range(self.n))), dtype=torch.long)
         return self._from_perm(perms.reshape(-1, self.n))
-
-    def to_value(self, z: Tensor) -> Tensor:
-        """The permutation matrices, ``batch + (n, n)``."""
-        z = self._check_z(z)
-        return z.reshape(*z.shape[:-1], self.n, self.n)
-
-    def from_value(self, value: Tensor) -> Tensor:
-        """The flat indicators ``batch + (n * n,)`` of permutation matrices ``batch + (n, n)``."""
-        value = self._check_value(value, (self.n, self.n))
-        return value.reshape(*value.shape[:-2], self.dim)
 
 
 # -- undirected spanning trees and arborescences ------------------------------------------------
@@ -437,7 +444,7 @@ def _orient(edges: Tensor, n: int, root: int) -> Tensor:
     return parent
 
 
-class ArborescenceOracle(StructureOracle):
+class ArborescenceOracle(_SquareValues):
     """Spanning arborescences of the complete digraph on ``n`` vertices, rooted at ``root``.
 
     ``D = n * n``: the edge ``u -> v`` is part ``u * n + v``. Self-loops and edges into the
@@ -496,16 +503,6 @@ class ArborescenceOracle(StructureOracle):
 
     def _enumerate(self) -> Tensor:
         return self._from_parent(_orient(_prufer_trees(self.n), self.n, self.root))
-
-    def to_value(self, z: Tensor) -> Tensor:
-        """The adjacency matrices, ``batch + (n, n)``."""
-        z = self._check_z(z)
-        return z.reshape(*z.shape[:-1], self.n, self.n)
-
-    def from_value(self, value: Tensor) -> Tensor:
-        """The flat indicators ``batch + (n * n,)`` of adjacency matrices ``batch + (n, n)``."""
-        value = self._check_value(value, (self.n, self.n))
-        return value.reshape(*value.shape[:-2], self.dim)
 
 
 # -- linear-chain sequences ---------------------------------------------------------------------

@@ -407,18 +407,3 @@ def flatten_rows(x: Tensor, event_dims: int) -> tuple[Tensor, Callable[[Tensor, 
         return y.reshape(*lead, *y.shape[y.dim() - k :])
 
     return flat, restore
-
-
-__all__ = [
-    "Enumeration",
-    "RecursiveAlgorithm",
-    "State",
-    "Trace",
-    "conditional_noise",
-    "enumerate_traces",
-    "noise_log_prob",
-    "run",
-    "sample_noise",
-    "structure_support",
-    "trace_log_prob",
-]

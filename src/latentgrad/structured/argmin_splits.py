@@ -56,8 +56,6 @@ class ArgminSplits(RecursiveAlgorithm):
             Gumbel-max trick for approximate inference in combinatorial spaces", NeurIPS 2021.
     """
 
-    reduced_costs = False
-
     def __init__(self, n: int) -> None:
         self.n = check_int(n, "n", minimum=1)
         self.num_items = n
