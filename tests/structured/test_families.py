@@ -178,7 +178,7 @@ def test_trace_then_conditional_noise_has_the_noise_law(name: str) -> None:
     torch.manual_seed(13)
     q = FAMILIES[name](F64)
     n = 20000
-    _, fresh, trace = q.sample_with_trace((n,))
+    _, _, trace = q.sample_with_trace((n,))
     _, other, _ = q.sample_with_trace((n,))  # decorrelate the two samples
     cond = q.conditional_noise(trace)
 
@@ -192,7 +192,6 @@ def test_trace_then_conditional_noise_has_the_noise_law(name: str) -> None:
     d = ks_statistic(a, b)
     crit = ks_critical_value(n, n, ALPHA / d.numel())
     assert float(d.max()) < crit, f"{name}: KS statistic {float(d.max()):.4f} >= {crit:.4f}"
-    del fresh
 
 
 def _with_scores(base: StructuredDistribution, scores: torch.Tensor) -> StructuredDistribution:

@@ -87,6 +87,12 @@ class DiscreteDistribution(Distribution):
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
         """Copy non-tensor settings (e.g. ``k``) to an expanded instance."""
 
+    def _copy_settings(self, new: DiscreteDistribution) -> None:
+        """Copy every instance attribute except the parameters (and what ``new`` already has)."""
+        for key, value in self.__dict__.items():
+            if key not in self._param_names and key not in new.__dict__:
+                setattr(new, key, value)
+
     def to_event(self, reinterpreted_batch_ndims: int = 1) -> Independent:
         """Treat the last ``reinterpreted_batch_ndims`` batch dims as independent units of one value.
 

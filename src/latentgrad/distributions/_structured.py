@@ -79,9 +79,7 @@ class StructuredDistribution(DiscreteDistribution):
         DiscreteDistribution.__init__(self, batch, torch.Size(event_shape), validate_args=False)
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
-        for key, value in self.__dict__.items():
-            if key not in self._param_names and key not in new.__dict__:
-                setattr(new, key, value)
+        self._copy_settings(new)
 
     @property
     def num_items(self) -> int:
@@ -102,8 +100,10 @@ class StructuredDistribution(DiscreteDistribution):
         """Run the algorithm on log-noise ``(*) + batch + (D,)``; value and trace."""
         return self._run_costs(self._costs(noise))
 
-    def _run_costs(self, weights: Tensor) -> tuple[Tensor, Trace]:
-        theta = self.item_scores().detach()
+    def _run_costs(self, weights: Tensor, theta: Tensor | None = None) -> tuple[Tensor, Trace]:
+        """Run on costs ``weights``; ``theta`` (the detached item scores) if already computed."""
+        if theta is None:
+            theta = self.item_scores().detach()
         lead = weights.shape[: weights.dim() - 1 - len(self.batch_shape)]
         full = torch.Size(lead) + self.batch_shape + (self.num_items,)
         mask = torch.isfinite(theta).expand(full).reshape(-1, self.num_items)
@@ -130,8 +130,9 @@ class StructuredDistribution(DiscreteDistribution):
     ) -> tuple[Tensor, Tensor, Trace]:
         """``(value, noise, trace)`` for ``sample_shape`` fresh samples."""
         with torch.no_grad():
-            noise = self.sample_noise(sample_shape)
-            value, trace = self._run(noise)
+            theta = self.item_scores()
+            noise = _core.sample_noise(theta, sample_shape)
+            value, trace = self._run_costs(self._costs(noise), theta)
         return value, noise, trace
 
     def sample_with_noise(
@@ -168,8 +169,8 @@ class StructuredDistribution(DiscreteDistribution):
         For order-based algorithms this is the log-noise at Gumbel noise 0; for
         Chu-Liu-Edmonds it is the arborescence of largest total score.
         """
-        theta = upcast(self.item_scores().detach())
-        return self._run_costs(-theta)[0]
+        theta = self.item_scores().detach()
+        return self._run_costs(-upcast(theta), theta)[0]
 
     # -- support ---------------------------------------------------------------------------
 

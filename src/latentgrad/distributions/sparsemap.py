@@ -44,9 +44,7 @@ class _SparseStructures(DiscreteDistribution):
         DiscreteDistribution.__init__(self, t.shape[:-1], event_shape, validate_args=False)
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
-        for key, value in self.__dict__.items():
-            if key not in self._param_names and key not in new.__dict__:
-                setattr(new, key, value)
+        self._copy_settings(new)
         new._cache = None  # type: ignore[attr-defined]
         new._result = None  # type: ignore[attr-defined]
 
@@ -183,10 +181,10 @@ class SparseMAP(_SparseStructures):
         self.tol = tol
         self.strict = strict
         self._to_value_fn = getattr(oracle, "to_value", None)
+        scores = check_tensor(scores, "scores", min_dim=1)
         event = None
         if self._to_value_fn is not None:
-            d = check_tensor(scores, "scores", min_dim=1).shape[-1]
-            event = self._to_value_fn(torch.zeros(1, d)).shape[1:]
+            event = self._to_value_fn(torch.zeros(1, scores.shape[-1])).shape[1:]
         self._setup(scores, event)
         self._result: SparseMAPResult | None = None
 
