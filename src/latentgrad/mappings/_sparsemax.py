@@ -173,8 +173,17 @@ def _centered_product(g: Tensor, w: Tensor) -> Tensor:
     (``w = sqrt(p)``).
     """
     wg = w * g
-    c = wg.sum(-1, keepdim=True).div_(w.sum(-1, keepdim=True))
+    # Row sums as matrix-vector products: several times faster than ``sum(-1)`` on short rows.
+    ones = _ones_column(w.shape[-1], w.dtype, w.device)
+    c = (wg @ ones).div_(w @ ones)
     return wg.addcmul_(w, c, value=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones_column(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached ``(n, 1)`` column of ones (never modified in place)."""
+    with torch.inference_mode(False):
+        return torch.ones(n, 1, dtype=dtype, device=device)
 
 
 # -- the threshold --------------------------------------------------------------------------------
@@ -189,6 +198,38 @@ def _prefix_thresholds(srt: Tensor) -> Tensor:
     """
     inv, neg_inv = _constants(srt.shape[-1], srt.dtype, srt.device)
     return torch.addcmul(neg_inv, srt.cumsum(-1), inv, out=_sorted_dim_outermost(srt))
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix_matrix(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(A, b)`` with ``(A @ srt.T + b)[k - 1] = f(k)`` of :func:`_prefix_thresholds`.
+
+    ``A[k - 1, j - 1] = 1 / k`` for ``j <= k`` (else 0) and ``b[k - 1] = -1 / k``, shaped
+    ``(n, n)`` and ``(n, 1)``. One matrix product computes every prefix threshold of a batch of
+    short sorted rows, transposed so that the maximum over prefixes runs along the outermost
+    dimension; on a (1024, 10) input it costs half of a cumulative sum and a scaling.
+    """
+    with torch.inference_mode(False):
+        inv = torch.arange(1, n + 1, dtype=dtype, device=device).reciprocal_()
+        a = torch.ones(n, n, dtype=dtype, device=device).tril_().mul_(inv.unsqueeze(1))
+        return a, inv.neg().unsqueeze(1)
+
+
+def _short_rows_threshold(x: Tensor, srt: Tensor) -> Tensor | None:
+    """The threshold of short rows sorted whole (``srt``) by one matrix product, or ``None``.
+
+    ``None`` when the product cannot be trusted: a row holds ``-inf`` (``0 * -inf`` is NaN in a
+    matrix product), NaN or ``+inf`` (the caller then raises), or scores too large to sum
+    unshifted. The threshold lies in ``[max - 1, max)``, so ``|tau| + 1`` bounds the row maxima
+    that :func:`_unshifted_limit` is about.
+    """
+    n = srt.shape[-1]
+    a, b = _prefix_matrix(n, srt.dtype, srt.device)
+    tau = torch.addmm(b, a, srt.reshape(-1, n).t()).amax(0)
+    scale = float(torch.linalg.vector_norm(tau, math.inf))
+    if not scale + 1 <= _unshifted_limit(x.dtype):  # also catches NaN and infinities
+        return None
+    return tau.reshape((*x.shape[:-1], 1))
 
 
 def _lower_bound(xs: Tensor) -> Tensor:
@@ -267,7 +308,11 @@ def _threshold(x: Tensor, k: int | None) -> tuple[Tensor, Tensor, bool]:
         if found is not None:
             return found
     elif n <= _SORT_MAX:
-        found = _from_sorted(x, x.sort(-1, descending=True).values, whole=True)
+        srt = x.sort(-1, descending=True).values
+        tau = _short_rows_threshold(x, srt)
+        if tau is not None:
+            return x, tau, False
+        found = _from_sorted(x, srt, whole=True)
         if found is not None:  # always, for whole rows
             return found
     # Long rows: shift so that the row maximum is 0, then sort only the entries that can be in
@@ -314,6 +359,24 @@ def _sparsemax_forward(x: Tensor, k: int | None) -> Tensor:
     return (z.sub_(tau) if owned else z - tau).clamp_min_(0)
 
 
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def _short_rows_sparsemax(x: Tensor) -> Tensor:
+    """Sparsemax of non-empty float32/float64 rows of at most ``_SORT_MAX`` entries.
+
+    The common case, with little but its tensor operations (a sort, a matrix product, a max, a
+    norm check, a subtraction and a clamp). Rows the matrix product cannot handle exactly
+    (``-inf``, large scores, invalid ones) go through :func:`_from_sorted` with the same sort.
+    """
+    srt = x.sort(-1, descending=True).values
+    tau = _short_rows_threshold(x, srt)
+    if tau is not None:
+        return (x - tau).clamp_min_(0)
+    z, tau, owned = _from_sorted(x, srt, whole=True)  # type: ignore[misc]  # whole: never None
+    return (z.sub_(tau) if owned else z - tau).clamp_min_(0)
+
+
 def _sparsemax_vjp(p: Tensor, grad: Tensor) -> Tensor:
     """``J^T grad`` with ``J = diag(s) - s s^T / |S|``, ``s`` the support indicator of ``p``."""
     on = upcast(p).sign()  # 1 on the support, 0 elsewhere, as a float mask
@@ -336,6 +399,8 @@ class SparsemaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, k: int | None) -> Tensor:
+        if k is None and x.dtype in _FAST_DTYPES and 0 < x.shape[-1] <= _SORT_MAX and x.numel():
+            return _short_rows_sparsemax(x)
         return _cast(_sparsemax_forward(upcast(x), k), x.dtype)
 
     @staticmethod
