@@ -67,7 +67,7 @@ def summary(ts: list[float]) -> tuple[float, float]:
 
 
 def solver_steps(
-    oracle: FreeBits | BudgetBits, batch: int, gen: torch.Generator
+    oracle: FreeBits | BudgetBits, batch: int, gen: torch.Generator, method: str
 ) -> tuple[dict[str, Step], float]:
     d = oracle.dim
     theta = (torch.randn(batch, d, generator=gen) + 0.5).requires_grad_()
@@ -75,54 +75,87 @@ def solver_steps(
 
     def batched() -> None:
         theta.grad = None
-        out = sparsemap(theta, oracle)
+        out = sparsemap(theta, oracle, method=method)
         ((out.mu * v).sum() + out.weights.square().sum()).backward()
 
     def one_at_a_time() -> None:
         theta.grad = None
         total = theta.new_zeros(())
         for i in range(batch):
-            out = sparsemap(theta[i : i + 1], oracle)
+            out = sparsemap(theta[i : i + 1], oracle, method=method)
             total = total + (out.mu * v[i]).sum() + out.weights.square().sum()
         total.backward()
 
     with torch.no_grad():
-        support = float((sparsemap(theta, oracle).weights > 0).sum(-1).float().mean())
+        support = float(
+            (sparsemap(theta, oracle, method=method).weights > 0).sum(-1).float().mean()
+        )
     return {"batched": batched, "one-at-a-time": one_at_a_time}, support
 
 
-def vae_steps(batch: int, d: int, gen: torch.Generator) -> tuple[dict[str, Step], float]:
-    pixels = 784
-    x = (torch.rand(batch, pixels, generator=gen) < 0.3).float()
-    encoder = torch.nn.Linear(pixels, d)
-    decoder = torch.nn.Linear(d, pixels)
-    oracle = FreeBits(d)
+class BitVectorVAE(torch.nn.Module):
+    """Linear encoder ``784 -> D`` (the SparseMAP scores) and linear decoder ``D -> 784``."""
+
+    def __init__(self, d: int, pixels: int = 784) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(pixels, d)
+        self.decoder = torch.nn.Linear(d, pixels)
+        self.oracle = FreeBits(d)
+
+    def nll(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Bernoulli NLL of images ``x`` given bit-vectors ``z`` (``(..., batch, D)``)."""
+        logits = self.decoder(z)
+        return F.binary_cross_entropy_with_logits(
+            logits, x.expand(logits.shape), reduction="none"
+        ).sum(-1)
+
+    def sparsemap_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Negative ELBO with a uniform prior, summed exactly over the SparseMAP support."""
+        out = sparsemap(self.encoder(x), self.oracle)
+        p = out.weights  # (batch, A); structures: (batch, A, D)
+        recon = (p * self.nll(out.structures, x.unsqueeze(1))).sum(-1)
+        neg_entropy = torch.where(p > 0, p * p.clamp_min(1e-30).log(), 0.0).sum(-1)
+        support = float((p > 0).sum(-1).float().mean())
+        return (recon + neg_entropy).mean(), support
+
+
+def synthetic_images(n: int, d: int, gen: torch.Generator, pixels: int = 784) -> torch.Tensor:
+    """Binary images drawn from a random ``d``-bit code through a random sparse decoder."""
+    codes = (torch.rand(n, d, generator=gen) < 0.5).float()
+    weight = (
+        torch.randn(pixels, d, generator=gen) * 3 * (torch.rand(pixels, d, generator=gen) < 0.2)
+    )
+    logits = codes @ weight.T - weight.sum(1) / 2
+    return (torch.rand(n, pixels, generator=gen) < torch.sigmoid(logits)).float()
+
+
+def vae_steps(model: BitVectorVAE, x: torch.Tensor) -> tuple[dict[str, Step], float]:
+    """A SparseMAP step and a Gumbel-Softmax step (forward + backward) of ``model`` on ``x``."""
     estimator = GumbelSoftmax(tau=0.5, hard=False, honest_value=False)
 
-    def nll(z: torch.Tensor, target: torch.Tensor = x) -> torch.Tensor:
-        """Bernoulli NLL of the images given bit-vectors ``z`` (``(..., batch, D)``)."""
-        logits = decoder(z)
-        target = target.expand(logits.shape)
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
-
     def sparsemap_step() -> None:
-        encoder.zero_grad(set_to_none=True)
-        decoder.zero_grad(set_to_none=True)
-        out = sparsemap(encoder(x), oracle)
-        # structures: (batch, A, D); each image is compared with its A decodings.
-        loss = (out.weights * nll(out.structures, x.unsqueeze(1))).sum(-1).mean()
-        loss.backward()
+        model.zero_grad(set_to_none=True)
+        model.sparsemap_loss(x)[0].backward()
 
     def gumbel_step() -> None:
-        encoder.zero_grad(set_to_none=True)
-        decoder.zero_grad(set_to_none=True)
-        q = lg.Bernoulli(logits=encoder(x))
-        est = estimator(q, nll)
+        model.zero_grad(set_to_none=True)
+        q = lg.Bernoulli(logits=model.encoder(x))
+        est = estimator(q, lambda z: model.nll(z, x))
         est.surrogate.mean().backward()
 
     with torch.no_grad():
-        support = float((sparsemap(encoder(x), oracle).weights > 0).sum(-1).float().mean())
+        support = model.sparsemap_loss(x)[1]
     return {"sparsemap": sparsemap_step, "gumbel-softmax": gumbel_step}, support
+
+
+def train(model: BitVectorVAE, data: torch.Tensor, steps: int, batch: int) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        idx = torch.randint(data.shape[0], (batch,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        model.sparsemap_loss(data[idx])[0].backward()
+        opt.step()
 
 
 def main() -> None:
@@ -130,30 +163,44 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per problem")
     parser.add_argument("--min-rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=500, help="VAE training steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
 
-    print(f"batched SparseMAP solver vs one row at a time (batch {args.batch}, fwd+bwd, ms)")
-    print(f"{'problem':>24} {'support':>8} {'batched':>16} {'one-at-a-time':>18} {'speedup':>8}")
-    for d in (32, 128):
-        for oracle in (FreeBits(d), BudgetBits(d, d // 4)):
-            steps, support = solver_steps(oracle, args.batch, gen)
-            times = interleaved(steps, args.seconds, args.min_rounds)
-            (mb, ib), (ml, il) = summary(times["batched"]), summary(times["one-at-a-time"])
-            print(
-                f"{oracle!r:>24} {support:8.1f} {mb:9.2f} ±{ib:5.2f} {ml:11.2f} ±{il:5.2f} "
-                f"{ml / mb:7.1f}x"
-            )
+    print(f"SparseMAP, batched vs one row at a time (batch {args.batch}, fwd+bwd, ms)")
+    print(
+        f"{'problem':>28} {'method':>10} {'support':>8} {'batched':>16} "
+        f"{'one-at-a-time':>18} {'speedup':>8}"
+    )
+    cases = [
+        (oracle, "active_set") for d in (32, 128) for oracle in (FreeBits(d), BudgetBits(d, d // 4))
+    ] + [(FreeBits(32), "auto"), (FreeBits(128), "auto")]
+    for oracle, method in cases:
+        steps, support = solver_steps(oracle, args.batch, gen, method)
+        times = interleaved(steps, args.seconds, args.min_rounds)
+        (mb, ib), (ml, il) = summary(times["batched"]), summary(times["one-at-a-time"])
+        label = "closed" if method == "auto" else "active set"
+        print(
+            f"{oracle!r:>28} {label:>10} {support:8.1f} {mb:9.2f} ±{ib:5.2f} "
+            f"{ml:11.2f} ±{il:5.2f} {ml / mb:7.1f}x"
+        )
 
-    print(f"\nVAE step (batch {args.batch}, D = 32, fwd+bwd, ms)")
-    steps, support = vae_steps(args.batch, 32, gen)
-    times = interleaved(steps, args.seconds, args.min_rounds)
-    (ms, is_), (mg, ig) = summary(times["sparsemap"]), summary(times["gumbel-softmax"])
-    print(f"  sparsemap      {ms:8.2f} ±{is_:5.2f}  (mean support {support:.1f})")
-    print(f"  gumbel-softmax {mg:8.2f} ±{ig:5.2f}")
-    print(f"  ratio sparsemap / gumbel-softmax: {ms / mg:.1f}x")
+    print(f"\nBit-vector VAE step (batch {args.batch}, D = 32, fwd+bwd, ms)")
+    data = synthetic_images(4096, 32, gen)
+    model = BitVectorVAE(32)
+    x = data[: args.batch]
+    for label in ("at initialization", f"after {args.train_steps} training steps"):
+        if label != "at initialization":
+            train(model, data, args.train_steps, args.batch)
+        steps, support = vae_steps(model, x)
+        times = interleaved(steps, args.seconds, args.min_rounds)
+        (ms, is_), (mg, ig) = summary(times["sparsemap"]), summary(times["gumbel-softmax"])
+        print(f"  {label} (mean support {support:.1f})")
+        print(f"    sparsemap      {ms:8.2f} ±{is_:5.2f}")
+        print(f"    gumbel-softmax {mg:8.2f} ±{ig:5.2f}")
+        print(f"    ratio sparsemap / gumbel-softmax: {ms / mg:.1f}x")
 
 
 if __name__ == "__main__":

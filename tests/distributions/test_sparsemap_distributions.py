@@ -111,7 +111,11 @@ def test_bad_input() -> None:
     with pytest.raises(TypeError, match="oracle must be callable"):
         lg.SparseMAP(torch.zeros(2), "free")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
-        lg.SparseMAP(torch.randn(4, 8), FreeBits(8), max_iter=1).support_probs()
+        lg.SparseMAP(
+            torch.randn(4, 8), FreeBits(8), max_iter=1, method="active_set"
+        ).support_probs()
+    with pytest.raises(ValueError, match="method must be"):
+        lg.SparseMAP(torch.randn(4, 8), FreeBits(8), method="exact")
     with pytest.raises(ValueError):
         lg.TopKSparsemax(torch.zeros(3), k=9)
     with pytest.raises(ValueError):

@@ -113,11 +113,12 @@ ORACLES = [
 ]
 
 
+@pytest.mark.parametrize("method", ["auto", "active_set"])
 @pytest.mark.parametrize("oracle", ORACLES, ids=repr)
-def test_matches_brute_force(oracle: FreeBits | BudgetBits) -> None:
+def test_matches_brute_force(oracle: FreeBits | BudgetBits, method: str) -> None:
     gen = torch.Generator().manual_seed(1)
     theta = torch.randn(300, oracle.dim, generator=gen, dtype=DT) * 1.5 + 0.4
-    out = sparsemap(theta, oracle)
+    out = sparsemap(theta, oracle, method=method)
     assert bool(out.converged.all())
     assert bool((out.gap <= 1e-6).all())
     torch.testing.assert_close(out.mu, project_capped(theta, budget_of(oracle)), atol=1e-5, rtol=0)
@@ -129,11 +130,12 @@ def test_matches_brute_force(oracle: FreeBits | BudgetBits) -> None:
     torch.testing.assert_close(expected, reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["auto", "active_set"])
 @pytest.mark.parametrize("oracle", [FreeBits(32), BudgetBits(32, 8)], ids=repr)
-def test_larger_problems(oracle: FreeBits | BudgetBits) -> None:
+def test_larger_problems(oracle: FreeBits | BudgetBits, method: str) -> None:
     gen = torch.Generator().manual_seed(2)
     theta = torch.randn(64, 32, generator=gen) + 0.5  # float32 in, float32 out
-    out = sparsemap(theta, oracle)
+    out = sparsemap(theta, oracle, method=method)
     assert out.mu.dtype == torch.float32 and out.weights.dtype == torch.float32
     assert bool(out.converged.all())
     ref = project_capped(theta.double(), budget_of(oracle)).float()
@@ -142,6 +144,7 @@ def test_larger_problems(oracle: FreeBits | BudgetBits) -> None:
     assert out.weights.shape[1] <= 33
 
 
+@pytest.mark.parametrize("method", ["auto", "active_set"])
 @pytest.mark.parametrize("oracle", [FreeBits(5), BudgetBits(5, 2)], ids=repr)
 @pytest.mark.parametrize(
     "theta",
@@ -155,8 +158,10 @@ def test_larger_problems(oracle: FreeBits | BudgetBits) -> None:
         torch.full((5,), 1e6, dtype=DT),
     ],
 )
-def test_ties_and_degenerate_scores(oracle: FreeBits | BudgetBits, theta: Tensor) -> None:
-    out = sparsemap(theta.unsqueeze(0), oracle, strict=True)
+def test_ties_and_degenerate_scores(
+    oracle: FreeBits | BudgetBits, theta: Tensor, method: str
+) -> None:
+    out = sparsemap(theta.unsqueeze(0), oracle, strict=True, method=method)
     ref = project_capped(theta.unsqueeze(0), budget_of(oracle))
     torch.testing.assert_close(out.mu, ref, atol=1e-6, rtol=0)
     check_certificate(theta.unsqueeze(0), oracle, out)
@@ -205,61 +210,109 @@ def test_warm_start() -> None:
 def test_non_convergence_is_reported() -> None:
     gen = torch.Generator().manual_seed(6)
     theta = torch.rand(8, 20, generator=gen, dtype=DT)  # interior of the cube: many structures
-    out = sparsemap(theta, FreeBits(20), max_iter=3)
+    out = sparsemap(theta, FreeBits(20), max_iter=3, method="active_set")
     assert not bool(out.converged.any())
     assert bool((out.gap > 1e-6).all()) and bool((out.iterations == 3).all())
     # The reported gap bounds the squared distance to the solution.
     assert bool(((out.mu.detach() - theta).square().sum(1) <= out.gap + 1e-12).all())
     with pytest.raises(RuntimeError, match="did not converge on 8 of 8 rows"):
-        sparsemap(theta, FreeBits(20), max_iter=3, strict=True)
+        sparsemap(theta, FreeBits(20), max_iter=3, strict=True, method="active_set")
     capped = sparsemap(theta, FreeBits(20), max_active=4)
     assert not bool(capped.converged.any()) and capped.weights.shape[1] <= 4
+
+
+def test_free_bits_closed_form_is_the_nested_decomposition() -> None:
+    gen = torch.Generator().manual_seed(11)
+    theta = torch.rand(200, 7, generator=gen, dtype=DT) * 1.6 - 0.3
+    theta[:50, 1] = theta[:50, 4]  # ties inside (0, 1)
+    theta[50:80, 2] = 1.0  # values exactly at the faces
+    theta[50:80, 3] = 0.0
+    auto = sparsemap(theta, FreeBits(7))
+    iterative = sparsemap(theta, FreeBits(7), method="active_set")
+    assert bool((auto.iterations == 0).all()) and bool((iterative.iterations > 0).any())
+    assert bool(auto.converged.all()) and bool((auto.gap.abs() <= 1e-12).all())
+    torch.testing.assert_close(auto.mu, theta.clamp(0, 1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(auto.mu, iterative.mu, atol=1e-6, rtol=0)
+    for row in range(200):
+        mu = theta[row].clamp(0, 1)
+        keep = auto.weights[row] > 0
+        z, w = auto.structures[row][keep], auto.weights[row][keep]
+        # One structure per distinct level of mu in (0, 1], nested, largest first.
+        levels = torch.unique(torch.cat([mu, mu.new_ones(1)]))
+        levels = levels[levels > 0]
+        assert z.shape[0] == levels.numel()
+        assert bool((z[1:] <= z[:-1]).all())
+        # The set {mu >= t} gets the length of the interval of t that selects it.
+        for zk, wk in zip(z, w, strict=True):
+            top = float(mu[zk.bool()].min()) if zk.any() else 1.0
+            below = mu[~zk.bool()]
+            nxt = float(below.max()) if below.numel() else 0.0
+            assert abs(float(wk) - (top - nxt)) < 1e-12
+            assert bool(((mu >= top) == zk.bool()).all())
+    # The iterative solver's support is never smaller (the nested one is minimal).
+    assert bool(((iterative.weights > 0).sum(1) >= (auto.weights > 0).sum(1)).all())
+
+
+def test_closed_form_is_skipped_when_asked() -> None:
+    theta = torch.rand(4, 6, dtype=DT)
+    assert bool((sparsemap(theta, FreeBits(6), method="active_set").iterations > 0).all())
+    capped = sparsemap(theta, FreeBits(6), max_active=7)  # an explicit cap: the solver runs
+    assert bool((capped.iterations > 0).all())
+    with pytest.raises(ValueError, match="method must be"):
+        sparsemap(theta, FreeBits(6), method="exact")
+    with pytest.raises(ValueError, match=r"w must have shape \(N, 6\)"):
+        FreeBits(6).sparse_projection(torch.zeros(2, 5))
 
 
 # -- gradients ------------------------------------------------------------------------------------
 
 
-def _weights_and_mu(oracle: FreeBits | BudgetBits) -> object:
+def _weights_and_mu(oracle: FreeBits | BudgetBits, method: str = "auto") -> object:
     def fn(theta: Tensor) -> tuple[Tensor, Tensor]:
-        out = sparsemap(theta, oracle, tol=1e-12)
+        out = sparsemap(theta, oracle, tol=1e-12, method=method)
         return out.weights, out.mu
 
     return fn
 
 
+@pytest.mark.parametrize("method", ["auto", "active_set"])
 @pytest.mark.parametrize("oracle", [FreeBits(5), BudgetBits(6, 2)], ids=repr)
-def test_gradcheck_several_active(oracle: FreeBits | BudgetBits) -> None:
+def test_gradcheck_several_active(oracle: FreeBits | BudgetBits, method: str) -> None:
     gen = torch.Generator().manual_seed(7)
     theta = (torch.rand(3, oracle.dim, generator=gen, dtype=DT) * 1.2 - 0.1).requires_grad_()
-    out = sparsemap(theta.detach(), oracle)
+    out = sparsemap(theta.detach(), oracle, method=method)
     assert bool(((out.weights > 0).sum(1) >= 2).all())
-    assert torch.autograd.gradcheck(_weights_and_mu(oracle), (theta,), eps=1e-6, atol=1e-6)
+    fn = _weights_and_mu(oracle, method)
+    assert torch.autograd.gradcheck(fn, (theta,), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["auto", "active_set"])
 @pytest.mark.parametrize("oracle", [FreeBits(5), BudgetBits(5, 2)], ids=repr)
-def test_single_vertex_has_zero_gradient(oracle: FreeBits | BudgetBits) -> None:
+def test_single_vertex_has_zero_gradient(oracle: FreeBits | BudgetBits, method: str) -> None:
     theta = torch.tensor([[2.0, -1.5, 3.0, -0.7, -2.0]], dtype=DT, requires_grad=True)
-    out = sparsemap(theta, oracle)
+    out = sparsemap(theta, oracle, method=method)
     assert out.weights.shape == (1, 1)
     (grad,) = torch.autograd.grad((out.mu * torch.arange(5.0, dtype=DT)).sum(), theta)
     assert torch.equal(grad, torch.zeros_like(grad))
-    assert torch.autograd.gradcheck(_weights_and_mu(oracle), (theta,), eps=1e-6, atol=1e-8)
+    fn = _weights_and_mu(oracle, method)
+    assert torch.autograd.gradcheck(fn, (theta,), eps=1e-6, atol=1e-8)
 
 
-def test_free_bits_jacobian_is_the_clamp_jacobian() -> None:
+@pytest.mark.parametrize("method", ["auto", "active_set"])
+def test_free_bits_jacobian_is_the_clamp_jacobian(method: str) -> None:
     gen = torch.Generator().manual_seed(8)
     theta = (torch.rand(40, 8, generator=gen, dtype=DT) * 2 - 0.5).requires_grad_()
-    out = sparsemap(theta, FreeBits(8))
+    out = sparsemap(theta, FreeBits(8), method=method)
     v = torch.randn(40, 8, generator=gen, dtype=DT)
     (grad,) = torch.autograd.grad((out.mu * v).sum(), theta)
     inside = ((theta > 0) & (theta < 1)).to(DT)
     torch.testing.assert_close(grad, v * inside, atol=1e-9, rtol=0)
 
 
-def _jacobian(theta: Tensor, oracle: FreeBits | BudgetBits) -> Tensor:
+def _jacobian(theta: Tensor, oracle: FreeBits | BudgetBits, method: str) -> Tensor:
     """``d mu / d theta`` per row, ``(n, D, D)``, by backpropagating unit vectors."""
     theta = theta.clone().requires_grad_()
-    mu = sparsemap(theta, oracle, tol=1e-12).mu
+    mu = sparsemap(theta, oracle, tol=1e-12, method=method).mu
     rows = []
     for j in range(theta.shape[1]):
         (g,) = torch.autograd.grad(mu[:, j].sum(), theta, retain_graph=True)
@@ -267,23 +320,29 @@ def _jacobian(theta: Tensor, oracle: FreeBits | BudgetBits) -> Tensor:
     return torch.stack(rows, 1)
 
 
-def _finite_differences(theta: Tensor, oracle: FreeBits | BudgetBits, h: float) -> Tensor:
+def _finite_differences(
+    theta: Tensor, oracle: FreeBits | BudgetBits, h: float, method: str
+) -> Tensor:
     cols = []
     for j in range(theta.shape[1]):
         e = torch.zeros_like(theta)
         e[:, j] = h
-        plus = sparsemap(theta + e, oracle, tol=1e-12).mu
-        minus = sparsemap(theta - e, oracle, tol=1e-12).mu
+        plus = sparsemap(theta + e, oracle, tol=1e-12, method=method).mu
+        minus = sparsemap(theta - e, oracle, tol=1e-12, method=method).mu
         cols.append((plus - minus) / (2 * h))
     return torch.stack(cols, 2)
 
 
-@pytest.mark.parametrize("oracle", [FreeBits(10), BudgetBits(10, 3)], ids=repr)
-def test_finite_differences_on_300_problems(oracle: FreeBits | BudgetBits) -> None:
+@pytest.mark.parametrize(
+    ("oracle", "method"),
+    [(FreeBits(10), "auto"), (FreeBits(10), "active_set"), (BudgetBits(10, 3), "auto")],
+    ids=repr,
+)
+def test_finite_differences_on_300_problems(oracle: FreeBits | BudgetBits, method: str) -> None:
     gen = torch.Generator().manual_seed(9)
     theta = torch.rand(300, 10, generator=gen, dtype=DT) * 1.6 - 0.3
-    jac = _jacobian(theta, oracle)
-    fd = _finite_differences(theta, oracle, 1e-6)
+    jac = _jacobian(theta, oracle, method)
+    fd = _finite_differences(theta, oracle, 1e-6, method)
     bad = ((jac - fd).abs().amax((1, 2)) > 1e-5).sum()
     assert int(bad) == 0
 

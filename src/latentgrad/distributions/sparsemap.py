@@ -141,6 +141,9 @@ class SparseMAP(_SparseStructures):
         max_iter, tol: passed to :func:`~latentgrad.mappings.sparsemap`.
         strict: raise ``RuntimeError`` when some row does not converge (default). With
             ``strict=False`` check :attr:`result` (``converged``, ``gap``).
+        method: ``"auto"`` uses the oracle's closed form where it has one (free bit-vectors:
+            the nested decomposition of the clamp), ``"active_set"`` always runs the
+            iterative solver; see :func:`~latentgrad.mappings.sparsemap`.
 
     Shape:
         ``batch_shape = scores.shape[:-1]``; ``event_shape`` is that of ``oracle.to_value`` of
@@ -172,6 +175,7 @@ class SparseMAP(_SparseStructures):
         max_iter: int = 100,
         tol: float = 1e-6,
         strict: bool = True,
+        method: str = "auto",
         validate_args: bool | None = None,
     ) -> None:
         if not callable(oracle):
@@ -180,6 +184,9 @@ class SparseMAP(_SparseStructures):
         self.max_iter = check_int(max_iter, "max_iter", minimum=1)
         self.tol = tol
         self.strict = strict
+        if method not in ("auto", "active_set"):
+            raise ValueError(f"method must be 'auto' or 'active_set', got {method!r}")
+        self.method = method
         self._to_value_fn = getattr(oracle, "to_value", None)
         scores = check_tensor(scores, "scores", min_dim=1)
         event = None
@@ -190,7 +197,12 @@ class SparseMAP(_SparseStructures):
 
     def _compute(self) -> tuple[Tensor, Tensor]:
         self._result = sparsemap(
-            self.scores, self.oracle, max_iter=self.max_iter, tol=self.tol, strict=self.strict
+            self.scores,
+            self.oracle,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            strict=self.strict,
+            method=self.method,
         )
         return self._result.structures, self._result.weights
 

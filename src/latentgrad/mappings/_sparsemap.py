@@ -12,11 +12,13 @@ whose solution is a sparse convex combination ``mu* = sum_{z in A} p_z z`` of a 
 The solver is the active-set method of Niculae et al. (2018), run on all rows at once in
 PyTorch: each row keeps an active set of structures (padded to a common size with a mask); one
 iteration solves the equality-constrained problem on the active set (a small bordered KKT
-system), steps back to the simplex boundary and drops a structure if some weight would turn
+system, whose inverse each row keeps and updates by rank-one terms as structures enter and
+leave), steps back to the simplex boundary and drops a structure if some weight would turn
 negative, and otherwise asks the MAP oracle for the structure maximizing ``<theta - mu, z>``
 and adds it unless the duality gap ``<theta - mu, z - mu>`` is below the tolerance. Rows that
 converged leave the batch, so the loop runs over solver iterations only. Everything is
-computed in float64 internally.
+computed in float64 internally. Oracles that know the solution in closed form (free
+bit-vectors: the clamp, as a nested decomposition) skip the iterations.
 
 The weights and ``mu`` are differentiable through the KKT system of the final support (the
 structures of positive weight): with ``M`` the support structures as rows and ``K`` the
@@ -93,21 +95,10 @@ def _kkt_matrix(gram: Tensor, mask: Tensor, ridge: float = 0.0) -> Tensor:
     return a
 
 
-def _kkt_solve(gram: Tensor, mask: Tensor, rhs: Tensor) -> Tensor:
-    """Solve the KKT system of :func:`_kkt_matrix`; rows where it is singular get a tiny ridge."""
-    a = _kkt_matrix(gram, mask)
-    sol, info = torch.linalg.solve_ex(a, rhs)
-    bad = (info != 0).nonzero().squeeze(1)
-    if bad.numel():
-        a_bad = _kkt_matrix(gram[bad], mask[bad], _RIDGE)
-        sol = sol.index_put((bad,), torch.linalg.solve(a_bad, rhs[bad]))
-    return sol
-
-
 def _kkt_rhs(z: Tensor, mask: Tensor, theta: Tensor) -> Tensor:
     """``[M theta; 1]`` with zeros in the inactive slots, ``(n, K+1, 1)``."""
     m = mask.to(z.dtype)
-    top = torch.bmm(z, theta.unsqueeze(2)).squeeze(2) * m
+    top = torch.bmm(theta.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * m
     return torch.cat([top, torch.ones_like(top[:, :1])], 1).unsqueeze(2)
 
 
@@ -197,21 +188,51 @@ class _Solution(NamedTuple):
     iterations: Tensor  # (n,)
 
 
-def _grow(t: Tensor, k: int, dims: int = 1) -> Tensor:
-    """``t`` with its dimension 1 (and 2 if ``dims == 2``) zero-padded to ``k``."""
-    out = t.new_zeros(
-        (t.shape[0], k, k, *t.shape[3:]) if dims == 2 else (t.shape[0], k, *t.shape[2:])
-    )
-    if dims == 2:
-        out[:, : t.shape[1], : t.shape[2]] = t
-    else:
-        out[:, : t.shape[1]] = t
+def _grow(t: Tensor, k: int) -> Tensor:
+    """``t`` with its dimension 1 zero-padded (``False``-padded) to ``k``."""
+    out = t.new_zeros((t.shape[0], k, *t.shape[2:]))
+    out[:, : t.shape[1]] = t
+    return out
+
+
+def _grow_inverse(kinv: Tensor, k: int) -> Tensor:
+    """The inverse KKT matrices of :func:`_kkt_inverse` with ``k`` slots instead of fewer.
+
+    The new slots are inactive (identity rows and columns); the border moves to index ``k``.
+    """
+    n, old = kinv.shape[0], kinv.shape[1] - 1
+    out = kinv.new_zeros(n, k + 1, k + 1)
+    keep = torch.tensor([*range(old), k], device=kinv.device)
+    out[:, keep.unsqueeze(1), keep] = kinv
+    out[:, old:k, old:k].diagonal(dim1=1, dim2=2).fill_(1.0)
     return out
 
 
 def _next_capacity(cap: int, max_active: int) -> int:
-    """Active-set capacity after ``cap`` (grown by half: the KKT solve is cubic in it)."""
+    """Active-set capacity after ``cap`` (grown by half)."""
     return min(max_active, cap + max(8, cap // 2))
+
+
+def _kkt_inverse(z: Tensor, mask: Tensor) -> Tensor:
+    """The inverse of the bordered KKT matrix of :func:`_kkt_matrix`, ``(n, K+1, K+1)``.
+
+    Rows where the matrix is singular (never in exact arithmetic) get it with a tiny ridge.
+    """
+    gram = torch.bmm(z, z.transpose(1, 2))
+    kinv, info = torch.linalg.inv_ex(_kkt_matrix(gram, mask))
+    bad = (info != 0).nonzero().squeeze(1)
+    if bad.numel():
+        kinv[bad] = torch.linalg.inv(_kkt_matrix(gram[bad], mask[bad], _RIDGE))
+    return kinv
+
+
+#: The inverse KKT matrices, updated by rank-one terms as structures enter and leave, are
+#: recomputed from scratch this often (rounding errors of the updates then never pile up).
+_REFRESH = 16
+
+#: An entering structure whose squared distance to the affine hull of the active set (the Schur
+#: complement of its KKT border) is below this is treated as dependent: the inverse is recomputed.
+_DEPENDENT = 1e-9
 
 
 def _active_set(
@@ -224,11 +245,19 @@ def _active_set(
 ) -> _Solution:
     """Batched active-set SparseMAP on float64 scores ``theta`` of shape ``(n, D)``.
 
-    Per row and slot it keeps the structure ``z``, its weight ``p``, whether it is active, the
-    Gram matrix of the slots and the scores ``<z, theta>``; the last two are updated when a
-    structure enters, so an iteration costs one KKT solve, one ``p^T z`` and one oracle call.
+    Every row keeps its active structures in ``cap`` slots (``z``, weights ``p``, ``mask``),
+    their scores ``<z, theta>``, and the inverse of its bordered KKT matrix. An iteration
+    multiplies by that inverse (the equality-constrained minimizer on the active set), steps
+    back to the simplex boundary and drops the blocking structure where a weight would turn
+    negative, and otherwise calls the oracle and adds its structure unless the duality gap is
+    below ``tol``. Entering and leaving structures change the inverse by a rank-one term (the
+    bordering formulas), so an iteration costs ``O(cap^2)`` per row instead of a factorization.
+
+    Rows that finish stay in the working arrays (masked) until half of them have finished;
+    then the finished ones are written out and the rest compacted, so gathers stay rare.
     """
     n, d = theta.shape
+    dev = theta.device
     if warm is None:
         cap = min(max_active, 8)
         z = theta.new_zeros(n, cap, d)
@@ -240,86 +269,137 @@ def _active_set(
         cap = min(max_active, max(z.shape[1], 8))
         z, p = _grow(z, cap), _grow(p, cap)
     mask = p > 0
-    gram = torch.bmm(z, z.transpose(1, 2))
-    score = torch.bmm(z, theta.unsqueeze(2)).squeeze(2)
+    # Outputs for all rows; the working arrays below hold the rows still being solved.
+    out_z, out_p, out_mask = z, p, mask
     gap = theta.new_full((n,), math.inf)
-    converged = torch.zeros(n, dtype=torch.bool, device=theta.device)
-    stuck = torch.zeros_like(converged)
-    iterations = torch.zeros(n, dtype=torch.long, device=theta.device)
-    rows = torch.arange(n, device=theta.device)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    iterations = torch.zeros(n, dtype=torch.long, device=dev)
+    rows = torch.arange(n, device=dev)
+    th = theta
     grid = (theta.abs().amax(1, keepdim=True) + 1.0).mul_(_GRID)
+    score = torch.bmm(theta.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
+    w_gap = gap.clone()
+    w_conv = converged.clone()
+    w_iter = iterations.clone()
+    live = torch.ones(n, dtype=torch.bool, device=dev)
+    kinv = _kkt_inverse(z, mask)
+    since_refresh = 0
+
+    def write_back(which: Tensor) -> None:
+        nonlocal out_z, out_p, out_mask
+        if out_z.shape[1] < cap:
+            out_z, out_p, out_mask = _grow(out_z, cap), _grow(out_p, cap), _grow(out_mask, cap)
+        idx = rows[which]
+        out_z[idx], out_p[idx], out_mask[idx] = z[which], p[which], mask[which]
+        gap[idx], converged[idx], iterations[idx] = w_gap[which], w_conv[which], w_iter[which]
+
     for _ in range(max_iter):
-        m = rows.numel()
-        if m == 0:
+        w = rows.numel()
+        if w == 0:
             break
-        every = m == n  # then work on the full tensors, without gathering rows
-        if every:
-            zi, gi, si, pi, mi, th, q = z, gram, score, p, mask, theta, grid
-        else:
-            zi, gi, si, pi, mi = z[rows], gram[rows], score[rows], p[rows], mask[rows]
-            th, q = theta[rows], grid[rows]
-        rhs = torch.cat([si * mi, torch.ones_like(si[:, :1])], 1).unsqueeze(2)
-        p_hat = _kkt_solve(gi, mi, rhs)[:, :cap, 0]
-        step = p_hat - pi
-        infeasible = (mi & (p_hat < 0)).any(1)
-        # Step from p towards p_hat until the first weight hits 0 (only where p_hat < 0).
-        shrinking = mi & (step < 0)
-        ratio = torch.where(shrinking, pi / (-step).clamp_min(1e-300), math.inf)
+        if since_refresh >= _REFRESH:
+            kinv, since_refresh = _kkt_inverse(z, mask), 0
+        since_refresh += 1
+        ar = torch.arange(w, device=dev)
+        # The minimizer on the active set, then a step towards it that stays feasible.
+        # (The inverse is symmetric; products with a vector on the left are much faster.)
+        rhs = torch.cat([score * mask, torch.ones_like(score[:, :1])], 1).unsqueeze(1)
+        p_hat = torch.bmm(rhs, kinv)[:, 0, :cap]
+        step = p_hat - p
+        shrinking = mask & (step < 0)
+        infeasible = (mask & (p_hat < 0)).any(1) & live
+        ratio = torch.where(shrinking, p / (-step).clamp_min(1e-300), math.inf)
         alpha, block = ratio.min(1)
         alpha = alpha.clamp(max=1.0).unsqueeze(1)
-        p_new = torch.where(infeasible.unsqueeze(1), pi + alpha * step, p_hat)
+        p_new = torch.where(infeasible.unsqueeze(1), p + alpha * step, p_hat)
         blocked = torch.nn.functional.one_hot(block, cap).bool() | (p_new <= _DROP)
-        mi = mi & ~(infeasible.unsqueeze(1) & blocked)
-        p_new = p_new.clamp_min(0.0) * mi
+        new_mask = mask & ~(infeasible.unsqueeze(1) & blocked)
+        p_new = p_new.clamp_min(0.0) * new_mask
         p_new = p_new / p_new.sum(1, keepdim=True)
         # Where p_hat was feasible, ask the oracle for the best structure in direction theta - mu.
-        mu = torch.bmm(p_new.unsqueeze(1), zi).squeeze(1)
+        mu = torch.bmm(p_new.unsqueeze(1), z).squeeze(1)
         g = th - mu
         # The oracle sees g rounded to a grid far coarser than rounding noise: entries that tie
         # (or vanish) in exact arithmetic then tie exactly, so the oracle's deterministic
         # tie-breaking, not noise, picks among them, and the solver's path and final support
         # are stable under tiny changes of theta (the found structure is optimal for g up to
         # D times the grid step).
-        z_new = _call_oracle(oracle, torch.round(g / q) * q)
+        g_round = torch.round(g / grid) * grid
+        if bool(live.all()):
+            z_new = _call_oracle(oracle, g_round)
+        else:
+            idx = live.nonzero().squeeze(1)
+            z_new = torch.zeros_like(g)
+            z_new[idx] = _call_oracle(oracle, g_round[idx])
         gap_i = (g * (z_new - mu)).sum(1)
-        done = ~infeasible & (gap_i <= tol)
-        add = ~infeasible & ~done
-        full = add & (mi.sum(1) >= cap)
+        done = live & ~infeasible & (gap_i <= tol)
+        add = live & ~infeasible & ~done
+        count = new_mask.sum(1)
+        full = add & (count >= cap)
         if bool(full.any()):
             if cap < max_active:
                 cap = _next_capacity(cap, max_active)
-                z, p, mask = _grow(z, cap), _grow(p, cap), _grow(mask, cap)
-                gram, score = _grow(gram, cap, 2), _grow(score, cap)
-                zi, gi, si = _grow(zi, cap), _grow(gi, cap, 2), _grow(si, cap)
-                p_new, mi = _grow(p_new, cap), _grow(mi, cap)
-                if every:
-                    z, gram, score = zi, gi, si
+                z, p_new, new_mask, mask = (_grow(t, cap) for t in (z, p_new, new_mask, mask))
+                score, kinv = _grow(score, cap), _grow_inverse(kinv, cap)
             else:
-                stuck[rows[full]] = True
+                live = live & ~full
                 add = add & ~full
+        # Rank-one updates of the inverse: a leaving slot j (K^-1 = [[E, f], [f^T, h]] with j
+        # last becomes E - f f^T / h) and an entering one (border b, Schur complement s).
+        dropped = (mask & ~new_mask).sum(1)
+        single = dropped == 1
+        refresh = bool((dropped > 1).any())
+        j = torch.where(add, (~new_mask).to(torch.uint8).argmax(1), block)
+        col = kinv[ar, j]
+        h = col.gather(1, j.unsqueeze(1))
+        inner = torch.bmm(z_new.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * new_mask
+        b = torch.cat([inner, torch.ones_like(inner[:, :1])], 1) * add.unsqueeze(1)
+        u = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)
+        schur = z_new.sum(1) - (b * u).sum(1)
+        if bool((add & (schur <= _DEPENDENT)).any()):
+            refresh = True
+        e_j = torch.nn.functional.one_hot(j, cap + 1).to(u.dtype)
+        v_add = (u - e_j) * add.unsqueeze(1)
+        v_drop = col * single.unsqueeze(1)
+        left = v_add + v_drop
+        right = v_add / torch.where(add, schur, 1.0).unsqueeze(1) - v_drop / torch.where(
+            single, h.squeeze(1), 1.0
+        ).unsqueeze(1)
+        kinv.addcmul_(left.unsqueeze(2), right.unsqueeze(1))
+        kinv.diagonal(dim1=1, dim2=2).add_(
+            e_j * (single.to(u.dtype) - add.to(u.dtype)).unsqueeze(1)
+        )
         local = add.nonzero().squeeze(1)
         if local.numel():
-            where = (~mi[local]).to(torch.uint8).argmax(1)
+            slot = j[local]
             z_add = z_new[local]
-            zi[local, where] = z_add
-            mi[local, where] = True
-            # The new structure's inner products with every slot fill its row and column of G.
-            inner = torch.bmm(zi[local], z_add.unsqueeze(2)).squeeze(2)
-            gi[local, where] = inner
-            gi[local, :, where] = inner
-            si[local, where] = (z_add * th[local]).sum(1)
-        if every:
-            p, mask = p_new, mi
-            gap = torch.where(infeasible, gap, gap_i)
-            iterations += 1
-            converged = done
-            rows = (~done & ~stuck).nonzero().squeeze(1)
-        else:
-            z[rows], gram[rows], score[rows], p[rows], mask[rows] = zi, gi, si, p_new, mi
-            gap[rows] = torch.where(infeasible, gap[rows], gap_i)
-            iterations[rows] += 1
-            converged[rows] = done
-            rows = rows[~done & ~stuck[rows]]
+            z[local, slot] = z_add
+            new_mask[local, slot] = True
+            score[local, slot] = (z_add * th[local]).sum(1)
+        p, mask = p_new, new_mask
+        if refresh:
+            kinv, since_refresh = _kkt_inverse(z, mask), 0
+        w_gap = torch.where(live & ~infeasible, gap_i, w_gap)
+        w_iter += live
+        w_conv |= done
+        live = live & ~done
+        remaining = int(live.sum())
+        if remaining <= w // 2:
+            write_back(~live)
+            keep = live.nonzero().squeeze(1)
+            rows, th, grid, z, p, mask = (
+                rows[keep],
+                th[keep],
+                grid[keep],
+                z[keep],
+                p[keep],
+                mask[keep],
+            )
+            score, kinv, live = score[keep], kinv[keep], live[keep]
+            w_gap, w_iter, w_conv = w_gap[keep], w_iter[keep], w_conv[keep]
+    if rows.numel():
+        write_back(torch.ones_like(live))
+    z, p, mask = out_z, out_p, out_mask
     # Rows left unconverged: report the duality gap of their current point.
     left = (~converged).nonzero().squeeze(1)
     if left.numel():
@@ -338,12 +418,26 @@ def _compact(z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     size = max(int(support.sum(1).max()), 1) if support.shape[0] else 1
     order = torch.sort((~support).to(torch.uint8), dim=1, stable=True).indices[:, :size]
     support = support.gather(1, order)
-    z = z.gather(1, order.unsqueeze(2).expand(-1, -1, z.shape[2]))
-    z = torch.where(support.unsqueeze(2), z, z[:, :1])
-    return z, support
+    order = torch.where(support, order, order[:, :1])
+    rows = torch.arange(z.shape[0], device=z.device).unsqueeze(1)
+    return z[rows, order], support
 
 
 # -- differentiation ------------------------------------------------------------------------------
+
+
+def _kkt_factor(z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """LU factors ``(LU, pivots)`` of the KKT matrices of :func:`_kkt_matrix` for slots ``z``.
+
+    Rows where the matrix is singular (never in exact arithmetic) are factored with a tiny ridge.
+    """
+    gram = torch.bmm(z, z.transpose(1, 2))
+    lu, pivots, info = torch.linalg.lu_factor_ex(_kkt_matrix(gram, mask))
+    bad = (info != 0).nonzero().squeeze(1)
+    if bad.numel():
+        lu_bad, pivots_bad = torch.linalg.lu_factor(_kkt_matrix(gram[bad], mask[bad], _RIDGE))
+        lu[bad], pivots[bad] = lu_bad, pivots_bad
+    return lu, pivots
 
 
 class SparseMAPFunction(torch.autograd.Function):
@@ -352,27 +446,25 @@ class SparseMAPFunction(torch.autograd.Function):
     Forward solves the KKT system of the support (use :func:`sparsemap`, which finds the
     support first): ``p = argmin ||M^T p - theta||^2`` subject to ``sum(p) = 1``, with ``M`` the
     support structures, and ``mu = M^T p``. Backward: ``dtheta = M^T S (dp + M dmu)`` with ``S``
-    the top-left block of the inverse bordered KKT matrix.
+    the top-left block of the inverse bordered KKT matrix, reusing the forward's LU factors.
 
     Inputs: ``theta (n, D)``, ``structures (n, A, D)`` (0/1, float), ``support (n, A)`` (bool;
     slots outside get weight 0). Returns ``(weights (n, A), mu (n, D))`` in theta's dtype.
     """
 
     @staticmethod
-    def forward(theta: Tensor, structures: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
-        th = theta.double()
+    def forward(
+        ctx: Any, theta: Tensor, structures: Tensor, support: Tensor
+    ) -> tuple[Tensor, Tensor]:
         z = structures.double()
-        gram = torch.bmm(z, z.transpose(1, 2))
-        p = _kkt_solve(gram, support, _kkt_rhs(z, support, th))[:, : z.shape[1], 0] * support
+        lu, pivots = _kkt_factor(z, support)
+        rhs = _kkt_rhs(z, support, theta.double())
+        p = torch.linalg.lu_solve(lu, pivots, rhs)[:, : z.shape[1], 0] * support
         mu = torch.bmm(p.unsqueeze(1), z).squeeze(1)
-        return p.to(theta.dtype), mu.to(theta.dtype)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-        theta, structures, support = inputs
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(structures, support)
+            ctx.save_for_backward(z, support, lu, pivots)
         ctx.theta_dtype = theta.dtype
+        return p.to(theta.dtype), mu.to(theta.dtype)
 
     @staticmethod
     def backward(
@@ -380,18 +472,16 @@ class SparseMAPFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        structures, support = ctx.saved_tensors
-        z = structures.double()
+        z, support, lu, pivots = ctx.saved_tensors
         n, k, _ = z.shape
         v = z.new_zeros(n, k)
         if grad_p is not None:
             v = v + grad_p.double()
         if grad_mu is not None:
-            v = v + torch.bmm(z, grad_mu.double().unsqueeze(2)).squeeze(2)
+            v = v + torch.bmm(grad_mu.double().unsqueeze(1), z.transpose(1, 2)).squeeze(1)
         v = v * support
         rhs = torch.cat([v, v.new_zeros(n, 1)], 1).unsqueeze(2)
-        gram = torch.bmm(z, z.transpose(1, 2))
-        s_v = _kkt_solve(gram, support, rhs)[:, :k, 0] * support
+        s_v = torch.linalg.lu_solve(lu, pivots, rhs)[:, :k, 0] * support
         grad_theta = torch.bmm(s_v.unsqueeze(1), z).squeeze(1)
         return grad_theta.to(ctx.theta_dtype), None, None
 
@@ -408,6 +498,7 @@ def sparsemap(
     warm_start: SparseMAPResult | None = None,
     max_active: int | None = None,
     strict: bool = False,
+    method: str = "auto",
 ) -> SparseMAPResult:
     """SparseMAP: project ``theta`` onto the convex hull of the oracle's structures.
 
@@ -434,6 +525,11 @@ def sparsemap(
         max_active: the largest active set per row (default ``D + 1``, which affinely
             independent active sets never exceed).
         strict: raise ``RuntimeError`` if some row did not converge.
+        method: ``"active_set"`` runs the iterative solver; ``"auto"`` (default) first uses the
+            oracle's closed form where it has one (a ``sparse_projection(theta)`` method
+            returning the support, as :class:`~latentgrad.mappings.oracles.FreeBits` does) and
+            ``max_active`` is not given; ``warm_start`` and ``max_iter`` are then unused and
+            ``iterations`` is 0. The weights are computed from the support either way.
 
     Returns:
         :class:`SparseMAPResult` ``(structures, weights, mu, gap, converged, iterations)``.
@@ -473,30 +569,47 @@ def sparsemap(
     oracle = _check_oracle(oracle, d)
     max_iter = _check_count(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
-    max_active = d + 1 if max_active is None else _check_count(max_active, "max_active", 1)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    if method not in ("auto", "active_set"):
+        raise ValueError(f"method must be 'auto' or 'active_set', got {method!r}")
+    closed_form = getattr(oracle, "sparse_projection", None)
+    if method == "active_set" or max_active is not None:
+        closed_form = None
+    max_active = d + 1 if max_active is None else _check_count(max_active, "max_active", 1)
     batch = theta.shape[:-1]
     flat = theta.reshape(-1, d)
     n = flat.shape[0]
+    th = flat.detach().double()
     warm = None if warm_start is None else _warm_arrays(warm_start, n, d, max_active)
-    with torch.no_grad():
-        sol = _active_set(flat.detach().double(), oracle, max_iter, tol, max_active, warm)
-        structures, support = _compact(sol.z, sol.p)
-    compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    weights, mu = _apply(SparseMAPFunction, compute, structures, support)
-    if strict and not bool(sol.converged.all()):
-        bad = int((~sol.converged).sum())
+    if closed_form is None:
+        with torch.no_grad():
+            sol = _active_set(th, oracle, max_iter, tol, max_active, warm)
+            structures, support = _compact(sol.z, sol.p)
+        gap, converged, iterations = sol.gap, sol.converged, sol.iterations
+        compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        weights, mu = _apply(SparseMAPFunction, compute, structures, support)
+    else:
+        # Differentiable formulas in float64; the gap certifies them like the solver's output.
+        structures, weights = closed_form(flat.double())
+        mu = torch.bmm(weights.unsqueeze(1), structures).squeeze(1)
+        with torch.no_grad():
+            g = th - mu.detach()
+            gap = (g * (_call_oracle(oracle, g) - mu.detach())).sum(1)
+        converged = gap <= tol
+        iterations = torch.zeros(n, dtype=torch.long, device=th.device)
+    if strict and not bool(converged.all()):
+        bad = int((~converged).sum())
         raise RuntimeError(
             f"sparsemap did not converge on {bad} of {n} rows "
-            f"(largest gap {float(sol.gap.max()):.3g} > tol {tol:g}); raise max_iter"
+            f"(largest gap {float(gap.max()):.3g} > tol {tol:g}); raise max_iter"
         )
     a = structures.shape[1]
     return SparseMAPResult(
         structures=structures.to(theta.dtype).reshape(*batch, a, d),
         weights=weights.to(theta.dtype).reshape(*batch, a),
         mu=mu.to(theta.dtype).reshape(*batch, d),
-        gap=sol.gap.reshape(batch),
-        converged=sol.converged.reshape(batch),
-        iterations=sol.iterations.reshape(batch),
+        gap=gap.reshape(batch),
+        converged=converged.reshape(batch),
+        iterations=iterations.reshape(batch),
     )

@@ -88,6 +88,42 @@ class FreeBits:
         """All ``2**d`` bit-vectors, shape ``(2**d, d)``, float32."""
         return _all_bit_vectors(self.dim).float()
 
+    def sparse_projection(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """SparseMAP in closed form: the nested decomposition of ``clamp(theta, 0, 1)``.
+
+        ``mu* = clamp(theta, 0, 1)`` is the mean of the threshold sets ``{i : mu*_i >= t}``
+        for ``t`` uniform in ``(0, 1]``. With ``v_1 >= ... >= v_d`` the sorted values of
+        ``mu*`` (``v_0 = 1``, ``v_{d+1} = 0``), the set of the ``k`` largest coordinates gets
+        weight ``v_k - v_{k+1}``. The sets of positive weight are nested, hence affinely
+        independent, and as few as any exact decomposition can have (one more than the number
+        of distinct values of ``mu*`` strictly inside ``(0, 1)``). On a fixed support the
+        weights are the unique solution of SparseMAP's KKT system, so differentiating these
+        formulas gives the same gradient as the KKT system. :func:`~latentgrad.mappings.sparsemap`
+        uses this instead of its iterative solver.
+
+        Args:
+            theta: scores, ``(N, d)``; the weights are differentiable in them.
+
+        Returns:
+            ``(structures, weights)``: ``(N, A, d)`` 0/1 in ``theta``'s dtype, largest set
+            first, and ``(N, A)`` (padding slots repeat the first set at weight 0).
+        """
+        theta = _check_scores(theta, self.dim)
+        n, d = theta.shape
+        values, order = theta.clamp(0.0, 1.0).sort(dim=1, descending=True, stable=True)
+        ones, zeros = values.new_ones(n, 1), values.new_zeros(n, 1)
+        # Weight of the k largest coordinates, for k = d, d - 1, ..., 0.
+        weight = (torch.cat([ones, values], 1) - torch.cat([values, zeros], 1)).flip(1)
+        positive = weight.detach() > 0
+        size = max(int(positive.sum(1).max()), 1) if n else 1
+        slots = torch.sort((~positive).to(torch.uint8), dim=1, stable=True).indices[:, :size]
+        support = positive.gather(1, slots)
+        weights = weight.gather(1, slots) * support
+        k = d - torch.where(support, slots, slots[:, :1])
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
+        structures = (rank.unsqueeze(1) < k.unsqueeze(2)).to(theta.dtype)
+        return structures, weights
+
     def __repr__(self) -> str:
         return f"FreeBits(d={self.dim})"
 
