@@ -527,7 +527,8 @@ def sparsemap(
         strict: raise ``RuntimeError`` if some row did not converge.
         method: ``"active_set"`` runs the iterative solver; ``"auto"`` (default) first uses the
             oracle's closed form where it has one (a ``sparse_projection(theta)`` method
-            returning the support, as :class:`~latentgrad.mappings.oracles.FreeBits` does) and
+            returning differentiable ``(structures, weights, mu)``, as
+            :class:`~latentgrad.mappings.oracles.FreeBits` does) and
             ``max_active`` is not given; ``warm_start`` and ``max_iter`` are then unused and
             ``iterations`` is 0. The weights are computed from the support either way.
 
@@ -591,8 +592,7 @@ def sparsemap(
         weights, mu = _apply(SparseMAPFunction, compute, structures, support)
     else:
         # Differentiable formulas in float64; the gap certifies them like the solver's output.
-        structures, weights = closed_form(flat.double())
-        mu = torch.bmm(weights.unsqueeze(1), structures).squeeze(1)
+        structures, weights, mu = closed_form(flat.double())
         with torch.no_grad():
             g = th - mu.detach()
             gap = (g * (_call_oracle(oracle, g) - mu.detach())).sum(1)

@@ -88,7 +88,7 @@ class FreeBits:
         """All ``2**d`` bit-vectors, shape ``(2**d, d)``, float32."""
         return _all_bit_vectors(self.dim).float()
 
-    def sparse_projection(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+    def sparse_projection(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """SparseMAP in closed form: the nested decomposition of ``clamp(theta, 0, 1)``.
 
         ``mu* = clamp(theta, 0, 1)`` is the mean of the threshold sets ``{i : mu*_i >= t}``
@@ -102,15 +102,17 @@ class FreeBits:
         uses this instead of its iterative solver.
 
         Args:
-            theta: scores, ``(N, d)``; the weights are differentiable in them.
+            theta: scores, ``(N, d)``; weights and ``mu*`` are differentiable in them.
 
         Returns:
-            ``(structures, weights)``: ``(N, A, d)`` 0/1 in ``theta``'s dtype, largest set
-            first, and ``(N, A)`` (padding slots repeat the first set at weight 0).
+            ``(structures, weights, mu)``: ``(N, A, d)`` bool, largest set first; ``(N, A)``
+            in ``theta``'s dtype (padding slots repeat the first set at weight 0); and
+            ``mu* = clamp(theta, 0, 1)``, ``(N, d)``.
         """
         theta = _check_scores(theta, self.dim)
         n, d = theta.shape
-        values, order = theta.clamp(0.0, 1.0).sort(dim=1, descending=True, stable=True)
+        mu = theta.clamp(0.0, 1.0)
+        values, order = mu.sort(dim=1, descending=True, stable=True)
         ones, zeros = values.new_ones(n, 1), values.new_zeros(n, 1)
         # Weight of the k largest coordinates, for k = d, d - 1, ..., 0.
         weight = (torch.cat([ones, values], 1) - torch.cat([values, zeros], 1)).flip(1)
@@ -121,8 +123,8 @@ class FreeBits:
         weights = weight.gather(1, slots) * support
         k = d - torch.where(support, slots, slots[:, :1])
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
-        structures = (rank.unsqueeze(1) < k.unsqueeze(2)).to(theta.dtype)
-        return structures, weights
+        structures = rank.unsqueeze(1) < k.unsqueeze(2)
+        return structures, weights, mu
 
     def __repr__(self) -> str:
         return f"FreeBits(d={self.dim})"
