@@ -215,21 +215,27 @@ def _prefix_matrix(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Te
         return a, inv.neg().unsqueeze(1)
 
 
-def _short_rows_threshold(x: Tensor, srt: Tensor) -> Tensor | None:
-    """The threshold of short rows sorted whole (``srt``) by one matrix product, or ``None``.
+def _short_rows_tau(srt: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """The thresholds ``(m,)`` of short rows ``srt`` ``(m, n)`` sorted whole, or ``None``.
 
-    ``None`` when the product cannot be trusted: a row holds ``-inf`` (``0 * -inf`` is NaN in a
-    matrix product), NaN or ``+inf`` (the caller then raises), or scores too large to sum
-    unshifted. The threshold lies in ``[max - 1, max)``, so ``|tau| + 1`` bounds the row maxima
-    that :func:`_unshifted_limit` is about.
+    One matrix product gives every prefix threshold. ``None`` when it cannot be trusted: a row
+    holds ``-inf`` (``0 * -inf`` is NaN in a matrix product), NaN or ``+inf`` (the caller then
+    raises), or scores too large to sum unshifted (for ``dtype``). The threshold lies in
+    ``[max - 1, max)``, so ``|tau| + 1`` bounds the row maxima that :func:`_unshifted_limit`
+    is about.
     """
-    n = srt.shape[-1]
-    a, b = _prefix_matrix(n, srt.dtype, srt.device)
-    tau = torch.addmm(b, a, srt.reshape(-1, n).t()).amax(0)
+    a, b = _prefix_matrix(srt.shape[1], srt.dtype, srt.device)
+    tau = torch.addmm(b, a, srt.t()).amax(0)
     scale = float(torch.linalg.vector_norm(tau, math.inf))
-    if not scale + 1 <= _unshifted_limit(x.dtype):  # also catches NaN and infinities
+    if not scale + 1 <= _unshifted_limit(dtype):  # also catches NaN and infinities
         return None
-    return tau.reshape((*x.shape[:-1], 1))
+    return tau
+
+
+def _short_rows_threshold(x: Tensor, srt: Tensor) -> Tensor | None:
+    """:func:`_short_rows_tau` for any batch shape: ``tau`` of shape ``(*, 1)``, or ``None``."""
+    tau = _short_rows_tau(srt.reshape(-1, srt.shape[-1]), x.dtype)
+    return None if tau is None else tau.reshape((*x.shape[:-1], 1))
 
 
 def _lower_bound(xs: Tensor) -> Tensor:
@@ -363,22 +369,24 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def _short_rows_sparsemax(x: Tensor) -> Tensor:
-    """Sparsemax of non-empty float32/float64 rows of at most ``_SORT_MAX`` entries.
+    """Sparsemax of a non-empty float32/float64 ``(m, n)`` matrix with ``n <= _SORT_MAX``.
 
     The common case, with little but its tensor operations (a sort, a matrix product, a max, a
     norm check, a subtraction and a clamp). Rows the matrix product cannot handle exactly
     (``-inf``, large scores, invalid ones) go through :func:`_from_sorted` with the same sort.
     """
     srt = x.sort(-1, descending=True).values
-    tau = _short_rows_threshold(x, srt)
+    tau = _short_rows_tau(srt, x.dtype)
     if tau is not None:
-        return (x - tau).clamp_min_(0)
+        return (x - tau.unsqueeze(1)).clamp_min_(0)
     z, tau, owned = _from_sorted(x, srt, whole=True)  # type: ignore[misc]  # whole: never None
     return (z.sub_(tau) if owned else z - tau).clamp_min_(0)
 
 
 def _sparsemax_vjp(p: Tensor, grad: Tensor) -> Tensor:
     """``J^T grad`` with ``J = diag(s) - s s^T / |S|``, ``s`` the support indicator of ``p``."""
+    if p.dtype in _FAST_DTYPES:  # then grad, the gradient of p, has the same dtype
+        return _centered_product(grad, p.sign())
     on = upcast(p).sign()  # 1 on the support, 0 elsewhere, as a float mask
     return _cast(_centered_product(upcast(grad), on), grad.dtype)
 
@@ -394,12 +402,18 @@ class SparsemaxFunction(torch.autograd.Function):
     ``J = diag(s) - s s^T / |S|`` with ``s`` the indicator of the support ``S = {i : p_i > 0}``.
 
     Inputs: ``x`` (float, mapping dimension last) and ``k`` (int or None, see
-    :func:`sparsemax`). Half precision is computed in float32 and returned in the input dtype.
+    :func:`sparsemax`; may be left out). Half precision is computed in float32 and returned in the input dtype.
     """
 
     @staticmethod
-    def forward(x: Tensor, k: int | None) -> Tensor:
-        if k is None and x.dtype in _FAST_DTYPES and 0 < x.shape[-1] <= _SORT_MAX and x.numel():
+    def forward(x: Tensor, k: int | None = None) -> Tensor:
+        if (
+            k is None
+            and x.dim() == 2
+            and x.dtype in _FAST_DTYPES
+            and 0 < x.shape[1] <= _SORT_MAX
+            and x.shape[0]
+        ):
             return _short_rows_sparsemax(x)
         return _cast(_sparsemax_forward(upcast(x), k), x.dtype)
 
@@ -449,12 +463,19 @@ def sparsemax(x: Tensor, dim: int = -1, k: int | None = None) -> Tensor:
         [2] Michelot, "A finite algorithm for finding the projection of a point onto the
             canonical simplex of R^n", JOTA 1986.
     """
+    if k is None and type(x) is Tensor and type(dim) is int and x.dim() == 2:
+        # The common case, checked in a few lines (the Function's k defaults to None).
+        if (dim == -1 or dim == 1) and x.shape[1] and x.is_floating_point():
+            return _apply(SparsemaxFunction, x)
     x = _check_input(x, "x")
     dim = _check_dim(dim, x)
     k = _check_k(k)
-    if dim == x.dim() - 1:
+    if dim == 1 and x.dim() == 2:
         return _apply(SparsemaxFunction, x, k)
-    return _apply(SparsemaxFunction, x.movedim(dim, -1), k).movedim(-1, dim)
+    # Rows as a matrix: the Function's fast path takes 2-D inputs.
+    moved = x if dim == x.dim() - 1 else x.movedim(dim, -1)
+    out = _apply(SparsemaxFunction, moved.reshape(-1, moved.shape[-1]), k).view(moved.shape)
+    return out if moved is x else out.movedim(-1, dim)
 
 
 class Sparsemax(nn.Module):
