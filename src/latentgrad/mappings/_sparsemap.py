@@ -213,16 +213,27 @@ def _next_capacity(cap: int, max_active: int) -> int:
     return min(max_active, cap + max(8, cap // 2))
 
 
-def _kkt_inverse(z: Tensor, mask: Tensor) -> Tensor:
-    """The inverse of the bordered KKT matrix of :func:`_kkt_matrix`, ``(n, K+1, K+1)``.
+def _kkt_decompose(z: Tensor, mask: Tensor, decompose: Callable[..., Any]) -> list[Tensor]:
+    """``decompose`` (a ``torch.linalg.*_ex`` function) of the KKT matrices for slots ``z``.
 
-    Rows where the matrix is singular (never in exact arithmetic) get it with a tiny ridge.
+    Returns its outputs without the trailing ``info``. Rows where the matrix is singular (never
+    in exact arithmetic) are decomposed again with a tiny ridge on the Gram matrix.
     """
     gram = torch.bmm(z, z.transpose(1, 2))
-    kinv, info = torch.linalg.inv_ex(_kkt_matrix(gram, mask))
+    *out, info = decompose(_kkt_matrix(gram, mask))
     bad = (info != 0).nonzero().squeeze(1)
     if bad.numel():
-        kinv[bad] = torch.linalg.inv(_kkt_matrix(gram[bad], mask[bad], _RIDGE))
+        *fixed, info_bad = decompose(_kkt_matrix(gram[bad], mask[bad], _RIDGE))
+        if bool((info_bad != 0).any()):
+            raise RuntimeError("singular KKT system even with a ridge")
+        for t, f in zip(out, fixed, strict=True):
+            t[bad] = f
+    return out
+
+
+def _kkt_inverse(z: Tensor, mask: Tensor) -> Tensor:
+    """The inverse of the bordered KKT matrix of :func:`_kkt_matrix`, ``(n, K+1, K+1)``."""
+    (kinv,) = _kkt_decompose(z, mask, torch.linalg.inv_ex)
     return kinv
 
 
@@ -409,16 +420,24 @@ def _active_set(
     return _Solution(z, p, mask, gap, converged, iterations)
 
 
+def support_slots(positive: Tensor) -> tuple[Tensor, Tensor]:
+    """The slots of each row's ``True`` entries first (in order), padded with the first slot.
+
+    Returns ``(slots (n, A), support (n, A) bool)`` with ``A`` the largest count in a row (at
+    least 1); ``support`` is ``False`` on padding.
+    """
+    size = max(int(positive.sum(1).max()), 1) if positive.shape[0] else 1
+    order = torch.sort((~positive).to(torch.uint8), dim=1, stable=True).indices[:, :size]
+    support = positive.gather(1, order)
+    return torch.where(support, order, order[:, :1]), support
+
+
 def _compact(z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     """Support structures first (slot order kept), padded with copies of the first one.
 
     Returns ``(structures (n, A, D), support (n, A) bool)``.
     """
-    support = p > 0
-    size = max(int(support.sum(1).max()), 1) if support.shape[0] else 1
-    order = torch.sort((~support).to(torch.uint8), dim=1, stable=True).indices[:, :size]
-    support = support.gather(1, order)
-    order = torch.where(support, order, order[:, :1])
+    order, support = support_slots(p > 0)
     rows = torch.arange(z.shape[0], device=z.device).unsqueeze(1)
     return z[rows, order], support
 
@@ -427,16 +446,8 @@ def _compact(z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _kkt_factor(z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """LU factors ``(LU, pivots)`` of the KKT matrices of :func:`_kkt_matrix` for slots ``z``.
-
-    Rows where the matrix is singular (never in exact arithmetic) are factored with a tiny ridge.
-    """
-    gram = torch.bmm(z, z.transpose(1, 2))
-    lu, pivots, info = torch.linalg.lu_factor_ex(_kkt_matrix(gram, mask))
-    bad = (info != 0).nonzero().squeeze(1)
-    if bad.numel():
-        lu_bad, pivots_bad = torch.linalg.lu_factor(_kkt_matrix(gram[bad], mask[bad], _RIDGE))
-        lu[bad], pivots[bad] = lu_bad, pivots_bad
+    """LU factors ``(LU, pivots)`` of the KKT matrices of :func:`_kkt_matrix` for slots ``z``."""
+    lu, pivots = _kkt_decompose(z, mask, torch.linalg.lu_factor_ex)
     return lu, pivots
 
 

@@ -23,6 +23,9 @@ from torch import Tensor, nn
 
 from latentgrad._numerics import upcast
 
+#: The dtypes computed as they are (others are upcast to float32).
+_FAST_DTYPES = (torch.float32, torch.float64)
+
 #: Rows at most this long are sorted whole; longer ones are pruned to candidates first.
 _SORT_MAX = 20
 
@@ -274,9 +277,7 @@ def _scale_of_maxima(x: Tensor, top: Tensor) -> float:
 #: Largest row maximum for which prefix sums of unshifted scores are accurate enough: they carry
 #: rounding errors of a few ulps of the scores, which up to ``2^-19 / eps`` (16 in float32) stay
 #: below a few ``1e-6``.
-_UNSHIFTED_LIMIT = {
-    dtype: 2.0**-19 / torch.finfo(dtype).eps for dtype in (torch.float32, torch.float64)
-}
+_UNSHIFTED_LIMIT = {dtype: 2.0**-19 / torch.finfo(dtype).eps for dtype in _FAST_DTYPES}
 
 
 def _unshifted_limit(dtype: torch.dtype) -> float:
@@ -363,9 +364,6 @@ def sparsemax_threshold(x: Tensor, k: int | None = None) -> tuple[Tensor, Tensor
 def _sparsemax_forward(x: Tensor, k: int | None) -> Tensor:
     z, tau, owned = _threshold(x, k)
     return (z.sub_(tau) if owned else z - tau).clamp_min_(0)
-
-
-_FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def _short_rows_sparsemax(x: Tensor) -> Tensor:

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+from latentgrad.mappings._sparsemap import support_slots
+
 #: Largest dimension for which ``enumerate()`` of the bit-vector oracles builds its structures.
 _MAX_ENUMERATE_BITS = 20
 
@@ -116,12 +118,9 @@ class FreeBits:
         ones, zeros = values.new_ones(n, 1), values.new_zeros(n, 1)
         # Weight of the k largest coordinates, for k = d, d - 1, ..., 0.
         weight = (torch.cat([ones, values], 1) - torch.cat([values, zeros], 1)).flip(1)
-        positive = weight.detach() > 0
-        size = max(int(positive.sum(1).max()), 1) if n else 1
-        slots = torch.sort((~positive).to(torch.uint8), dim=1, stable=True).indices[:, :size]
-        support = positive.gather(1, slots)
+        slots, support = support_slots(weight.detach() > 0)
         weights = weight.gather(1, slots) * support
-        k = d - torch.where(support, slots, slots[:, :1])
+        k = d - slots
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
         structures = rank.unsqueeze(1) < k.unsqueeze(2)
         return structures, weights, mu
