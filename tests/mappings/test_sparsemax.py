@@ -50,10 +50,20 @@ def random_scores(shape, seed, scale=1.0, margin=1e-4):
     raise AssertionError("could not draw scores away from ties")
 
 
-@pytest.fixture(params=["sort", "prune"])
+#: ``(_PAIRWISE_MAX, _SORT_MAX)`` that send every row through one way of finding the threshold.
+PATHS = {"pairwise": (10**9, 10**9), "sort": (0, 10**9), "prune": (0, 0)}
+
+
+def use_path(monkeypatch, name):
+    pairwise_max, sort_max = PATHS[name]
+    monkeypatch.setattr(sm, "_PAIRWISE_MAX", pairwise_max)
+    monkeypatch.setattr(sm, "_SORT_MAX", sort_max)
+
+
+@pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
-    """Run a test through the whole-row sort and through the pruned-candidate path."""
-    monkeypatch.setattr(sm, "_SORT_MAX", 10**9 if request.param == "sort" else 0)
+    """Run a test through pairwise gaps, the whole-row sort and the pruned-candidate path."""
+    use_path(monkeypatch, request.param)
     return request.param
 
 
@@ -68,14 +78,102 @@ def test_matches_bisection_reference(n, scale):
 
 
 @pytest.mark.parametrize("n", [1, 5, 16, 40])
-def test_sort_and_pruned_paths_agree(n, monkeypatch):
+def test_sort_pairwise_and_pruned_paths_agree(n, monkeypatch):
     x = torch.randn(9, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    monkeypatch.setattr(sm, "_SORT_MAX", 10**9)
+    use_path(monkeypatch, "sort")
     whole = sparsemax(x)
-    monkeypatch.setattr(sm, "_SORT_MAX", 0)
+    use_path(monkeypatch, "pairwise")
+    torch.testing.assert_close(sparsemax(x), whole, rtol=0, atol=1e-13)
+    use_path(monkeypatch, "prune")
     for steps in (0, 1, 2, 6):
         monkeypatch.setattr(sm, "_PRUNE_STEPS", steps)
         torch.testing.assert_close(sparsemax(x), whole, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_support_through_ties(dtype, path):
+    """Ties at the edge of the support, inside it and outside it; exact values."""
+    x = torch.tensor(
+        [
+            [1.0, 1.0, 0.0, -2.0],  # the support ends with a tie: tau = 0.5
+            [0.5, 0.5, 0.5, 0.5],  # all tied
+            [2.0, 0.0, 0.0, 0.0],  # a tie outside the support, at the threshold
+            [0.5, 0.25, 0.25, -1.0],  # a tie inside the support: tau = 0
+            [0.75, 0.25, 0.0, 0.0],  # an entry exactly at the threshold (0.25 = tau)
+        ],
+        dtype=dtype,
+    )
+    expected = torch.tensor(
+        [
+            [0.5, 0.5, 0.0, 0.0],
+            [0.25, 0.25, 0.25, 0.25],
+            [1.0, 0.0, 0.0, 0.0],
+            [0.5, 0.25, 0.25, 0.0],
+            [0.75, 0.25, 0.0, 0.0],
+        ],
+        dtype=dtype,
+    )
+    x = x[:, [2, 0, 3, 1]]  # the order of the entries must not matter
+    torch.testing.assert_close(sparsemax(x), expected[:, [2, 0, 3, 1]], rtol=0, atol=1e-7)
+
+
+def test_pairwise_thresholds_match_the_sort(monkeypatch):
+    """Rows with many ties and all row lengths of the pairwise path, float32 and float64."""
+    g = torch.Generator().manual_seed(11)
+    for n in range(1, sm._PAIRWISE_MAX + 1):
+        x = torch.randint(-6, 7, (300, n), generator=g).double() / 4  # ties everywhere
+        x = torch.cat([x, torch.randn(300, n, generator=g, dtype=torch.float64) * 3])
+        use_path(monkeypatch, "sort")
+        expected = sparsemax(x)
+        use_path(monkeypatch, "pairwise")
+        torch.testing.assert_close(sparsemax(x), expected, rtol=0, atol=1e-14)
+        torch.testing.assert_close(sparsemax(x.float()), expected.float(), rtol=0, atol=2e-6)
+        z, tau = sparsemax_threshold(x)
+        assert z is x and tau.shape == (600, 1)
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_reduced_precision_products_are_not_used(precision, monkeypatch):
+    """With TF32/bfloat16 float32 products allowed, transposes and row sums avoid products."""
+    x = torch.randn(40, 9, generator=torch.Generator().manual_seed(13)) * 3
+    x[3, 4] = -torch.inf
+    w = torch.randn(40, 9)
+    expected = reference_sparsemax(x)
+    before = torch.get_float32_matmul_precision()
+    products = []  # the identity and the ones column are only built for products
+    monkeypatch.setattr(sm, "_eye", lambda *a: products.append(a))
+    monkeypatch.setattr(sm, "_ones_column", lambda *a: products.append(a))
+    try:
+        torch.set_float32_matmul_precision(precision)
+        xg = x.clone().requires_grad_(True)
+        p = sparsemax(xg)
+        (grad,) = torch.autograd.grad((p * w).sum(), xg)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert not products
+    torch.testing.assert_close(p.double(), expected, rtol=0, atol=1e-6)
+    on = (expected > 0).double()
+    exact = on * (w - (on * w).sum(-1, keepdim=True) / on.sum(-1, keepdim=True))
+    torch.testing.assert_close(grad.double(), exact, rtol=0, atol=1e-6)
+
+
+def test_pairwise_chunks_and_falls_back(monkeypatch):
+    """Rows are taken in chunks within the budget; a row the gaps cannot handle sends all back."""
+    x = torch.randn(50, 7, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    expected = reference_sparsemax(x)
+    calls = []
+    pairwise_tau = sm._pairwise_tau
+    monkeypatch.setattr(sm, "_pairwise_tau", lambda t: calls.append(t.shape) or pairwise_tau(t))
+    monkeypatch.setattr(sm, "_PAIRWISE_BUDGET", 7 * 7 * 8)  # 8 rows at a time
+    torch.testing.assert_close(sparsemax(x), expected, rtol=0, atol=1e-12)
+    assert calls[0] == (50, 7) and calls[1:] == [(8, 7)] * 6 + [(2, 7)]
+    x[33, 2] = -torch.inf  # the product that transposes spreads it as NaN over its row
+    assert pairwise_tau(x) is None
+    expected = reference_sparsemax(x.nan_to_num(neginf=-1e300))
+    torch.testing.assert_close(sparsemax(x), expected, rtol=0, atol=1e-12)
+    big = torch.tensor([[3e4, 0.0, 3e4 - 0.5]])  # too large to sum unshifted in float32
+    assert pairwise_tau(big) is None
+    torch.testing.assert_close(sparsemax(big), torch.tensor([[0.75, 0.0, 0.25]]))
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 10, 39, 40, 100])
