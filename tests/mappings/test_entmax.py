@@ -43,10 +43,20 @@ def random_scores(shape, seed, margin=1e-3):
     raise AssertionError("could not draw scores away from the threshold")
 
 
-@pytest.fixture(params=["sort", "prune"])
+#: ``(_PAIRWISE_MAX, _SORT_MAX)`` that send every row through one way of finding the threshold.
+PATHS = {"pairwise": (10**9, 10**9), "sort": (0, 10**9), "prune": (0, 0)}
+
+
+def use_path(monkeypatch, name):
+    pairwise_max, sort_max = PATHS[name]
+    monkeypatch.setattr(em, "_PAIRWISE_MAX", pairwise_max)
+    monkeypatch.setattr(em, "_SORT_MAX", sort_max)
+
+
+@pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
-    """Run a test through the whole-row sort and through the pruned-candidate path."""
-    monkeypatch.setattr(em, "_SORT_MAX", 10**9 if request.param == "sort" else 0)
+    """Run a test through pairwise gaps, the whole-row sort and the pruned-candidate path."""
+    use_path(monkeypatch, request.param)
     return request.param
 
 
@@ -58,14 +68,45 @@ def test_matches_bisection_reference(n, scale):
 
 
 @pytest.mark.parametrize("n", [1, 6, 16, 50])
-def test_sort_and_pruned_paths_agree(n, monkeypatch):
+def test_sort_pairwise_and_pruned_paths_agree(n, monkeypatch):
     x = torch.randn(9, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    monkeypatch.setattr(em, "_SORT_MAX", 10**9)
+    use_path(monkeypatch, "sort")
     whole = entmax15(x)
-    monkeypatch.setattr(em, "_SORT_MAX", 0)
+    use_path(monkeypatch, "pairwise")
+    torch.testing.assert_close(entmax15(x), whole, rtol=0, atol=1e-13)
+    use_path(monkeypatch, "prune")
     for steps in (0, 1, 2, 6):
         monkeypatch.setattr(em, "_PRUNE_STEPS", steps)
         torch.testing.assert_close(entmax15(x), whole, rtol=0, atol=1e-13)
+
+
+def test_pairwise_thresholds_match_the_sort(monkeypatch):
+    """Rows with many ties and all row lengths of the pairwise path, float32 and float64."""
+    g = torch.Generator().manual_seed(11)
+    for n in range(1, em._PAIRWISE_MAX + 1):
+        x = torch.randint(-6, 7, (300, n), generator=g).double() / 2  # ties everywhere
+        x = torch.cat([x, torch.randn(300, n, generator=g, dtype=torch.float64) * 3])
+        use_path(monkeypatch, "sort")
+        expected = entmax15(x)
+        use_path(monkeypatch, "pairwise")
+        torch.testing.assert_close(entmax15(x), expected, rtol=0, atol=1e-13)
+        torch.testing.assert_close(entmax15(x.float()), expected.float(), rtol=0, atol=2e-6)
+
+
+def test_pairwise_falls_back_and_leaves_the_input_alone(monkeypatch):
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    xt = x.t().contiguous().t()  # a view whose transpose is contiguous
+    before = xt.clone()
+    expected = reference_entmax15(x)
+    torch.testing.assert_close(entmax15(xt), expected, rtol=0, atol=1e-12)
+    assert torch.equal(xt, before)
+    x[4, 1] = -torch.inf
+    assert em._pairwise_threshold(x) is None
+    torch.testing.assert_close(entmax15(x), reference_entmax15(x), rtol=0, atol=1e-12)
+    big = torch.tensor([[3e4, 0.0, 3e4 - 1.0]])  # too large to subtract T unshifted in float32
+    assert em._pairwise_threshold(big) is None
+    expected = reference_entmax15(big.double()).float()
+    torch.testing.assert_close(entmax15(big), expected)
 
 
 def test_properties(path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -233,41 +234,78 @@ def _eye(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.eye(n, dtype=dtype, device=device)
 
 
-def _pairwise_tau(x: Tensor) -> Tensor | None:
-    """The thresholds ``(m,)`` of the rows of ``x`` ``(m, n)``, without sorting; or ``None``.
+def _by_row_chunks(solve: Callable[[Tensor], Tensor | None], x: Tensor) -> Tensor | None:
+    """``solve(x)`` for a ``(m, n)`` matrix, on chunks of rows within :data:`_PAIRWISE_BUDGET`.
 
-    Entry ``i`` is in the support exactly when its gap sum ``g_i = sum_j max(x_j - x_i, 0)`` is
-    below 1 (for rows sorted in decreasing order, ``g_k < 1`` is the usual support test
-    ``1 + k x_k > x_1 + ... + x_k``; tied entries share their gap sum). The threshold is then
-    ``(sum of the support - 1) / |support|``. The gap sums of all rows are one
-    ``(n, n, m)`` tensor laid out with rows innermost, so every operation runs over long
-    contiguous vectors, with no data-dependent branch.
-
-    Each gap is exact or within an ulp of itself, so the support test is off only for entries
-    within a few ulps of the threshold, where including or leaving out an entry changes the
-    threshold by about as much. ``None`` when the result cannot be trusted, with the same rule
-    as the sort-based path: a row holds ``-inf``, NaN or ``+inf`` (they make its threshold NaN or
-    infinite), or scores too large to sum unshifted. The threshold lies in ``[max - 1, max)``, so
-    ``|tau| + 1`` bounds the row maxima :func:`_unshifted_limit` is about.
+    ``solve`` maps ``(r, n)`` rows to ``(r,)`` thresholds, or ``None`` when it cannot; so does
+    this, for all rows at once.
     """
     m, n = x.shape
     rows = max(1, _PAIRWISE_BUDGET // (n * n))
-    if m > rows:
-        parts = [_pairwise_tau(chunk) for chunk in x.split(rows)]
-        return None if any(t is None for t in parts) else torch.cat(parts)  # type: ignore[arg-type]
+    if m <= rows:
+        return solve(x)
+    parts = [solve(chunk) for chunk in x.split(rows)]
+    return None if any(t is None for t in parts) else torch.cat(parts)  # type: ignore[arg-type]
+
+
+def _transposed(x: Tensor) -> Tensor:
+    """``x`` ``(m, n)`` as a contiguous ``(n, m)`` tensor.
+
+    A product with the identity is several times faster than a strided copy when products run
+    at full precision. It turns a row holding ``inf`` or NaN into NaN, which suits the callers:
+    they hand such rows to the exact path. May be a view of ``x``: do not modify it in place.
+    """
     if _full_precision_products(x.dtype):
-        # The transpose as a product with the identity: several times faster than a strided copy.
-        xt = torch.mm(_eye(n, x.dtype, x.device), x.t())
-    else:
-        xt = x.t().contiguous()
-    gaps = (xt.unsqueeze(0) - xt.unsqueeze(1)).relu_().sum(1)  # gaps[i, r] = g_i of row r
-    on = torch.lt(gaps, 1, out=torch.empty_like(xt))  # the support, as a float mask
+        return torch.mm(_eye(x.shape[1], x.dtype, x.device), x.t())
+    return x.t().contiguous()
+
+
+def _gap_support(xt: Tensor, power: int, level: float) -> Tensor:
+    """The float mask ``(n, m)`` of entries with ``sum_j max(x_j - x_i, 0)^power < level``.
+
+    ``xt`` holds one row of scores per column. For a mapping whose threshold ``t`` solves
+    ``sum_j max(x_j - t, 0)^power = level`` (sparsemax: power 1, level 1; 1.5-entmax on ``x``:
+    power 2, level 4), the left side decreases in ``t``, so entry ``i`` is in the support
+    (``x_i > t``) exactly when it passes this test; tied entries pass or fail together. All gaps
+    of all rows form one ``(n, n, m)`` tensor with rows innermost, so every operation runs over
+    long contiguous vectors, with no data-dependent branch (unlike a sort, which costs several
+    times more on new rows than on rows it has just sorted).
+
+    Each gap is exact or within an ulp of itself, so the test is off only for entries within a
+    few ulps of the threshold, where including or leaving out an entry changes it by about as much.
+    """
+    gaps = (xt.unsqueeze(0) - xt.unsqueeze(1)).relu_()  # gaps[i, j] = max(x_j - x_i, 0)
+    if power == 2:
+        gaps.square_()
+    return torch.lt(gaps.sum(1), level, out=torch.empty_like(xt))
+
+
+def _pairwise_tau(x: Tensor) -> Tensor | None:
+    """The thresholds ``(m,)`` of the rows of ``x`` ``(m, n)``, without sorting; or ``None``.
+
+    The support comes from :func:`_gap_support`; the threshold is then
+    ``(sum of the support - 1) / |support|``. ``None`` when the result cannot be trusted, with
+    the same rule as the sort-based path: a row holds ``-inf``, NaN or ``+inf`` (they make its
+    threshold NaN or infinite), or scores too large to sum unshifted. The threshold lies in
+    ``[max - 1, max)``, so ``|tau| + 1`` bounds the row maxima :func:`_unshifted_limit` is about.
+    """
+    return _by_row_chunks(_pairwise_tau_rows, x)
+
+
+def _pairwise_tau_rows(x: Tensor) -> Tensor | None:
+    xt = _transposed(x)
+    on = _gap_support(xt, 1, 1.0)
     size = on.sum(0)
     tau = on.mul_(xt).sum(0).sub_(1).div_(size)
-    low, high = tau.aminmax()
-    if not max(-float(low), float(high)) + 1 <= _unshifted_limit(x.dtype):  # NaN fails too
+    if not _max_abs(tau) + 1 <= _unshifted_limit(x.dtype):  # NaN fails too
         return None
     return tau
+
+
+def _max_abs(t: Tensor) -> float:
+    """``max |t|`` (NaN if ``t`` holds NaN), with one reduction and one host sync."""
+    low, high = t.aminmax()
+    return max(-float(low), float(high))
 
 
 def _lower_bound(xs: Tensor) -> Tensor:
