@@ -33,8 +33,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/bench_mappings.py
+	$(BIN)/python benchmarks/bench_gumbel.py
 	$(BIN)/python benchmarks/bench_estimators.py
 	$(BIN)/python benchmarks/bench_structured.py
+	$(BIN)/python benchmarks/bench_sparsemap.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
