@@ -495,7 +495,7 @@ def sparsemax(x: Tensor, dim: int = -1, k: int | None = None) -> Tensor:
     """Sparsemax: the Euclidean projection of ``x`` onto the probability simplex along ``dim``.
 
     Solves ``argmin_p ||p - x||^2`` subject to ``p >= 0`` and ``sum(p) = 1``; the solution is
-    ``p_i = max(x_i - tau, 0)`` with the threshold ``tau`` found exactly from sorted scores.
+    ``p_i = max(x_i - tau, 0)`` with the threshold ``tau`` found exactly (see the module notes).
     Scores of ``-inf`` get probability exactly 0. The Jacobian on the support ``S`` is
     ``diag(1_S) - 1_S 1_S^T / |S|``.
 
@@ -504,9 +504,10 @@ def sparsemax(x: Tensor, dim: int = -1, k: int | None = None) -> Tensor:
             entry of a row). Half precision is computed in float32.
         dim: the dimension to normalize.
         k: if given, sort only the ``k`` largest scores of each row (``torch.topk``) and fall
-            back to the exact default when some row's support reaches ``k``. The default
-            already sorts only the scores that can be in the support (within 1 of the row
-            maximum, pruned further by Michelot steps), so ``k`` rarely helps.
+            back to the exact default when some row's support reaches ``k``. The default does
+            not sort rows of up to 32 entries at all, and sorts only the scores that can be in
+            the support of longer ones (within 1 of the row maximum, pruned further by Michelot
+            steps), so ``k`` rarely helps.
 
     Returns:
         Probabilities with the shape and dtype of ``x``, summing to 1 along ``dim``.
