@@ -1,7 +1,5 @@
 """entmax15, Entmax15 and Entmax15Function."""
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,28 +7,15 @@ from hypothesis import strategies as st
 
 import latentgrad.mappings._entmax as em
 from latentgrad.mappings._entmax import Entmax15, entmax15
-
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+from latentgrad.testing import reference_entmax, reference_entmax_threshold
 
 
 def reference_tau(x: torch.Tensor) -> torch.Tensor:
-    """Threshold of 1.5-entmax by bisection in float64, independent of the library.
-
-    ``sum(max(x / 2 - tau, 0)^2)`` decreases in ``tau`` from at least 1 at ``max / 2 - 1`` to 0
-    at ``max / 2``.
-    """
-    y = x.double() / 2
-    hi = y.amax(-1, keepdim=True)
-    lo = hi - 1
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        above = (y - mid).clamp_min(0).square().sum(-1, keepdim=True) > 1
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return (lo + hi) / 2
+    return reference_entmax_threshold(x, 1.5)
 
 
 def reference_entmax15(x: torch.Tensor) -> torch.Tensor:
-    return (x.double() / 2 - reference_tau(x)).clamp_min(0).square()
+    return reference_entmax(x, 1.5)
 
 
 def random_scores(shape, seed, margin=1e-3):
@@ -43,57 +28,7 @@ def random_scores(shape, seed, margin=1e-3):
     raise AssertionError("could not draw scores away from the threshold")
 
 
-#: ``(_PAIRWISE_MAX, _SORT_MAX)`` that send every row through one way of finding the threshold.
-PATHS = {"pairwise": (10**9, 10**9), "sort": (0, 10**9), "prune": (0, 0)}
-
-
-def use_path(monkeypatch, name):
-    pairwise_max, sort_max = PATHS[name]
-    monkeypatch.setattr(em, "_PAIRWISE_MAX", pairwise_max)
-    monkeypatch.setattr(em, "_SORT_MAX", sort_max)
-
-
-@pytest.fixture(params=list(PATHS))
-def path(request, monkeypatch):
-    """Run a test through pairwise gaps, the whole-row sort and the pruned-candidate path."""
-    use_path(monkeypatch, request.param)
-    return request.param
-
-
-@pytest.mark.parametrize("n", [1, 2, 5, 20, 21, 100, 2000])
-@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
-def test_matches_bisection_reference(n, scale):
-    x = torch.randn(5, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * scale
-    torch.testing.assert_close(entmax15(x), reference_entmax15(x), rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("n", [1, 6, 16, 50])
-def test_sort_pairwise_and_pruned_paths_agree(n, monkeypatch):
-    x = torch.randn(9, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    use_path(monkeypatch, "sort")
-    whole = entmax15(x)
-    use_path(monkeypatch, "pairwise")
-    torch.testing.assert_close(entmax15(x), whole, rtol=0, atol=1e-13)
-    use_path(monkeypatch, "prune")
-    for steps in (0, 1, 2, 6):
-        monkeypatch.setattr(em, "_PRUNE_STEPS", steps)
-        torch.testing.assert_close(entmax15(x), whole, rtol=0, atol=1e-13)
-
-
-def test_pairwise_thresholds_match_the_sort(monkeypatch):
-    """Rows with many ties and all row lengths of the pairwise path, float32 and float64."""
-    g = torch.Generator().manual_seed(11)
-    for n in range(1, em._PAIRWISE_MAX + 1):
-        x = torch.randint(-6, 7, (300, n), generator=g).double() / 2  # ties everywhere
-        x = torch.cat([x, torch.randn(300, n, generator=g, dtype=torch.float64) * 3])
-        use_path(monkeypatch, "sort")
-        expected = entmax15(x)
-        use_path(monkeypatch, "pairwise")
-        torch.testing.assert_close(entmax15(x), expected, rtol=0, atol=1e-13)
-        torch.testing.assert_close(entmax15(x.float()), expected.float(), rtol=0, atol=2e-6)
-
-
-def test_pairwise_falls_back_and_leaves_the_input_alone(monkeypatch):
+def test_pairwise_falls_back_and_leaves_the_input_alone():
     x = torch.randn(30, 6, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     xt = x.t().contiguous().t()  # a view whose transpose is contiguous
     before = xt.clone()
@@ -155,32 +90,6 @@ def test_jacobian_formula():
     torch.testing.assert_close(torch.autograd.functional.jacobian(entmax15, x), expected)
 
 
-def _extreme_inputs(n):
-    gen = torch.Generator().manual_seed(n)
-    big = torch.randn(3, n, generator=gen).sign() * 1e4
-    offset = torch.randn(3, n, generator=gen) - 1e4
-    one_left = torch.full((3, n), -torch.inf)
-    one_left[:, n // 2] = 2.0
-    some_inf = torch.randn(3, n, generator=gen)
-    some_inf[:, ::2] = -torch.inf
-    some_inf[:, -1] = 0.0
-    return {"big": big, "offset": offset, "one_left": one_left, "some_inf": some_inf}
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 6, 64])
-@pytest.mark.parametrize("case", ["big", "offset", "one_left", "some_inf"])
-def test_extreme_inputs_stay_finite(dtype, n, case):
-    x = _extreme_inputs(n)[case].to(dtype).requires_grad_(True)
-    p = entmax15(x)
-    assert p.dtype == dtype
-    assert torch.isfinite(p).all() and (p >= 0).all()
-    tol = {torch.float16: 1e-2, torch.bfloat16: 2e-2}.get(dtype, 1e-4)
-    torch.testing.assert_close(p.double(), reference_entmax15(x.detach()), rtol=0, atol=tol)
-    (p * torch.randn(p.shape).to(dtype)).sum().backward()
-    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
-
-
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
@@ -193,39 +102,6 @@ def test_hypothesis_small_inputs(rows):
     x = torch.tensor(rows, dtype=torch.float64)
     p = entmax15(x)
     torch.testing.assert_close(p, reference_entmax15(x), rtol=0, atol=1e-12)
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.integers(1, 60), st.floats(0.01, 100), st.integers(0, 2**31 - 1))
-def test_hypothesis_row_lengths(n, scale, seed):
-    x = torch.randn(3, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x = x * scale
-    torch.testing.assert_close(entmax15(x), reference_entmax15(x), rtol=0, atol=1e-10)
-
-
-def test_matches_entmax_package():
-    entmax = pytest.importorskip("entmax")
-    x = torch.randn(20, 33, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    x.requires_grad_(True)
-    w = torch.randn(20, 33, dtype=torch.float64)
-    ours, theirs = entmax15(x), entmax.entmax15(x)
-    torch.testing.assert_close(ours, theirs)
-    g1, g2 = (torch.autograd.grad((y * w).sum(), x)[0] for y in (ours, theirs))
-    torch.testing.assert_close(g1, g2)
-
-
-@pytest.mark.parametrize("n", [4, 40])
-@pytest.mark.parametrize(
-    ("value", "message"), [(math.nan, "NaN"), (math.inf, r"\+inf"), (-math.inf, "-inf everywhere")]
-)
-def test_bad_values_raise(n, value, message):
-    x = torch.randn(3, n)
-    if value == -math.inf:
-        x[1] = value
-    else:
-        x[1, 2] = value
-    with pytest.raises(ValueError, match=message):
-        entmax15(x)
 
 
 def test_bad_arguments_raise():

@@ -1,6 +1,7 @@
 """Exact oracles and statistical assertions, shipped so users can test their own models."""
 
 from latentgrad.testing.exact import exact_expectation, exact_gradient, replicated_gradients
+from latentgrad.testing.mappings import reference_entmax, reference_entmax_threshold
 from latentgrad.testing.stats import (
     DEFAULT_ALPHA,
     UnbiasedCheck,
@@ -23,5 +24,7 @@ __all__ = [
     "exact_gradient",
     "ks_critical_value",
     "ks_statistic",
+    "reference_entmax",
+    "reference_entmax_threshold",
     "replicated_gradients",
 ]
