@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Literal
 
+import latentgrad_tests_toy as toy  # loaded by conftest.py
 import pytest
 
 from latentgrad.cli import build_run_parser, main
@@ -30,20 +28,6 @@ from latentgrad.experiments.config import (
     resolve_config,
 )
 from latentgrad.experiments.registry import ESTIMATORS
-
-
-def load_toy() -> ModuleType:
-    name = "latentgrad_tests_toy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("toy.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-toy = load_toy()
 
 
 @dataclass

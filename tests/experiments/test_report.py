@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import latentgrad_tests_toy as toy  # loaded by conftest.py
 import pytest
 
 from latentgrad.experiments.report import find_runs, mean_std, report
 from latentgrad.experiments.runner import run
-
-
-def load_toy() -> ModuleType:
-    name = "latentgrad_tests_toy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("toy.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-toy = load_toy()
 
 
 class Interrupt(Exception):

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import latentgrad_tests_toy as toy  # loaded by conftest.py
 import pytest
 import torch
 
 from latentgrad.experiments.runner import RUN_FILES, RunConfigMismatch, default_run_dir, run
 
 TIMING_KEYS = {"time_per_epoch", "total_time"}
-
-
-def load_toy() -> ModuleType:
-    name = "latentgrad_tests_toy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("toy.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-toy = load_toy()
 
 
 class Interrupt(Exception):
