@@ -40,6 +40,16 @@ class Estimate:
     surrogate: Tensor
     per_sample: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
+    loss_evals: int = 0
+    losses: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # TRANSITION SHIM (removed once every estimator fills the typed fields): copy the
+        # untyped extras entries into the typed fields.
+        if not self.loss_evals and "loss_evals" in self.extras:
+            self.loss_evals = int(self.extras["loss_evals"])
+        if self.losses is None and "losses" in self.extras:
+            self.losses = self.extras["losses"]
 
 
 @runtime_checkable
