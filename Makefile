@@ -9,12 +9,12 @@ STAMP := $(VENV)/.installed
 # comparison table (runs/demo/report.md, PNG figures).
 DEMO_ESTIMATORS := local-reparam sf sf-ma sf-loo nvil muprop st gs st-gs
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,experiments]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,experiments,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# The documentation site (docs/, mkdocs.yml) into site/; any warning (a docstring griffe cannot
+# parse, a broken link or anchor, a page missing from the nav) fails the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -39,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sparsemap.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from latentgrad.experiments.compare import build_for, make_problem, run_once, warm_up
-from latentgrad.experiments.registry import ESTIMATORS
+from latentgrad.lab.compare import build_for, make_problem, run_once, warm_up
+from latentgrad.lab.registry import ESTIMATORS
 from latentgrad.testing.problems import replicated_and_exact
 
 
@@ -65,7 +65,7 @@ def main() -> None:
             q1, med, q3 = quartiles(times[name])
             est = built[name][1]
             warm_up(est, variance_problem, 200)
-            evals = int(run_once(est, variance_problem).extras["loss_evals"])
+            evals = run_once(est, variance_problem).loss_evals
             grads, exact = replicated_and_exact(
                 variance_problem, est, args.replicates, chunk_size=1000
             )

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from latentgrad.cli import main
-from latentgrad.experiments.registry import ESTIMATORS
+from latentgrad.lab.registry import ESTIMATORS
 
 
 def test_list_shows_every_estimator(capsys):
@@ -68,5 +68,5 @@ def test_console_script_entry_point_runs():
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_every_registered_estimator_builds(name):
-    est = ESTIMATORS[name].build(5)
+    est = ESTIMATORS[name].build()
     assert callable(est)

@@ -1,28 +1,41 @@
-"""The README's Python examples run as written, and its commands exist."""
+"""The README's Python examples run as written, its commands exist, and its links resolve."""
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import latentgrad_tests_markdown as md  # loaded by conftest.py
 
-
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+README = md.REPO / "README.md"
 
 
 def test_readme_python_examples_run():
-    blocks = _python_blocks()
-    assert blocks, "README has no python example"
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+    assert md.run_python_blocks(README) > 0, "README has no python example"
 
 
 def test_readme_commands_are_make_targets():
-    makefile = (README.parent / "Makefile").read_text()
-    for target in re.findall(r"^make (\w+)", README.read_text(), flags=re.M):
+    makefile = (md.REPO / "Makefile").read_text()
+    targets = md.make_targets(README.read_text())
+    assert {"test", "demo", "docs"} <= set(targets)
+    for target in targets:
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
 
 
-def test_ci_runs_the_readme_test_command():
-    ci = (README.parent / ".ci" / "run").read_text()
+def test_readme_latentgrad_commands_run(tmp_path):
+    for block in md.code_blocks(README, "bash"):
+        if block.not_run is None:
+            for args in md.latentgrad_commands(block):
+                md.run_latentgrad(args, cwd=tmp_path)
+
+
+def test_readme_links_to_docs_pages_that_exist():
+    links = re.findall(r"\]\((docs/[^)#]+)", README.read_text())
+    assert links, "README links to no docs page"
+    for link in links:
+        assert (md.REPO / link).is_file(), link
+
+
+def test_ci_runs_the_readme_test_command_and_builds_the_docs():
+    ci = (md.REPO / ".ci" / "run").read_text()
     assert "make test" in ci and "make test" in README.read_text()
+    assert "make docs" in ci
+    makefile = (md.REPO / "Makefile").read_text()
+    assert re.search(r"^docs:.*\n(\t.*\n)*\t.*mkdocs build --strict", makefile, flags=re.M)

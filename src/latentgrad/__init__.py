@@ -28,6 +28,7 @@ from latentgrad.distributions import (
     SparsemaxCategorical,
     StructuredDistribution,
     TopKSparsemax,
+    require,
 )
 from latentgrad.estimators import (
     DARN,
@@ -52,7 +53,7 @@ from latentgrad.estimators import (
     TReinforce,
 )
 from latentgrad.mappings import entmax15, sparsemax, sparsemax_loss
-from latentgrad.schedules import Constant, ExponentialDecay, LinearGrowth, Schedule
+from latentgrad.schedules import Constant, ExponentialDecay, LinearGrowth, Schedule, Scheduled
 
 __version__ = "0.1.0"
 
@@ -88,6 +89,7 @@ __all__ = [
     "RelaxedBernoulli",
     "RelaxedCategorical",
     "Schedule",
+    "Scheduled",
     "ScoreFunction",
     "SpanningTree",
     "SparseMAP",
@@ -101,6 +103,7 @@ __all__ = [
     "entmax15",
     "estimators",
     "mappings",
+    "require",
     "schedules",
     "sparsemax",
     "sparsemax_loss",

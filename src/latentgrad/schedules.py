@@ -3,12 +3,16 @@
 A schedule is a small :class:`torch.nn.Module` whose only state is a step counter kept in a buffer,
 so a model that owns one (e.g. :class:`~latentgrad.estimators.relaxed.GumbelSoftmax`) checkpoints
 and resumes it through ``state_dict``. Its value is a Python float, a pure function of the step.
+Whatever holds schedules and advances them (an estimator with an annealed temperature) is
+:class:`Scheduled`: a training loop calls ``obj.step()`` once per training step when
+``isinstance(obj, Scheduled)``.
 """
 
 from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +28,36 @@ def _check_nonnegative(x: object, name: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be >= 0 and finite, got {x!r}")
     return value
+
+
+@runtime_checkable
+class Scheduled(Protocol):
+    """Anything advanced once per training step by ``step(n=1)``.
+
+    :class:`~latentgrad.estimators.GumbelSoftmax` (temperature),
+    :class:`~latentgrad.estimators.StraightThrough` (slope) and every :class:`Schedule` are
+    ``Scheduled``; the estimators declare it by subclassing. A training loop advances whatever
+    it holds with::
+
+        if isinstance(estimator, Scheduled):
+            estimator.step()
+
+    Example:
+        >>> import latentgrad as lg
+        >>> from latentgrad.schedules import LinearGrowth, Scheduled
+        >>> est = lg.StraightThrough(slope=LinearGrowth(rate=0.5))
+        >>> isinstance(est, Scheduled), isinstance(lg.ScoreFunction(), Scheduled)
+        (True, False)
+        >>> est.step(2)
+        2.0
+        >>> from latentgrad.schedules import Constant
+        >>> isinstance(Constant(1.0), Scheduled), isinstance(object(), Scheduled)
+        (True, False)
+    """
+
+    def step(self, n: int = 1) -> float:
+        """Advance by ``n`` steps; return the new value of what is scheduled."""
+        ...
 
 
 class Schedule(nn.Module):

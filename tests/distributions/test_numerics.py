@@ -14,6 +14,12 @@ from latentgrad._numerics import gumbel_noise, logistic_noise
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough
+from latentgrad.testing.examples import (
+    EstimatorExample,
+    FamilyExample,
+    estimator_examples,
+    family_examples,
+)
 
 F64 = torch.float64
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -46,7 +52,8 @@ def _gumbel_cdf(x):
 # -- extreme inputs through families and estimators ---------------------------------------------
 
 
-def _logits(case: str, family: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _logits(case: str, example: FamilyExample) -> torch.Tensor:
+    shape = example.params.shape
     base = torch.rand(shape) * 2 - 1
     if case == "scale1e4":
         return base * 1e4
@@ -59,23 +66,26 @@ def _logits(case: str, family: str, shape: tuple[int, ...]) -> torch.Tensor:
     # "infinite": all -inf but one category (bits: a mix of ±inf with finite ones).
     keep = torch.randint(shape[-1], shape[:-1]).unsqueeze(-1)
     first = torch.arange(shape[-1]) == keep
-    if family.endswith("bernoulli"):
+    if example.infinite == "+-inf":
         return torch.where(first, base, torch.where(base > 0, math.inf, -math.inf))
     return torch.where(first, base, -math.inf)
 
 
-FAMILIES = {
-    "categorical": (lambda p: Categorical(logits=p), (4, 5)),
-    "bernoulli": (lambda p: Bernoulli(logits=p), (4, 5)),
-    "independent-categorical": (lambda p: Categorical(logits=p).to_event(1), (4, 3, 5)),
-    "independent-bernoulli": (lambda p: Bernoulli(logits=p).to_event(1), (4, 3, 5)),
+# Families parameterized by logits and with a relaxation, and the relaxation estimators that
+# take a temperature, from the registry of examples.
+FAMILIES: dict[str, FamilyExample] = {
+    f.name: f
+    for f in family_examples(capability=("has_relaxation", "has_logits"), one_per_family=True)
 }
 CASES = ["scale1e4", "offset-1e4", "infinite", "one-category", "ties"]
-ESTIMATORS = {
-    "gs-soft": lambda tau: GumbelSoftmax(tau=tau, num_samples=2),
-    "gs-hard": lambda tau: GumbelSoftmax(tau=tau, hard=True, num_samples=2),
-    "st": lambda tau: StraightThrough(slope=tau, num_samples=2),
+ESTIMATORS: dict[str, EstimatorExample] = {
+    x.name: x for x in estimator_examples(group="relaxed") if x.temperature is not None
 }
+
+
+def _estimator(name: str, tau: float):
+    example = ESTIMATORS[name]
+    return example.make(None, **{example.temperature: tau, "num_samples": 2})
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -85,17 +95,17 @@ ESTIMATORS = {
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_estimators_finite_on_extreme_inputs(estimator, family, case, tau, dtype):
     torch.manual_seed(0)
-    make, shape = FAMILIES[family]
-    logits = _logits(case, family, shape).to(dtype).requires_grad_(True)
-    event_dims = len(shape) - 1 if family.startswith("independent") else 1
-    w = torch.randn(logits.shape[-event_dims:]).to(dtype).requires_grad_(True)
+    example = FAMILIES[family]
+    logits = _logits(case, example).to(dtype).requires_grad_(True)
+    dist = example.make(logits)
+    event_dims = len(dist.event_shape)
+    w = torch.randn(dist.event_shape).to(dtype).requires_grad_(True)
     dims = tuple(range(-event_dims, 0))
 
     def loss(z):
         return ((z * w).sum(dims) - 0.5) ** 2
 
-    dist = make(logits)
-    out = ESTIMATORS[estimator](tau)(dist, loss)
+    out = _estimator(estimator, tau)(dist, loss)
     assert out.value.dtype == dtype
     assert out.value.isfinite().all() and out.surrogate.isfinite().all()
     out.surrogate.sum().backward()
@@ -108,9 +118,9 @@ def test_estimators_finite_on_extreme_inputs(estimator, family, case, tau, dtype
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_quantities_finite_on_extreme_inputs(family, case, dtype):
     torch.manual_seed(1)
-    make, shape = FAMILIES[family]
-    logits = _logits(case, family, shape).to(dtype).requires_grad_(True)
-    dist = make(logits)
+    example = FAMILIES[family]
+    logits = _logits(case, example).to(dtype).requires_grad_(True)
+    dist = example.make(logits)
     z = dist.sample((3,))
     assert z.dtype == dtype
     lp = dist.log_prob(z)

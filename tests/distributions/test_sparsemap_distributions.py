@@ -43,7 +43,7 @@ def test_marginalize_gives_the_exact_gradient_of_the_sum_over_the_support(oracle
     manual = (probs * _loss(values)).sum(0)
     torch.testing.assert_close(out.surrogate, manual)
     assert torch.autograd.gradcheck(expected_loss, (theta,), atol=1e-6)
-    assert out.extras["loss_evals"] == values.shape[0]
+    assert out.loss_evals == values.shape[0]
 
 
 def test_support_is_a_convex_combination_of_valid_structures() -> None:

@@ -74,7 +74,7 @@ def test_marginalize_matches_dense_sum_and_gradient(k):
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     size = int((q.probs > 0).sum(-1).max())
-    assert out.extras["loss_evals"] == size <= 10
+    assert out.loss_evals == size <= 10
     assert out.extras["support_size"].tolist() == (q.probs > 0).sum(-1).tolist()
 
 
@@ -98,7 +98,7 @@ def test_marginalize_product_of_units():
         torch.autograd.grad(out.surrogate.sum(), scores)[0],
         torch.autograd.grad(dense.sum(), scores)[0],
     )
-    assert out.extras["loss_evals"] == SparsemaxCategorical(scores).support_size() ** 2
+    assert out.loss_evals == SparsemaxCategorical(scores).support_size() ** 2
     with pytest.raises(ValueError, match="max_support"):
         Marginalize(max_support=1)(SparsemaxCategorical(torch.zeros(3, 4)), lambda z: z.sum(-1))
 

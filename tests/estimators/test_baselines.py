@@ -19,6 +19,7 @@ from latentgrad.estimators.baselines import (
 )
 from latentgrad.estimators.score_function import ScoreFunction
 from latentgrad.testing import assert_unbiased, replicated_gradients
+from latentgrad.testing.examples import EstimatorExample, WithContext, estimator_examples
 from latentgrad.testing.problems import GradientProblem, replicated_and_exact, small_problems
 
 F64 = torch.float64
@@ -31,38 +32,13 @@ PROBLEMS = small_problems()
 CONTEXT_DIM = 3
 
 
-class WithContext:
-    """Calls an estimator with a fixed input ``x`` expanded to the distribution's batch shape."""
-
-    def __init__(self, estimator: Callable, x: Tensor) -> None:
-        self.estimator = estimator
-        self.x = x
-
-    def __call__(self, dist, loss_fn, *, context=None):
-        x = self.x.expand(*dist.batch_shape, self.x.shape[-1])
-        return self.estimator(dist, loss_fn, context=x)
-
-
-def _nvil_estimator(problem: Problem, variance_normalization: bool = False) -> WithContext:
-    g = torch.Generator().manual_seed(7)
-    net = nn.Linear(CONTEXT_DIM, 1).double()
-    with torch.no_grad():
-        net.weight.copy_(torch.randn(1, CONTEXT_DIM, generator=g, dtype=F64))
-    x = torch.randn(CONTEXT_DIM, generator=g, dtype=F64)
-    return WithContext(ScoreFunction(2, baseline=NVIL(net, variance_normalization)), x)
-
-
 def _warm_up(estimator: Callable, problem: Problem) -> None:
     """One call so that running averages hold a value (and are no longer 0)."""
     estimator(problem.make_dist(problem.logits), problem.make_loss(problem.theta))
 
 
-ESTIMATORS: dict[str, Callable[[Problem], Callable]] = {
-    "moving_average": lambda p: ScoreFunction(2, baseline=MovingAverage(decay=0.8)),
-    "leave_one_out": lambda p: ScoreFunction(3, baseline=LeaveOneOut()),
-    "independent_sample": lambda p: ScoreFunction(1, baseline=IndependentSample(1)),
-    "nvil": _nvil_estimator,
-}
+# The score-function estimators with a baseline, from the registry of examples.
+ESTIMATORS: dict[str, EstimatorExample] = {x.name: x for x in estimator_examples(group="baseline")}
 
 
 # -- unbiasedness --------------------------------------------------------------------------------
@@ -73,7 +49,7 @@ ESTIMATORS: dict[str, Callable[[Problem], Callable]] = {
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_unbiased_with_baseline(problem: Problem, name: str) -> None:
     torch.manual_seed(10)
-    estimator = ESTIMATORS[name](problem)
+    estimator = ESTIMATORS[name].make(problem.make_dist(problem.logits))
     _warm_up(estimator, problem)
     grads, exact = replicated_and_exact(problem, estimator, 4000)
     assert_unbiased(grads, exact, name=f"{name} on {problem.name}")
@@ -154,13 +130,13 @@ def test_independent_sample_draws_extra_samples_in_the_same_call() -> None:
         lg.Categorical(logits=torch.zeros(6, 4)), loss_fn
     )
     assert calls == [(5, 6, 4)]
-    assert out.extras["loss_evals"] == 5
-    assert out.extras["losses"].shape == (2, 6) and out.extras["extra_losses"].shape == (3, 6)
+    assert out.loss_evals == 5
+    assert out.losses.shape == (2, 6) and out.extras["extra_losses"].shape == (3, 6)
     torch.testing.assert_close(
         out.extras["baseline"], out.extras["extra_losses"].mean(0).expand(2, 6)
     )
     assert out.per_sample.shape == (2, 6)
-    torch.testing.assert_close(out.value, out.extras["losses"].mean(0))
+    torch.testing.assert_close(out.value, out.losses.mean(0))
 
 
 def test_nvil_one_backward_trains_the_network() -> None:
@@ -173,7 +149,7 @@ def test_nvil_one_backward_trains_the_network() -> None:
     torch.testing.assert_close(out.surrogate.detach(), out.value)
     out.surrogate.mean().backward()
     # first step: c = 0, so the own loss is the MSE between the losses and network(x)
-    expected = (out.extras["losses"] - net(x).squeeze(-1)).pow(2).mean()
+    expected = (out.losses - net(x).squeeze(-1)).pow(2).mean()
     torch.testing.assert_close(out.extras["baseline_loss"], expected.detach())
     (gw,) = torch.autograd.grad(expected, net.weight)
     torch.testing.assert_close(net.weight.grad, gw)

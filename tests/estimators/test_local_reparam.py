@@ -13,6 +13,7 @@ import latentgrad as lg
 from latentgrad.distributions._base import DiscreteDistribution
 from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.testing import assert_unbiased, check_unbiased, exact_gradient, replicated_gradients
+from latentgrad.testing.examples import FamilyExample, family_examples
 
 F64 = torch.float64
 REPLICATES = 4000
@@ -35,23 +36,12 @@ def _unpack(rep: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
     return rep[..., :n].reshape((*rep.shape[:-1], *shape)), rep[..., n]
 
 
-FAMILIES = {
-    "categorical": (
-        lambda logits: lg.Categorical(logits=logits),
-        torch.tensor([0.5, -1.0, 0.2, 1.0]),
-        1,
-    ),
-    "categorical_neg_inf": (
-        lambda logits: lg.Categorical(logits=logits),
-        torch.tensor([0.5, -torch.inf, 0.2, 1.0]),
-        1,
-    ),
-    "bernoulli": (lambda logits: lg.Bernoulli(logits=logits), torch.tensor([0.3, -0.5, 1.2]), 1),
-    "independent_categorical": (
-        lambda logits: lg.Categorical(logits=logits).to_event(1),
-        torch.tensor([[0.4, -0.3, 0.0], [1.0, -1.0, 0.5]]),
-        2,
-    ),
+# The families of the registry of examples that LocalReparam is tested on (batched, -inf too).
+FAMILIES: dict[str, FamilyExample] = {
+    f.name: f
+    for f in family_examples(
+        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
+    )
 }
 
 
@@ -60,9 +50,11 @@ FAMILIES = {
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_unbiased_single_layer(family: str, num_samples: int) -> None:
     torch.manual_seed(0)
-    make, logits, event_ndim = FAMILIES[family]
-    logits = logits.to(F64)
-    loss = _quadratic_loss(event_ndim, logits.numel())
+    example = FAMILIES[family]
+    make, logits = example.make, example.params
+    q = example.dist()
+    batch_dims = len(q.batch_shape)
+    loss = _quadratic_loss(len(q.event_shape), q.event_shape.numel())
     t = torch.tensor(0.7, dtype=F64)
     phi = logits.clone().requires_grad_(True)
     theta = t.clone().requires_grad_(True)
@@ -73,7 +65,8 @@ def test_unbiased_single_layer(family: str, num_samples: int) -> None:
 
     def surrogate(rep: Tensor) -> Tensor:
         rep_logits, rep_t = _unpack(rep, logits.shape)
-        return est(make(rep_logits), lambda z: loss(z, rep_t)).surrogate
+        out = est(make(rep_logits), lambda z: loss(z, rep_t.reshape(-1, *[1] * batch_dims)))
+        return out.surrogate.reshape(rep.shape[0], -1).sum(1)
 
     param = torch.cat([logits.flatten(), t.reshape(1)])
     grads = replicated_gradients(surrogate, param, REPLICATES)
@@ -118,9 +111,9 @@ def test_estimate_contract() -> None:
     assert not out.value.requires_grad
     torch.testing.assert_close(out.surrogate, out.per_sample.mean(0))
     torch.testing.assert_close(out.surrogate.detach(), out.value)
-    assert out.extras["loss_evals"] == 4
+    assert out.loss_evals == 4
     assert out.extras["num_variants"] == (3,)
-    assert out.extras["losses"].shape == (2, 5)
+    assert out.losses.shape == (2, 5)
     assert out.extras["variant_losses"].shape == (3, 2, 5)
     out.surrogate.sum().backward()
     assert logits.grad is not None and theta.grad is not None
@@ -205,7 +198,7 @@ def test_chain_unbiased_two_layer_sbn(num_samples: int) -> None:
             return lg.Bernoulli(logits=(w @ z1.unsqueeze(-1)).squeeze(-1) + b)
 
         out = est.chain(lg.Bernoulli(logits=phi1), [layer2], lambda zs: _sbn_loss(*zs, t))
-        assert out.extras["loss_evals"] == 1 + D1 + D2
+        assert out.loss_evals == 1 + D1 + D2
         return out.surrogate
 
     grads = replicated_gradients(surrogate, param, REPLICATES)
@@ -314,7 +307,7 @@ def test_chain_broadcasts_conditional_batch() -> None:
         lambda zs: zs[0].sum(-1) * zs[1][..., 0],
     )
     out.surrogate.sum().backward()
-    assert out.extras["loss_evals"] == 1 + 4 + 2
+    assert out.loss_evals == 1 + 4 + 2
     assert logits2.grad is not None and torch.isfinite(logits2.grad).all()
 
 

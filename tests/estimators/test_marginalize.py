@@ -25,7 +25,7 @@ def test_matches_manual_sum_and_its_gradient_to_1e6():
     h = torch.autograd.grad(manual.sum(), [logits, theta])
     for a, b in zip(g, h, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert out.extras["loss_evals"] == 4
+    assert out.loss_evals == 4
     assert out.extras["support_size"].tolist() == [4] * 5
     assert out.per_sample.shape == (1, 5)
 
@@ -40,7 +40,7 @@ def test_bernoulli_and_independent_supports():
     out = lg.Marginalize()(qi, lambda z: z[..., 0, 0] * z[..., 1, 2])
     p = qi.base_dist.probs
     torch.testing.assert_close(out.value, p[:, 0, 0] * p[:, 1, 2])
-    assert out.extras["loss_evals"] == 9
+    assert out.loss_evals == 9
 
 
 def test_zero_probability_values_are_skipped():

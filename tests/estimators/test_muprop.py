@@ -180,12 +180,12 @@ def test_muprop_contract_and_single_loss_call() -> None:
     assert len(calls) == 1 and calls[0].shape == (4, 5, 4)
     torch.testing.assert_close(calls[0][0], q.probs.detach())  # the mean-field point first
     torch.testing.assert_close(out.extras["mean_field_loss"], loss_fn(q.probs.detach()).detach())
-    assert out.extras["loss_evals"] == 4
+    assert out.loss_evals == 4
     assert out.value.shape == out.surrogate.shape == (5,) and out.per_sample.shape == (3, 5)
     assert not out.value.requires_grad
     torch.testing.assert_close(out.surrogate.detach(), out.value)
     torch.testing.assert_close(out.per_sample.mean(0), out.surrogate)
-    torch.testing.assert_close(out.value, out.extras["losses"].mean(0))
+    torch.testing.assert_close(out.value, out.losses.mean(0))
     out.surrogate.sum().backward()
     assert logits.grad.abs().sum() > 0 and theta.grad.abs().sum() > 0
     assert isinstance(MuProp(), nn.Module) and isinstance(DARN(), lg.Estimator)
@@ -195,7 +195,7 @@ def test_muprop_contract_and_single_loss_call() -> None:
 def test_darn_contract() -> None:
     logits = torch.randn(5, 3, requires_grad=True)
     out = DARN(3)(lg.Bernoulli(logits=logits), lambda z: (z.sum(-1) - 1) ** 2)
-    assert out.extras["loss_evals"] == 4 and out.per_sample.shape == (3, 5)
+    assert out.loss_evals == 4 and out.per_sample.shape == (3, 5)
     torch.testing.assert_close(out.surrogate.detach(), out.value)
     torch.testing.assert_close(out.per_sample.mean(0), out.surrogate)
     assert out.extras["signal"].shape == (3, 5)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.distributions.ksubset import KSubset, PlackettLuce
-from latentgrad.estimators._base import LossFn
+from latentgrad.estimators import LossFn
 from latentgrad.estimators.relax import RELAX, MLPCritic
 from latentgrad.structured._core import conditional_noise, trace_log_prob
 from latentgrad.testing import assert_unbiased, check_unbiased
@@ -189,7 +189,7 @@ def test_exact_gradients_on_scores_and_critic(k: int) -> None:
     torch.testing.assert_close(out.surrogate.detach(), losses.mean(0))
     torch.testing.assert_close(out.per_sample.detach(), losses)
     torch.testing.assert_close(out.value, losses.mean(0))
-    assert out.extras["loss_evals"] == k
+    assert out.loss_evals == k
     assert out.extras["critic"].shape == (k, batch)
 
 
@@ -307,7 +307,7 @@ def test_no_graph_under_no_grad() -> None:
         out = est(KSubset(scores, k=2), lambda z: (z * w).sum(-1))
     assert out.surrogate.grad_fn is None and not out.surrogate.requires_grad
     assert out.per_sample.grad_fn is None and not out.value.requires_grad
-    assert out.value.shape == (3,) and out.extras["losses"].shape == (2, 3)
+    assert out.value.shape == (3,) and out.losses.shape == (2, 3)
     # scores that need no gradient: the critic is not evaluated, the loss keeps its path
     out = est(KSubset(scores.detach(), k=2), lambda z: (z * w).sum(-1))
     assert "critic_loss" not in out.extras

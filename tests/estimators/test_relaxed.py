@@ -17,6 +17,13 @@ from latentgrad.testing import (
     exact_gradient,
     replicated_gradients,
 )
+from latentgrad.testing.examples import (
+    EstimatorExample,
+    FamilyExample,
+    estimator_examples,
+    family_examples,
+    pairs,
+)
 
 F64 = torch.float64
 
@@ -35,42 +42,42 @@ class CountingLoss:
         return ((z * self.w).sum(dims) - 0.5) ** 2
 
 
-ESTIMATORS = {
-    "gs-soft": lambda: GumbelSoftmax(tau=0.7, num_samples=3),
-    "gs-soft-dishonest": lambda: GumbelSoftmax(tau=0.7, num_samples=3, honest_value=False),
-    "gs-hard": lambda: GumbelSoftmax(tau=0.7, hard=True, num_samples=3),
-    "st": lambda: StraightThrough(num_samples=3),
-    "st-slope": lambda: StraightThrough(slope=2.0, num_samples=3),
-}
-
-FAMILIES = {
-    "categorical": (lambda p: Categorical(logits=p), (4, 5), 1),
-    "bernoulli": (lambda p: Bernoulli(logits=p), (4, 5), 1),
-    "independent": (lambda p: Categorical(logits=p).to_event(1), (4, 3, 5), 2),
+# The relaxation estimators and the families with a relaxation, from the registry of examples.
+ESTIMATORS: dict[str, EstimatorExample] = {x.name: x for x in estimator_examples(group="relaxed")}
+FAMILIES: dict[str, FamilyExample] = {
+    f.name: f for f in family_examples(capability="has_relaxation", one_per_family=True)
 }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("name", ESTIMATORS)
+def _estimator(name: str):
+    return ESTIMATORS[name].make(None)
+
+
+# every relaxation estimator on every family whose declared capabilities it needs
+CONTRACT = [(x.name, f.name) for x, f in pairs(list(ESTIMATORS.values()), list(FAMILIES.values()))]
+
+
+@pytest.mark.parametrize(("name", "family"), CONTRACT, ids=[f"{x}-{f}" for x, f in CONTRACT])
 def test_contract(name, family):
     torch.manual_seed(0)
-    make, shape, event_dims = FAMILIES[family]
-    logits = torch.randn(shape, requires_grad=True)
-    w = torch.randn(shape[-event_dims:], requires_grad=True)
+    example = FAMILIES[family]
+    logits = example.leaf(torch.float32, requires_grad=True)
+    dist = example.make(logits)
+    event_dims = len(dist.event_shape)
+    w = torch.randn(dist.event_shape, requires_grad=True)
     loss = CountingLoss(w, event_dims)
-    est = ESTIMATORS[name]()
-    dist = make(logits)
+    est = _estimator(name)
     out = est(dist, loss)
     s = est.num_samples
     assert len(loss.inputs) == 1  # one batched call
     evals = loss.inputs[0].shape[0]
-    assert out.extras["loss_evals"] == evals
-    assert evals == (2 * s if name == "gs-soft" else s)
+    assert out.loss_evals == evals
+    assert evals == (2 * s if name == "gumbel-softmax" else s)
     assert loss.inputs[0].shape == (evals, *dist.batch_shape, *dist.event_shape)
     assert out.value.shape == out.surrogate.shape == dist.batch_shape
     assert out.per_sample.shape == (s, *dist.batch_shape)
     assert not out.value.requires_grad
-    assert not out.extras["losses"].requires_grad
+    assert not out.losses.requires_grad
     torch.testing.assert_close(out.surrogate, out.per_sample.mean(0))
     out.surrogate.sum().backward()
     # The gradient reaches the distribution's parameters and the loss's parameters.
@@ -78,16 +85,18 @@ def test_contract(name, family):
     assert w.grad is not None and w.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["gs-hard", "st", "st-slope"])
+@pytest.mark.parametrize(
+    "name", ["gumbel-softmax-hard", "straight-through", "straight-through-slope"]
+)
 def test_straight_through_forward_is_the_discrete_sample(name):
     torch.manual_seed(1)
     logits = torch.randn(6, 5, requires_grad=True)
     loss = CountingLoss(torch.randn(5))
-    out = ESTIMATORS[name]()(Categorical(logits=logits), loss)
+    out = _estimator(name)(Categorical(logits=logits), loss)
     z = loss.inputs[0]
     assert ((z == 0) | (z == 1)).all() and (z.sum(-1) == 1).all()
     torch.testing.assert_close(out.value, out.surrogate.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(out.extras["losses"], loss(z.detach()), rtol=0, atol=0)
+    torch.testing.assert_close(out.losses, loss(z.detach()), rtol=0, atol=0)
 
 
 def test_soft_gumbel_softmax_honest_value_uses_the_same_noise():
@@ -113,12 +122,9 @@ def test_soft_gumbel_softmax_honest_value_uses_the_same_noise():
 
 def _linear_setup(family: str):
     """Parameters ``[logits, c]`` flattened in one vector and a loss linear in ``z``."""
-    make, shape, event_dims = {
-        "categorical": (lambda p: Categorical(logits=p), (4,), 1),
-        "bernoulli": (lambda p: Bernoulli(logits=p), (4,), 1),
-        "independent": (lambda p: Categorical(logits=p).to_event(1), (2, 3), 2),
-        "independent-bernoulli": (lambda p: Bernoulli(logits=p).to_event(1), (2, 3), 2),
-    }[family]
+    example = family_examples(names=[family])[0]
+    make, shape = example.make, example.params.shape
+    event_dims = len(example.dist().event_shape)
     n = math.prod(shape)
     param = torch.randn(2 * n, dtype=F64)
 
@@ -143,7 +149,8 @@ def _linear_setup(family: str):
 
 @pytest.mark.stat
 @pytest.mark.parametrize(
-    "family", ["categorical", "bernoulli", "independent", "independent-bernoulli"]
+    "family",
+    ["categorical", "bernoulli", "independent-categorical", "independent-bernoulli"],
 )
 def test_straight_through_unbiased_for_linear_loss(family):
     torch.manual_seed(3)
@@ -341,7 +348,7 @@ def test_distribution_without_relaxation_is_rejected():
         GumbelSoftmax()(_NoRelaxation(), lambda z: z.sum(-1))
     with pytest.raises(TypeError, match="no continuous relaxation"):
         GumbelSoftmax(hard=True)(_NoRelaxation().to_event(1), lambda z: z.sum((-1, -2)))
-    with pytest.raises(TypeError, match="straight-through"):
+    with pytest.raises(TypeError, match=r"StraightThrough needs dist\.has_mean_field"):
         StraightThrough(slope=2.0)(_NoRelaxation(), lambda z: z.sum(-1))
 
 
@@ -355,7 +362,7 @@ def test_dtype_is_kept(name, dtype):
         seen.append(z.dtype)
         return z[..., 0] * 2.0
 
-    out = ESTIMATORS[name]()(Categorical(logits=logits), loss)
+    out = _estimator(name)(Categorical(logits=logits), loss)
     assert seen == [dtype]
     assert out.value.dtype == out.surrogate.dtype == dtype
     out.surrogate.sum().backward()

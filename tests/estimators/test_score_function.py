@@ -85,8 +85,8 @@ def test_estimate_contract_and_single_loss_call() -> None:
     assert not out.value.requires_grad
     torch.testing.assert_close(out.surrogate.detach(), out.value)
     torch.testing.assert_close(out.per_sample.mean(0), out.surrogate)
-    torch.testing.assert_close(out.value, out.extras["losses"].mean(0))
-    assert out.extras["loss_evals"] == 3
+    torch.testing.assert_close(out.value, out.losses.mean(0))
+    assert out.loss_evals == 3
     assert out.extras["baseline"].shape == (3, 5)
     out.surrogate.sum().backward()
     assert logits.grad is not None and theta.grad is not None
@@ -111,7 +111,7 @@ def test_gradient_matches_manual_reinforce_formula() -> None:
 def test_score_hook_is_used() -> None:
     class Traced(ScoreFunction):
         def _score(self, dist, z, noise):
-            self.seen = noise.shape
+            self.seen = z.shape
             return 2 * dist.log_prob(z)
 
     logits = torch.zeros(2, 3, requires_grad=True)

@@ -10,9 +10,9 @@ import torch
 
 import latentgrad as lg
 from latentgrad.estimators.baselines import LeaveOneOut
-from latentgrad.estimators.relax import RELAX, MLPCritic
 from latentgrad.estimators.score_function import EReinforce, ScoreFunction, TReinforce
 from latentgrad.testing import assert_unbiased
+from latentgrad.testing.examples import EstimatorExample, estimator_examples
 from latentgrad.testing.problems import (
     GradientProblem,
     pathwise_only,
@@ -23,32 +23,16 @@ from latentgrad.testing.problems import (
 F64 = torch.float64
 PROBLEMS = structured_problems()
 
-ESTIMATORS = {
-    "T-REINFORCE": lambda: TReinforce(1),
-    "E-REINFORCE": lambda: EReinforce(1),
-    "T-REINFORCE+": lambda: TReinforce(3, LeaveOneOut()),
-    "E-REINFORCE+": lambda: EReinforce(3, LeaveOneOut()),
-}
-
-
-def _relax(problem: GradientProblem, num_samples: int) -> RELAX:
-    d = problem.make_dist(problem.logits).num_items
-    critic = MLPCritic(d, hidden=8).to(F64)
-    with torch.no_grad():  # a random critic: its terms must cancel in expectation
-        for p in critic.parameters():
-            p.normal_(0.0, 0.5)
-    return RELAX(critic, num_samples=num_samples)
+# T-/E-REINFORCE, their leave-one-out versions and RELAX, from the registry of examples.
+ESTIMATORS: dict[str, EstimatorExample] = {x.name: x for x in estimator_examples(group="trace")}
 
 
 @pytest.mark.stat
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
-@pytest.mark.parametrize("name", [*sorted(ESTIMATORS), "RELAX", "RELAX K=2"])
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_unbiased_against_enumeration(problem: GradientProblem, name: str) -> None:
     torch.manual_seed(0)
-    if name.startswith("RELAX"):
-        est = _relax(problem, 2 if name.endswith("2") else 1)
-    else:
-        est = ESTIMATORS[name]()
+    est = ESTIMATORS[name].make(problem.make_dist(problem.logits))
     grads, exact = replicated_and_exact(problem, est, 4000)
     assert_unbiased(grads, exact, name=f"{name} on {problem.name}")
 
@@ -71,10 +55,11 @@ def test_trace_score_has_lower_variance_than_noise_score(problem: GradientProble
     torch.manual_seed(2)
     n = problem.logits.numel()
     var = {}
-    for name in ("T-REINFORCE", "E-REINFORCE"):
-        grads, _ = replicated_and_exact(problem, ESTIMATORS[name](), 8000)
+    for name in ("t-reinforce", "e-reinforce"):
+        est = ESTIMATORS[name].make(problem.make_dist(problem.logits))
+        grads, _ = replicated_and_exact(problem, est, 8000)
         var[name] = float(grads[:, :n].var(0).sum())
-    assert var["T-REINFORCE"] < 0.9 * var["E-REINFORCE"], var
+    assert var["t-reinforce"] < 0.9 * var["e-reinforce"], var
 
 
 def test_marginalize_is_exact_over_subsets() -> None:
@@ -95,7 +80,7 @@ def test_marginalize_is_exact_over_subsets() -> None:
     (g1,) = torch.autograd.grad(out.surrogate.sum(), scores)
     (g2,) = torch.autograd.grad(expected.sum(), scores)
     torch.testing.assert_close(g1, g2, rtol=1e-8, atol=1e-10)
-    assert out.extras["loss_evals"] == 10
+    assert out.loss_evals == 10
 
 
 def test_score_option_is_checked() -> None:

@@ -16,6 +16,7 @@ from latentgrad.testing import (
     exact_gradient,
     replicated_gradients,
 )
+from latentgrad.testing.examples import FamilyExample, family_examples
 
 F64 = torch.float64
 REPLICATES = 4000
@@ -32,23 +33,12 @@ def _loss(event_ndim: int, numel: int) -> Callable[[Tensor, Tensor], Tensor]:
     return loss
 
 
-FAMILIES = {
-    "categorical": (
-        lambda logits: lg.Categorical(logits=logits),
-        torch.tensor([0.5, -1.0, 0.2, 1.0, -0.3, 0.8]),
-        1,
-    ),
-    "categorical_neg_inf": (
-        lambda logits: lg.Categorical(logits=logits),
-        torch.tensor([0.5, -torch.inf, 0.2, 1.0, -torch.inf, -0.7]),
-        1,
-    ),
-    "bernoulli": (lambda logits: lg.Bernoulli(logits=logits), torch.tensor([0.3, -0.5, 1.2]), 1),
-    "independent_categorical": (
-        lambda logits: lg.Categorical(logits=logits).to_event(1),
-        torch.tensor([[0.4, -0.3, 0.0], [1.0, -1.0, 0.5]]),
-        2,
-    ),
+# The families of the registry of examples that SumAndSample is tested on (batched, -inf too).
+FAMILIES: dict[str, FamilyExample] = {
+    f.name: f
+    for f in family_examples(
+        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
+    )
 }
 
 
@@ -56,9 +46,11 @@ def _gradients(
     family: str, estimator: Callable[..., lg.Estimate], num: int
 ) -> tuple[Tensor, Tensor]:
     """Replicated gradients w.r.t. (logits, t) and the exact gradient, flattened."""
-    make, logits, event_ndim = FAMILIES[family]
-    logits = logits.to(F64)
-    loss = _loss(event_ndim, logits.numel())
+    example = FAMILIES[family]
+    make, logits = example.make, example.params
+    q = example.dist()
+    batch_dims = len(q.batch_shape)
+    loss = _loss(len(q.event_shape), q.event_shape.numel())
     t = torch.tensor(0.7, dtype=F64)
     phi = logits.clone().requires_grad_(True)
     theta = t.clone().requires_grad_(True)
@@ -68,7 +60,9 @@ def _gradients(
 
     def surrogate(rep: Tensor) -> Tensor:
         rep_logits = rep[:, :n].reshape((rep.shape[0], *logits.shape))
-        return estimator(make(rep_logits), lambda z: loss(z, rep[:, n])).surrogate
+        rep_t = rep[:, n].reshape(-1, *[1] * batch_dims)
+        out = estimator(make(rep_logits), lambda z: loss(z, rep_t)).surrogate
+        return out.reshape(rep.shape[0], -1).sum(1)
 
     param = torch.cat([logits.flatten(), t.reshape(1)])
     return replicated_gradients(surrogate, param, num), expected
@@ -95,7 +89,7 @@ def test_unbiasedness_check_has_power() -> None:
         _, probs = dist.support_probs()
         top = probs.detach().topk(2, dim=0).indices
         rest_mass = probs.sum(0) - probs.gather(0, top).sum(0)
-        out.surrogate = out.surrogate + (rest_mass - rest_mass.detach()) * out.extras["losses"][-1]
+        out.surrogate = out.surrogate + (rest_mass - rest_mass.detach()) * out.losses[-1]
         return out
 
     grads, expected = _gradients("categorical", wrong, REPLICATES)
@@ -105,9 +99,12 @@ def test_unbiasedness_check_has_power() -> None:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_exact_when_k_covers_support(family: str) -> None:
     torch.manual_seed(0)
-    make, logits, event_ndim = FAMILIES[family]
-    logits = logits.to(F64).unsqueeze(0).expand(3, *logits.shape).clone().requires_grad_(True)
-    loss = _loss(event_ndim, logits[0].numel())
+    example = FAMILIES[family]
+    make = example.make
+    logits = example.params.unsqueeze(0).expand(3, *example.params.shape).clone()
+    logits.requires_grad_(True)
+    q = example.dist()
+    loss = _loss(len(q.event_shape), q.event_shape.numel())
     t = torch.tensor(0.7, dtype=F64, requires_grad=True)
     dist = make(logits)
     size = dist.support_size()
@@ -116,8 +113,8 @@ def test_exact_when_k_covers_support(family: str) -> None:
     for k in (size, size + 3):
         for _ in range(3):
             out = SumAndSample(k=k)(make(logits), lambda z: loss(z, t))
-            assert out.extras["loss_evals"] == size
-            assert torch.equal(out.extras["rest_mass"], torch.zeros(3, dtype=F64))
+            assert out.loss_evals == size
+            assert torch.equal(out.extras["rest_mass"], torch.zeros(dist.batch_shape, dtype=F64))
             torch.testing.assert_close(out.value, reference.value, atol=1e-6, rtol=0)
             grad = torch.autograd.grad(out.surrogate.sum(), [logits, t])
             for g, r in zip(grad, ref_grad, strict=True):
@@ -134,7 +131,7 @@ def test_exact_when_rest_has_no_mass() -> None:
         return torch.where(z > 0, values, torch.zeros_like(z)).sum(-1)
 
     out = SumAndSample(k=2)(lg.Categorical(logits=logits), loss)
-    assert out.extras["loss_evals"] == 3
+    assert out.loss_evals == 3
     assert torch.equal(out.extras["rest_mass"], torch.zeros(50))
     (grad,) = torch.autograd.grad(out.surrogate.sum(), logits)
     p = torch.softmax(torch.tensor([0.3, 1.0]), -1)
@@ -160,8 +157,8 @@ def test_estimate_contract() -> None:
     assert not out.value.requires_grad
     torch.testing.assert_close(out.surrogate, out.per_sample.mean(0))
     torch.testing.assert_close(out.surrogate.detach(), out.value)
-    assert out.extras["loss_evals"] == 3 and out.extras["num_summed"] == 2
-    assert out.extras["losses"].shape == (3, 5)
+    assert out.loss_evals == 3 and out.extras["num_summed"] == 2
+    assert out.losses.shape == (3, 5)
     top2 = torch.softmax(logits.detach(), -1).topk(2, -1).values.sum(-1)
     torch.testing.assert_close(out.extras["rest_mass"], 1 - top2)
     out.surrogate.sum().backward()

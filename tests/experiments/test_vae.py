@@ -10,8 +10,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from latentgrad.experiments.base import ExperimentConfig
-from latentgrad.experiments.registry import ESTIMATORS
 from latentgrad.experiments.vae import (
     EXPERIMENT,
     DiscreteVAE,
@@ -19,6 +17,7 @@ from latentgrad.experiments.vae import (
     VAETrainable,
     importance_weighted_bound,
 )
+from latentgrad.lab import ESTIMATORS, ExperimentConfig, ResolvedEstimator
 
 D = 16
 
@@ -63,6 +62,15 @@ def tiny_config(**overrides: object) -> VAEConfig:
     return VAEConfig(**settings)  # type: ignore[arg-type]
 
 
+def resolved(config: VAEConfig) -> ResolvedEstimator:
+    """What the runner hands the experiment: ``config.estimator`` resolved, built."""
+    return ESTIMATORS[config.estimator].resolve(config.estimator)
+
+
+def make(config: VAEConfig, data: Splits) -> VAETrainable:
+    return VAETrainable(config, resolved(config), data)
+
+
 CASES = [
     (latent, name)
     for latent in ("categorical", "bernoulli")
@@ -74,7 +82,7 @@ CASES = [
 @pytest.mark.parametrize(("latent", "name"), CASES)
 def test_every_estimator_trains_and_evaluates(latent, name):
     torch.manual_seed(0)
-    trainable = VAETrainable(tiny_config(estimator=name, latent=latent), tiny_splits())
+    trainable = make(tiny_config(estimator=name, latent=latent), tiny_splits())
     batches = iter(trainable.train_batches(0))
     for _ in range(3):
         metrics = trainable.train_step(next(batches))
@@ -90,7 +98,7 @@ def test_every_estimator_trains_and_evaluates(latent, name):
 
 def test_sparsemax_uses_the_sparse_latent_and_sums_its_support():
     torch.manual_seed(0)
-    trainable = VAETrainable(tiny_config(estimator="sparsemax"), tiny_splits())
+    trainable = make(tiny_config(estimator="sparsemax"), tiny_splits())
     q = trainable.model.posterior(trainable.data.train[:4])
     assert type(q.base_dist).__name__ == "SparsemaxCategorical"
     metrics = trainable.train_step(trainable.data.train[:16])
@@ -99,7 +107,7 @@ def test_sparsemax_uses_the_sparse_latent_and_sums_its_support():
 
 def test_loss_decreases():
     torch.manual_seed(0)
-    trainable = VAETrainable(tiny_config(estimator="sf-loo", lr=1e-2), tiny_splits())
+    trainable = make(tiny_config(estimator="sf-loo", lr=1e-2), tiny_splits())
     losses = [
         trainable.train_step(batch)["loss"]
         for epoch in range(13)
@@ -149,7 +157,10 @@ def test_bound_does_not_depend_on_the_chunking():
     b = importance_weighted_bound(model, x, 50, chunk=10**6)
     c = importance_weighted_bound(model, x, 50, chunk=3)  # 1 example, 3 samples per pass
     torch.testing.assert_close(a.iwae, b.iwae)
-    torch.testing.assert_close(a.kl, c.kl)
+    # The KL is computed in float32 (then widened) by kernels that depend on the batch size and
+    # the CPU's vector width, so it agrees to float32 rounding of a sum over log |Z| nats.
+    tol = 16 * torch.finfo(torch.float32).eps * max(1.0, model.log_num_values)
+    torch.testing.assert_close(a.kl, c.kl, rtol=0, atol=tol)
     assert c.iwae.shape == (7,) and torch.isfinite(c.iwae).all()
     assert (a.iwae - c.iwae).abs().max() < 2.0  # same quantity, different samples
 
@@ -157,7 +168,7 @@ def test_bound_does_not_depend_on_the_chunking():
 @pytest.mark.parametrize("latent", ["categorical", "bernoulli"])
 def test_loss_fn_accepts_extra_leading_dims(latent):
     torch.manual_seed(0)
-    trainable = VAETrainable(tiny_config(latent=latent), tiny_splits())
+    trainable = make(tiny_config(latent=latent), tiny_splits())
     model, x = trainable.model, trainable.data.train[:5]
     q = model.posterior(x)
     z = q.sample((3, 2))
@@ -175,7 +186,7 @@ def test_loss_fn_accepts_extra_leading_dims(latent):
 @pytest.mark.parametrize("latent", ["categorical", "bernoulli"])
 def test_kl_is_against_the_uniform_prior(latent):
     torch.manual_seed(0)
-    model = VAETrainable(tiny_config(latent=latent), tiny_splits()).model
+    model = make(tiny_config(latent=latent), tiny_splits()).model
     q = model.posterior(patterns(5, 7))
     if latent == "categorical":
         prior = type(q.base_dist)(logits=torch.zeros(5, 2, 3)).to_event(1)
@@ -191,7 +202,7 @@ def test_kl_is_against_the_uniform_prior(latent):
 
 def test_gumbel_softmax_temperature_is_stepped():
     torch.manual_seed(0)
-    trainable = VAETrainable(tiny_config(estimator="gs"), tiny_splits())
+    trainable = make(tiny_config(estimator="gs"), tiny_splits())
     estimator = trainable.estimator
     batch = trainable.data.train[:16]
     trainable.train_step(batch)
@@ -205,7 +216,7 @@ def test_gumbel_softmax_temperature_is_stepped():
 
 def test_slope_is_stepped_for_annealed_straight_through():
     torch.manual_seed(0)
-    trainable = VAETrainable(tiny_config(estimator="annealed-st"), tiny_splits())
+    trainable = make(tiny_config(estimator="annealed-st"), tiny_splits())
     slope = trainable.estimator.slope
     for _ in range(3):
         trainable.train_step(trainable.data.train[:16])
@@ -213,31 +224,37 @@ def test_slope_is_stepped_for_annealed_straight_through():
 
 
 def test_optimizer_covers_the_nvil_network():
-    trainable = VAETrainable(tiny_config(estimator="nvil"), tiny_splits())
+    trainable = make(tiny_config(estimator="nvil"), tiny_splits())
     optimized = {id(p) for group in trainable.optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in trainable.estimator.parameters()} <= optimized
     assert {id(p) for p in trainable.model.parameters()} <= optimized
     assert set(trainable.modules) == {"model", "estimator"}
     network = trainable.estimator.baseline.network
+    trainable.train_step(trainable.data.train[:16])  # sizes the network's input on first use
+    assert network[0].weight.shape == (100, D)
     before = [p.detach().clone() for p in network.parameters()]
     trainable.train_step(trainable.data.train[:16])
     assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
 
 
-def test_stateless_estimators_are_not_modules():
-    trainable = VAETrainable(tiny_config(estimator="local-reparam"), tiny_splits())
-    assert set(trainable.modules) == {"model"}
+def test_stateless_estimators_add_no_state():
+    trainable = make(tiny_config(estimator="local-reparam"), tiny_splits())
+    assert set(trainable.modules) == {"model", "estimator"}
+    assert not trainable.modules["estimator"].state_dict()
+    assert set(trainable.modules.state_dict()) == {
+        f"model.{k}" for k in trainable.model.state_dict()
+    }
 
 
 @pytest.mark.parametrize("name", ["nvil", "gs", "sf-ma"])
 def test_state_dict_round_trip(name):
     torch.manual_seed(0)
     data = tiny_splits()
-    source = VAETrainable(tiny_config(estimator=name), data)
+    source = make(tiny_config(estimator=name), data)
     for batch in source.train_batches(0):
         source.train_step(batch)
     torch.manual_seed(1)
-    target = VAETrainable(tiny_config(estimator=name), data)
+    target = make(tiny_config(estimator=name), data)
     target.modules.load_state_dict(source.modules.state_dict())
     target.optimizer.load_state_dict(source.optimizer.state_dict())
     for key, value in source.modules.state_dict().items():
@@ -251,18 +268,18 @@ def test_state_dict_round_trip(name):
 
 
 def test_train_batches_cover_the_training_set_once():
-    trainable = VAETrainable(tiny_config(batch_size=24), tiny_splits())
+    trainable = make(tiny_config(batch_size=24), tiny_splits())
     torch.manual_seed(0)
     batches = list(trainable.train_batches(0))
     assert [len(b) for b in batches] == [24, 24, 16]
     rows = sorted(map(tuple, torch.cat(batches).tolist()))
     assert rows == sorted(map(tuple, trainable.data.train.tolist()))
-    capped = VAETrainable(tiny_config(batch_size=8, max_steps_per_epoch=2), tiny_splits())
+    capped = make(tiny_config(batch_size=8, max_steps_per_epoch=2), tiny_splits())
     assert len(list(capped.train_batches(0))) == 2
 
 
 def test_evaluate_is_deterministic_and_keeps_the_global_rng():
-    trainable = VAETrainable(tiny_config(max_eval_examples=10), tiny_splits())
+    trainable = make(tiny_config(max_eval_examples=10), tiny_splits())
     torch.manual_seed(5)
     state = torch.get_rng_state()
     first = trainable.evaluate("test")
@@ -294,7 +311,8 @@ def fake_data(monkeypatch):
 
 
 def test_build_loads_the_configured_dataset(fake_data):
-    trainable = EXPERIMENT.build(tiny_config(dataset="binarized-mnist", data="/some/dir"))
+    config = tiny_config(dataset="binarized-mnist", data="/some/dir")
+    trainable = EXPERIMENT.build(config, resolved(config))
     assert fake_data == [("binarized-mnist", "/some/dir")]
     trainable.train_step(next(iter(trainable.train_batches(0))))
     assert fake_data == [("binarized-mnist", "/some/dir")]  # binary data: no binarization
@@ -302,7 +320,8 @@ def test_build_loads_the_configured_dataset(fake_data):
 
 def test_non_binary_data_are_binarized(fake_data):
     torch.manual_seed(0)
-    trainable = EXPERIMENT.build(tiny_config(dataset="mnist", estimator="sf-loo"))
+    config = tiny_config(dataset="mnist", estimator="sf-loo")
+    trainable = EXPERIMENT.build(config, resolved(config))
     assert not trainable.data.binary
     trainable.train_step(trainable.data.train[:16])
     assert fake_data[-1] == ("binarize", None)  # a fresh draw from the global RNG
@@ -313,10 +332,11 @@ def test_non_binary_data_are_binarized(fake_data):
 
 
 def test_build_on_the_embedded_digits():
-    pytest.importorskip("latentgrad.data")
+    pytest.importorskip("numpy")  # latentgrad.data reads with numpy
+    pytest.importorskip("sklearn")  # the digits come with scikit-learn
     torch.manual_seed(0)
     config = tiny_config(dataset="digits", max_steps_per_epoch=2, max_eval_examples=20)
-    trainable = EXPERIMENT.build(config)
+    trainable = EXPERIMENT.build(config, resolved(config))
     for batch in trainable.train_batches(0):
         assert batch.shape == (16, 64)
         trainable.train_step(batch)
@@ -326,21 +346,17 @@ def test_build_on_the_embedded_digits():
 def test_errors_are_clear():
     data = tiny_splits()
     with pytest.raises(ValueError, match="sparsemax"):
-        VAETrainable(tiny_config(estimator="sparsemax", latent="bernoulli"), data)
+        make(tiny_config(estimator="sparsemax", latent="bernoulli"), data)
     with pytest.raises(ValueError, match="max_support"):
-        VAETrainable(tiny_config(estimator="exact", num_categoricals=20, num_classes=10), data)
+        make(tiny_config(estimator="exact", num_categoricals=20, num_classes=10), data)
     with pytest.raises(ValueError, match="max_support"):
-        VAETrainable(
-            tiny_config(estimator="sum-and-sample", latent="bernoulli", num_bits=200), data
-        )
-    with pytest.raises(ValueError, match="unknown estimator"):
-        VAETrainable(tiny_config(estimator="nope"), data)
+        make(tiny_config(estimator="sum-and-sample", latent="bernoulli", num_bits=200), data)
     with pytest.raises(ValueError, match="latent"):
-        VAETrainable(tiny_config(latent="gaussian"), data)
+        make(tiny_config(latent="gaussian"), data)
     with pytest.raises(ValueError, match="activation"):
-        VAETrainable(tiny_config(activation="sigmoid"), data)
+        make(tiny_config(activation="sigmoid"), data)
     with pytest.raises(ValueError, match="num_classes"):
-        VAETrainable(tiny_config(num_classes=1), data)
+        make(tiny_config(num_classes=1), data)
 
 
 def test_paper_defaults_and_architecture():
@@ -350,18 +366,40 @@ def test_paper_defaults_and_architecture():
     assert (config.num_bits, config.dataset, config.batch_size) == (200, "binarized-mnist", 100)
     assert (config.lr, config.eval_samples, config.optimizer) == (1e-3, 1000, "adam")
     data = Splits(torch.zeros(4, 784), torch.zeros(2, 784), torch.zeros(2, 784))
-    categorical = VAETrainable(VAEConfig(), data).model
+    categorical = make(VAEConfig(), data).model
     widths = [m.out_features for m in categorical.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [200, 200, 784]  # 784-(20x10)-200-784
-    bernoulli = VAETrainable(VAEConfig(latent="bernoulli"), data).model
+    bernoulli = make(VAEConfig(latent="bernoulli"), data).model
     widths = [m.out_features for m in bernoulli.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [200, 784]  # 784-200-784
-    sgd = VAETrainable(VAEConfig(optimizer="sgd"), data).optimizer
+    sgd = make(VAEConfig(optimizer="sgd"), data).optimizer
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
 
 
 def test_experiment_is_registered():
-    from latentgrad.experiments.catalog import all_experiments
+    from latentgrad.lab import all_experiments
 
     assert all_experiments()["vae"] is EXPERIMENT
     assert EXPERIMENT.config_class is VAEConfig and EXPERIMENT.primary_metric == "nll"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_classes", 1),
+        ("num_bits", 0),
+        ("valid_samples", 0),
+        ("encoder_hidden", (4, 0)),
+        ("latent", "gaussian"),
+        ("max_eval_examples", 0),
+        ("batch_size", 0),
+        ("lr", float("nan")),
+    ],
+)
+def test_validate_names_the_field_out_of_range(field, value):
+    from latentgrad.lab.config import InvalidConfigValue
+
+    with pytest.raises(InvalidConfigValue) as info:
+        tiny_config(**{field: value}).validate()
+    assert info.value.field == field
+    tiny_config().validate()  # the defaults pass

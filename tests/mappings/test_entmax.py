@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import latentgrad.mappings._entmax as em
-from latentgrad.mappings._entmax import Entmax15, entmax15
+from latentgrad.mappings import Entmax15, entmax15
 from latentgrad.testing import reference_entmax, reference_entmax_threshold
 
 

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import latentgrad.mappings._shared as shared
 import latentgrad.mappings._sparsemax as sm
-from latentgrad.mappings._sparsemax import (
+from latentgrad.mappings import (
     Sparsemax,
     SparsemaxLoss,
     sparsemax,
@@ -77,8 +78,8 @@ def test_reduced_precision_products_are_not_used(precision, monkeypatch):
     expected = reference_sparsemax(x)
     before = torch.get_float32_matmul_precision()
     products = []  # the identity and the ones column are only built for products
-    monkeypatch.setattr(sm, "_eye", lambda *a: products.append(a))
-    monkeypatch.setattr(sm, "_ones_column", lambda *a: products.append(a))
+    monkeypatch.setattr(shared, "eye", lambda *a: products.append(a))
+    monkeypatch.setattr(shared, "ones_column", lambda *a: products.append(a))
     try:
         torch.set_float32_matmul_precision(precision)
         xg = x.clone().requires_grad_(True)
@@ -100,7 +101,7 @@ def test_pairwise_chunks_and_falls_back(monkeypatch):
     calls = []
     rows_tau = sm._pairwise_tau_rows
     monkeypatch.setattr(sm, "_pairwise_tau_rows", lambda t: calls.append(t.shape) or rows_tau(t))
-    monkeypatch.setattr(sm, "_PAIRWISE_BUDGET", 7 * 7 * 8)  # 8 rows at a time
+    monkeypatch.setattr(shared, "PAIRWISE_BUDGET", 7 * 7 * 8)  # 8 rows at a time
     torch.testing.assert_close(sparsemax(x), expected, rtol=0, atol=1e-12)
     assert calls == [(8, 7)] * 6 + [(2, 7)]
     pairwise_tau = sm._pairwise_tau

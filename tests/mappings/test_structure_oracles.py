@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 import torch
 
-from latentgrad.mappings._structure_oracles import (
+from latentgrad.mappings.oracles import (
     ArborescenceOracle,
     KSubsetOracle,
     PermutationOracle,

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from latentgrad.mappings._sparsemax import sparsemax
-from latentgrad.mappings._topk_structures import (
+from latentgrad.mappings import (
     TopKResult,
     kbest_budget_bits,
     kbest_free_bits,
+    sparsemax,
     topk_sparsemax,
 )
 

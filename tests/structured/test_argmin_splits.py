@@ -9,9 +9,9 @@ import torch
 
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.distributions.binary_tree import BinaryTree, parents_to_adjacency
-from latentgrad.structured import _core
-from latentgrad.structured._core import enumerate_traces, trace_log_prob
+from latentgrad.structured import core
 from latentgrad.structured.argmin_splits import ArgminSplits
+from latentgrad.structured.core import enumerate_traces, trace_log_prob
 
 F64 = torch.float64
 
@@ -56,7 +56,7 @@ def test_fast_run_equals_the_generic_driver(n: int, ties: bool, masked: bool) ->
     w = _weights(64, n, g, ties)
     mask = torch.rand(64, n, generator=g) < 0.7 if masked else torch.ones(64, n, dtype=torch.bool)
     parent, trace = alg.run(w, mask)
-    parent_ref, trace_ref = _core.run(alg, w, mask)
+    parent_ref, trace_ref = core.run(alg, w, mask)
     assert torch.equal(parent, parent_ref)
     assert torch.equal(trace.choices, trace_ref.choices)
     assert torch.equal(trace.candidates, trace_ref.candidates)

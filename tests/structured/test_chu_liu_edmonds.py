@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from latentgrad.distributions.arborescence import Arborescence
-from latentgrad.structured._core import enumerate_traces, run, sample_noise, trace_log_prob
 from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
+from latentgrad.structured.core import enumerate_traces, run, sample_noise, trace_log_prob
 from latentgrad.testing.stats import bonferroni_z
 
 

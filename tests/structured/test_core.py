@@ -1,4 +1,4 @@
-"""The generic trace calculus (_core), top-k, KSubset and PlackettLuce."""
+"""The generic trace calculus (core), top-k, KSubset and PlackettLuce."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import torch
 from latentgrad.distributions import matching as matching_module
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.distributions.matching import MAX_MATCHING_DP, Matching
-from latentgrad.structured import _core
-from latentgrad.structured._core import enumerate_traces, trace_log_prob
+from latentgrad.structured import core
+from latentgrad.structured.core import enumerate_traces, trace_log_prob
 from latentgrad.structured.elimination import ROUNDS_MIN_N, Elimination
 
 F64 = torch.float64
@@ -65,7 +65,7 @@ def test_rounds_equal_the_generic_driver(n: int, ties: bool, masked: bool) -> No
     d = n * n
     mask = torch.rand(64, d, generator=g) < 0.6 if masked else torch.ones(64, d, dtype=torch.bool)
     sigma, trace = alg.run_rounds(w, mask)
-    sigma_ref, trace_ref = _core.run(alg, w, mask)
+    sigma_ref, trace_ref = core.run(alg, w, mask)
     assert torch.equal(sigma, sigma_ref)
     assert torch.equal(trace.choices, trace_ref.choices)
     assert torch.equal(trace.candidates, trace_ref.candidates)
@@ -79,7 +79,7 @@ def test_run_switches_to_rounds_for_large_n_and_equals_the_driver(ties: bool) ->
     w = _weights(8, n, g, ties)
     mask = torch.ones(8, n * n, dtype=torch.bool)
     sigma, trace = alg.run(w, mask)
-    sigma_ref, trace_ref = _core.run(alg, w, mask)
+    sigma_ref, trace_ref = core.run(alg, w, mask)
     assert torch.equal(sigma, sigma_ref)
     assert torch.equal(trace.choices, trace_ref.choices)
     assert torch.equal(trace.candidates, trace_ref.candidates)
@@ -89,7 +89,7 @@ def test_stuck_elimination_stops_and_leaves_rows_unmatched() -> None:
     # Row 1 can only use column 0, which row 0 takes first: row 1 and column 1 stay free.
     w = torch.tensor([[0.0, 5.0, 1.0, 2.0]], dtype=F64)
     mask = torch.tensor([[True, True, True, False]])
-    for runner in (Elimination(2).run_rounds, lambda w, m: _core.run(Elimination(2), w, m)):
+    for runner in (Elimination(2).run_rounds, lambda w, m: core.run(Elimination(2), w, m)):
         sigma, trace = runner(w, mask)
         assert sigma.tolist() == [[0, -1]]
         assert trace.valid.tolist() == [[True, False]]

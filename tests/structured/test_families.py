@@ -12,73 +12,24 @@ Each statistical test has a fixed seed and a false-failure rate below 1e-5.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
 
-from latentgrad.distributions import (
-    Arborescence,
-    BinaryTree,
-    KSubset,
-    Matching,
-    PlackettLuce,
-    SpanningTree,
-)
-from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.distributions import StructuredDistribution
 from latentgrad.structured import enumerate_traces, run, trace_log_prob
+from latentgrad.testing.examples import FamilyExample, family_examples
 from latentgrad.testing.stats import chi_square_pvalue, ks_critical_value, ks_statistic
 
 F64 = torch.float64
 ALPHA = 1e-5
 
-Factory = Callable[[torch.dtype], StructuredDistribution]
+# The structured families of the registry of examples (those sampled with a trace).
+EXAMPLES: dict[str, FamilyExample] = {f.name: f for f in family_examples(capability="has_trace")}
+NAMES = sorted(EXAMPLES)
 
 
-def _ksubset(dtype: torch.dtype) -> StructuredDistribution:
-    s = torch.tensor([[0.5, -0.3, 1.0, 0.0, -1.0], [0.2, -torch.inf, -0.6, 0.9, 0.1]], dtype=dtype)
-    return KSubset(s, k=3)
-
-
-def _plackett_luce(dtype: torch.dtype) -> StructuredDistribution:
-    return PlackettLuce(torch.tensor([[0.3, -0.8, 1.2, 0.1], [0.0, 0.5, -0.4, 2.0]], dtype=dtype))
-
-
-FAMILIES: dict[str, Factory] = {
-    "ksubset": _ksubset,
-    "plackett-luce": _plackett_luce,
-}
-
-
-def _spanning_tree(dtype: torch.dtype) -> StructuredDistribution:
-    s = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
-    s[1, 0, 3] = -torch.inf
-    return SpanningTree(s)
-
-
-def _arborescence(dtype: torch.dtype) -> StructuredDistribution:
-    s = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(4), dtype=dtype)
-    s[1, 2, 1] = -torch.inf
-    return Arborescence(s, root=0)
-
-
-def _binary_tree(dtype: torch.dtype) -> StructuredDistribution:
-    return BinaryTree(torch.randn(2, 4, generator=torch.Generator().manual_seed(5), dtype=dtype))
-
-
-def _matching(dtype: torch.dtype) -> StructuredDistribution:
-    return Matching(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(6), dtype=dtype))
-
-
-FAMILIES.update(
-    {
-        "spanning-tree": _spanning_tree,
-        "arborescence": _arborescence,
-        "binary-tree": _binary_tree,
-        "matching": _matching,
-    }
-)
-NAMES = sorted(FAMILIES)
+def _family(name: str, dtype: torch.dtype) -> StructuredDistribution:
+    return EXAMPLES[name].dist(dtype)
 
 
 def _flat_rows(q: StructuredDistribution) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +39,7 @@ def _flat_rows(q: StructuredDistribution) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_trace_probabilities_sum_to_one(name: str) -> None:
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     theta, mask = _flat_rows(q)
     enum = enumerate_traces(q.algorithm, mask)
     p = trace_log_prob(theta[enum.row], enum.trace).exp()
@@ -107,7 +58,7 @@ def _noise_for(trace, theta):  # noise that makes the algorithm follow ``trace``
 
 @pytest.mark.parametrize("name", NAMES)
 def test_structure_probabilities_and_log_prob(name: str) -> None:
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     values, probs = q.support_probs()
     torch.testing.assert_close(probs.sum(0), torch.ones(q.batch_shape, dtype=F64))
     assert values.shape == (probs.shape[0], *q.batch_shape, *q.event_shape)
@@ -130,7 +81,7 @@ def _index_of(samples: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_structure_frequencies_chi_square(name: str) -> None:
     torch.manual_seed(10)
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     n = 20000
     z = q.sample((n,))
     values, probs = q.support_probs()
@@ -146,7 +97,7 @@ def test_structure_frequencies_chi_square(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_trace_frequencies_chi_square(name: str) -> None:
     torch.manual_seed(11)
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     n = 20000
     _, _, trace = q.sample_with_trace((n,))
     theta, mask = _flat_rows(q)
@@ -163,7 +114,7 @@ def test_trace_frequencies_chi_square(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_conditional_noise_reproduces_the_trace(name: str) -> None:
     torch.manual_seed(12)
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     z, _, trace = q.sample_with_trace((500,))
     noise = q.conditional_noise(trace)
     z2, trace2 = q.trace_from_noise(noise)
@@ -176,7 +127,7 @@ def test_conditional_noise_reproduces_the_trace(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_trace_then_conditional_noise_has_the_noise_law(name: str) -> None:
     torch.manual_seed(13)
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     n = 20000
     _, _, trace = q.sample_with_trace((n,))
     _, other, _ = q.sample_with_trace((n,))  # decorrelate the two samples
@@ -203,7 +154,7 @@ def _with_scores(base: StructuredDistribution, scores: torch.Tensor) -> Structur
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
 def test_half_precision_and_extreme_scores_stay_finite(name: str, dtype: torch.dtype) -> None:
     torch.manual_seed(14)
-    base = FAMILIES[name](F64)
+    base = _family(name, F64)
     for scale in (1.0, 1e4):
         scores = (base.scores * scale).to(dtype).requires_grad_(True)
         q = _with_scores(base, scores)
@@ -224,7 +175,7 @@ def test_half_precision_and_extreme_scores_stay_finite(name: str, dtype: torch.d
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_graph_under_no_grad(name: str) -> None:
-    base = FAMILIES[name](F64)
+    base = _family(name, F64)
     scores = base.scores.clone().requires_grad_(True)
     with torch.no_grad():
         q = _with_scores(base, scores)
@@ -236,7 +187,7 @@ def test_no_graph_under_no_grad(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_shapes_expand_and_sample_shapes(name: str) -> None:
-    q = FAMILIES[name](F64)
+    q = _family(name, F64)
     big = q.expand((3, *q.batch_shape))
     z, noise, trace = big.sample_with_trace((5,))
     assert z.shape == (5, 3, *q.batch_shape, *q.event_shape)

@@ -14,7 +14,7 @@ from latentgrad.distributions.spanning_tree import (
     all_spanning_trees,
     connected,
 )
-from latentgrad.structured._core import enumerate_traces, run, structure_support, trace_log_prob
+from latentgrad.structured.core import enumerate_traces, run, structure_support, trace_log_prob
 from latentgrad.structured.kruskal import (
     Kruskal,
     adjacency_to_edges,

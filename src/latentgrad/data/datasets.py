@@ -205,8 +205,9 @@ def _load_digits(data_dir: Path, download: bool) -> DataSplits:
         from sklearn.datasets import load_digits
     except ImportError as exc:
         raise ImportError(
-            "the 'digits' data set comes with scikit-learn: pip install scikit-learn "
-            "(or latentgrad[experiments])"
+            "the 'digits' data set comes with scikit-learn, which is not installed: "
+            "pip install 'latentgrad[experiments]' (or scikit-learn)",
+            name="sklearn",
         ) from exc
     bunch = load_digits()
     images = (bunch.data / 16.0 >= 0.5).astype(np.float32)

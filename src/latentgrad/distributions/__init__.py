@@ -6,6 +6,12 @@ from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.distributions.arborescence import Arborescence
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.binary_tree import BinaryTree
+from latentgrad.distributions.capabilities import (
+    CAPABILITIES,
+    Capability,
+    families_with,
+    require,
+)
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.distributions.matching import Matching
@@ -15,9 +21,11 @@ from latentgrad.distributions.sparsemap import SparseMAP, TopKSparsemax
 from latentgrad.distributions.sparsemax import SparsemaxCategorical
 
 __all__ = [
+    "CAPABILITIES",
     "Arborescence",
     "Bernoulli",
     "BinaryTree",
+    "Capability",
     "Categorical",
     "DiscreteDistribution",
     "Independent",
@@ -32,4 +40,6 @@ __all__ = [
     "SparsemaxCategorical",
     "StructuredDistribution",
     "TopKSparsemax",
+    "families_with",
+    "require",
 ]

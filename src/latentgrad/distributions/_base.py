@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,22 +39,46 @@ class DiscreteDistribution(Distribution):
     """Base class of latentgrad's discrete families.
 
     Subclasses declare ``_param_names`` (the tensors that define them, each with the batch shape
-    as leading dimensions) so that :meth:`expand` needs no per-class code, and implement the hooks
-    below that apply to them. A hook a family cannot provide raises ``TypeError`` naming it, so an
-    estimator that needs it fails with a clear message.
+    as leading dimensions) so that :meth:`expand` needs no per-class code, implement the hooks
+    below that apply to them, and **declare** which ones they implement with the class-level
+    capability flags (all ``False`` here), as ``torch.distributions`` declares
+    ``has_rsample``. Estimators check the flags with
+    :func:`~latentgrad.distributions.capabilities.require` before calling a hook; a hook a
+    family does not provide raises ``TypeError`` naming it.
 
-    Hooks used by estimators:
-        * :meth:`sample_noise` / :meth:`from_noise` / :meth:`sample_with_noise`: the sample as a
-          deterministic function of noise (for common random numbers and relaxations).
-        * :meth:`relaxed_from_noise`: a continuous relaxation of :meth:`from_noise` at temperature
-          ``tau`` (Gumbel-Softmax / Concrete).
-        * :meth:`support_probs`: the values with nonzero probability and their probabilities.
-        * :meth:`local_variants`: the sample with one unit changed (local marginalization).
-        * :attr:`mean`: the mean-field point (MuProp), :meth:`mode`: the most likely value.
+    Capability flags and the hooks they declare:
+        * ``has_noise``: :meth:`sample_noise` / :meth:`from_noise` / :meth:`sample_with_noise`,
+          the sample as a deterministic function of noise (common random numbers, relaxations).
+        * ``has_relaxation``: :meth:`relaxed_from_noise`, a continuous relaxation of
+          :meth:`from_noise` at temperature ``tau`` (Gumbel-Softmax / Concrete).
+        * ``has_local_variants``: :meth:`local_variants` and :attr:`unit_shape` (local
+          marginalization).
+        * ``has_trace``: ``sample_with_trace`` / ``trace_log_prob`` / ``noise_log_prob`` and
+          ``has_conditional_noise``: ``conditional_noise`` / ``item_scores`` (families sampled
+          by a recursive algorithm, :class:`~latentgrad.distributions.StructuredDistribution`).
+        * ``has_mean_field``: :attr:`mean` is ``E_q[z]`` with the event shape (MuProp).
+        * ``has_logits``: ``logits`` and ``with_logits(logits)``.
+        * ``has_enumerate_support``: :meth:`enumerate_support` / :meth:`support_probs` for
+          instances with :meth:`support_size` at most ``max_support_size``
+          (:meth:`can_enumerate_support`).
+
+    Every family also has :meth:`log_prob`, :meth:`sample` and :meth:`mode` (the most likely
+    value).
     """
 
     _param_names: tuple[str, ...] = ()
-    has_enumerate_support = True
+    _base_class: ClassVar[bool] = True  # not a family itself (see capabilities.families_with)
+
+    has_noise: ClassVar[bool] = False
+    has_relaxation: ClassVar[bool] = False
+    has_local_variants: ClassVar[bool] = False
+    has_trace: ClassVar[bool] = False
+    has_conditional_noise: ClassVar[bool] = False
+    has_mean_field: ClassVar[bool] = False
+    has_logits: ClassVar[bool] = False
+    has_enumerate_support = False
+    max_support_size: ClassVar[int] = 0
+    """The largest :meth:`support_size` whose support this family enumerates."""
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -83,6 +107,24 @@ class DiscreteDistribution(Distribution):
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
+
+    def batch_row(self, index: int) -> DiscreteDistribution:
+        """The distribution of element ``index`` of the leading batch dim (parameter views).
+
+        Shape:
+            ``batch_shape[1:]``.
+
+        Example:
+            >>> import torch, latentgrad as lg
+            >>> q = lg.Categorical(logits=torch.zeros(4, 2, 3))
+            >>> q.batch_row(0).batch_shape
+            torch.Size([2])
+        """
+        if not self.batch_shape:
+            raise ValueError(f"{type(self).__name__} has no batch dim to index")
+        if not self._param_names:
+            raise TypeError(f"{type(self).__name__} declares no _param_names to index")
+        return self._map_params(lambda p: p[index], self.batch_shape[1:])
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
         """Copy non-tensor settings (e.g. ``k``) to an expanded instance."""
@@ -167,6 +209,11 @@ class DiscreteDistribution(Distribution):
         """Number of values :meth:`support_probs` returns (without building them)."""
         raise TypeError(f"{type(self).__name__} does not report its support size")
 
+    def can_enumerate_support(self) -> bool:
+        """Whether this instance's support can be listed: ``has_enumerate_support`` and
+        ``support_size() <= max_support_size``."""
+        return self.has_enumerate_support and self.support_size() <= self.max_support_size
+
     def local_variants(self, z: Tensor) -> LocalVariants:
         """The sample ``z`` with one unit changed at a time (see :class:`LocalVariants`)."""
         raise TypeError(f"{type(self).__name__} has no independent units to marginalize locally")
@@ -212,7 +259,54 @@ class Independent(torch.distributions.Independent):
     """
 
     base_dist: Any
-    has_enumerate_support = True
+    _max_product_support: ClassVar[int] = 2**20
+
+    # -- capabilities: those of the base family ------------------------------------------------
+
+    @property
+    def has_noise(self) -> bool:
+        return bool(self.base_dist.has_noise)
+
+    @property
+    def has_relaxation(self) -> bool:
+        return bool(self.base_dist.has_relaxation)
+
+    @property
+    def has_local_variants(self) -> bool:
+        return bool(self.base_dist.has_local_variants)
+
+    @property
+    def has_trace(self) -> bool:
+        return bool(self.base_dist.has_trace)
+
+    @property
+    def has_conditional_noise(self) -> bool:
+        """Always ``False``: RELAX's critic sees the noise of one structure, and the units of an
+        :class:`Independent` are several structures (use the family itself)."""
+        return False
+
+    @property
+    def has_mean_field(self) -> bool:
+        return bool(self.base_dist.has_mean_field)
+
+    @property
+    def has_logits(self) -> bool:
+        return bool(self.base_dist.has_logits)
+
+    @property
+    def has_enumerate_support(self) -> bool:  # type: ignore[override]
+        return bool(self.base_dist.has_enumerate_support)
+
+    @property
+    def max_support_size(self) -> int:
+        """The largest product of the units' supports that :meth:`support_probs` builds."""
+        return self._max_product_support
+
+    def can_enumerate_support(self) -> bool:
+        """Whether the base family enumerates its support and the product is small enough."""
+        return bool(self.base_dist.can_enumerate_support()) and (
+            self.support_size() <= self._max_product_support
+        )
 
     def __init__(
         self,
@@ -238,6 +332,13 @@ class Independent(torch.distributions.Independent):
 
     def to_event(self, reinterpreted_batch_ndims: int = 1) -> Independent:
         return Independent(self, reinterpreted_batch_ndims)
+
+    def batch_row(self, index: int) -> Independent:
+        """The distribution of element ``index`` of the leading batch dim, reinterpreted the
+        same way (see :meth:`DiscreteDistribution.batch_row`)."""
+        if not self.batch_shape:
+            raise ValueError("Independent has no batch dim to index")
+        return Independent(self.base_dist.batch_row(index), self._n)
 
     @property
     def _n(self) -> int:
@@ -274,25 +375,31 @@ class Independent(torch.distributions.Independent):
     def mode(self) -> Tensor:  # type: ignore[override]
         return self.base_dist.mode()
 
+    def with_logits(self, logits: Tensor) -> Independent:
+        """The base family at other ``logits`` (same shape), reinterpreted the same way."""
+        return Independent(self.base_dist.with_logits(logits), self._n)
+
     # Structured families (execution traces): scores of independent units add up.
 
-    def _base_hook(self, name: str) -> Callable[..., Any]:
-        hook = getattr(self.base_dist, name, None)
-        if hook is None:
-            raise TypeError(f"{type(self.base_dist).__name__} does not provide {name}")
-        return hook
+    def _traced_base(self, hook: str) -> Any:
+        """The base family, which must declare ``has_trace`` to provide ``hook``."""
+        if not self.has_trace:
+            raise TypeError(
+                f"{type(self.base_dist).__name__} does not provide {hook} (has_trace is False)"
+            )
+        return self.base_dist
 
     def _sum_units(self, x: Tensor) -> Tensor:
         return x.sum(tuple(range(-self._n, 0))) if self._n else x
 
     def sample_with_trace(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Any:
-        return self._base_hook("sample_with_trace")(sample_shape)
+        return self._traced_base("sample_with_trace").sample_with_trace(sample_shape)
 
     def trace_log_prob(self, trace: Any) -> Tensor:
-        return self._sum_units(self._base_hook("trace_log_prob")(trace))
+        return self._sum_units(self._traced_base("trace_log_prob").trace_log_prob(trace))
 
     def noise_log_prob(self, noise: Tensor) -> Tensor:
-        return self._sum_units(self._base_hook("noise_log_prob")(noise))
+        return self._sum_units(self._traced_base("noise_log_prob").noise_log_prob(noise))
 
     @property
     def logits(self) -> Tensor:
@@ -325,7 +432,7 @@ class Independent(torch.distributions.Independent):
         num_values = values.shape[0]
         units = math.prod(unit_shape)
         total = num_values**units
-        if total > 2**20:
+        if total > self._max_product_support:
             raise ValueError(
                 f"the support has {num_values}^{units} = {total} values, too many to enumerate"
             )

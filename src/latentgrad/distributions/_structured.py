@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from latentgrad._numerics import upcast
-from latentgrad._validation import check_tensor
+from latentgrad._numerics import safe_log, upcast
 from latentgrad.distributions._base import DiscreteDistribution
-from latentgrad.structured import _core
-from latentgrad.structured._core import RecursiveAlgorithm, Trace
+from latentgrad.structured import core
+from latentgrad.structured.core import RecursiveAlgorithm, Trace
 
 MAX_ENUMERATION = 2**16
 """Largest support :meth:`StructuredDistribution.log_prob` and ``entropy`` enumerate."""
-
-
-def check_structure_scores(scores: object, name: str, event_dims: int) -> Tensor:
-    """A float tensor with ``event_dims`` trailing dims, no NaN and no ``+inf`` (``-inf`` ok)."""
-    t = check_tensor(scores, name, min_dim=event_dims)
-    if not bool(torch.isfinite(t).all()):
-        if torch.isnan(t).any():
-            raise ValueError(f"{name} contains NaN")
-        if torch.isposinf(t).any():
-            raise ValueError(f"{name} contains +inf")
-    return t
 
 
 class StructuredDistribution(DiscreteDistribution):
@@ -45,12 +32,27 @@ class StructuredDistribution(DiscreteDistribution):
         * :meth:`conditional_noise`: ``E ~ p(E | T)``, reparameterizable (RELAX).
         * :meth:`support_probs`: exact structure probabilities by enumerating every trace
           (small sizes; what :class:`~latentgrad.Marginalize` uses).
+
+    Declared capabilities: ``has_noise``, ``has_trace``, ``has_conditional_noise`` and
+    ``has_enumerate_support`` for supports of at most ``max_support_size`` structures.
+    ``arg_constraints`` says that the scores are real (``-inf`` marks an absent item). The
+    :attr:`support` stays ``constraints.dependent``: which structures are possible depends on
+    the instance (``k``, the root, the absent items), and ``torch.distributions.constraints``
+    has no constraint for subsets, trees or matchings.
     """
 
     _param_names = ("scores",)
+    _base_class = True  # a base of families, not a family
     has_rsample = False
+    has_noise = True
+    has_trace = True
+    has_conditional_noise = True
+    has_enumerate_support = True
+    max_support_size = MAX_ENUMERATION
     support = constraints.dependent
-    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "scores": constraints.real_vector
+    }
 
     scores: Tensor
     _score_event_dims: ClassVar[int] = 1
@@ -116,7 +118,7 @@ class StructuredDistribution(DiscreteDistribution):
     def sample_noise(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Log-noise ``log E``, ``sample_shape + batch_shape + (D,)`` (see
         :func:`latentgrad.structured.sample_noise`)."""
-        return _core.sample_noise(self.item_scores(), sample_shape)
+        return core.sample_noise(self.item_scores(), sample_shape)
 
     def from_noise(self, noise: Tensor) -> Tensor:
         return self._run(noise)[0]
@@ -131,7 +133,7 @@ class StructuredDistribution(DiscreteDistribution):
         """``(value, noise, trace)`` for ``sample_shape`` fresh samples."""
         with torch.no_grad():
             theta = self.item_scores()
-            noise = _core.sample_noise(theta, sample_shape)
+            noise = core.sample_noise(theta, sample_shape)
             value, trace = self._run_costs(self._costs(noise), theta)
         return value, noise, trace
 
@@ -144,24 +146,38 @@ class StructuredDistribution(DiscreteDistribution):
     def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         return self.sample_with_trace(torch.Size(sample_shape))[0]
 
-    def trace_log_prob(self, trace: Trace) -> Tensor:
-        """``log p(T)``, shape ``sample_shape + batch_shape``, differentiable in the scores."""
-        return _core.trace_log_prob(self.item_scores(), trace)
+    def trace_log_prob(self, trace: Trace, *, item_scores: Tensor | None = None) -> Tensor:
+        """``log p(T)``, shape ``sample_shape + batch_shape``, differentiable in the scores.
+
+        Args:
+            trace: execution traces from :meth:`sample_with_trace`.
+            item_scores: evaluate at these item scores instead of :meth:`item_scores` (e.g.
+                one leaf copy per sample, for per-sample gradients as RELAX takes them),
+                shape broadcastable to ``sample_shape + batch_shape + (D,)``.
+        """
+        theta = self.item_scores() if item_scores is None else item_scores
+        return core.trace_log_prob(theta, trace)
 
     def noise_log_prob(self, noise: Tensor) -> Tensor:
         """Log-density of the log-noise, ``sample_shape + batch_shape``, differentiable.
 
         Its gradient is the E-REINFORCE score."""
-        return _core.noise_log_prob(self.item_scores(), noise)
+        return core.noise_log_prob(self.item_scores(), noise)
 
     def conditional_noise(
         self,
         trace: Trace,
         step_noise: Tensor | None = None,
         item_noise: Tensor | None = None,
+        *,
+        item_scores: Tensor | None = None,
     ) -> Tensor:
-        """Log-noise ``~ p(log E | T)``; see :func:`latentgrad.structured.conditional_noise`."""
-        return _core.conditional_noise(self.item_scores(), trace, step_noise, item_noise)
+        """Log-noise ``~ p(log E | T)``; see :func:`latentgrad.structured.conditional_noise`.
+
+        ``item_scores`` replaces :meth:`item_scores` as in :meth:`trace_log_prob`.
+        """
+        theta = self.item_scores() if item_scores is None else item_scores
+        return core.conditional_noise(theta, trace, step_noise, item_noise)
 
     def mode(self) -> Tensor:  # type: ignore[override]
         """The algorithm on zero noise (costs ``-theta``), shape ``batch_shape + event_shape``.
@@ -179,7 +195,7 @@ class StructuredDistribution(DiscreteDistribution):
 
         Exponential in the size (every trace is enumerated); see :meth:`support_size`.
         """
-        values, probs = _core.structure_support(
+        values, probs = core.structure_support(
             self.algorithm, self.item_scores(), canonical=self._to_value
         )
         return values, probs.to(self.scores.dtype)
@@ -214,14 +230,14 @@ class StructuredDistribution(DiscreteDistribution):
         same = (v == value.unsqueeze(0)).flatten(-n_event if n_event else v.dim()).all(-1)
         p = probs.reshape(probs.shape[:1] + (1,) * lead + probs.shape[1:])
         total = torch.where(same, upcast(p), torch.zeros_like(upcast(p))).sum(0)
-        return _log_positive(total).to(self.scores.dtype)
+        return safe_log(total).to(self.scores.dtype)
 
     def entropy(self) -> Tensor:
         """Shannon entropy of the structure, by enumeration (small sizes only)."""
         self._check_enumerable("entropy")
         _, probs = self.support_probs()
         p = upcast(probs)
-        logp = _log_positive(p)
+        logp = safe_log(p)
         return -(torch.where(p > 0, p * logp, torch.zeros_like(p))).sum(0).to(self.scores.dtype)
 
     def __repr__(self) -> str:
@@ -233,21 +249,3 @@ class StructuredDistribution(DiscreteDistribution):
 
     def _repr_settings(self) -> str:
         return ""
-
-
-@cache
-def subset_bits_cpu(n: int) -> Tensor:
-    """Membership table of the ``2^n`` subsets of ``n`` items: ``bits[m, i]`` = item ``i`` in
-    subset ``m`` (bit ``i`` of ``m``), bool ``(2^n, n)``; cached, on the CPU."""
-    masks = torch.arange(2**n)
-    return (masks.unsqueeze(-1) >> torch.arange(n)) & 1 == 1
-
-
-def subset_bits(n: int, device: torch.device) -> Tensor:
-    """:func:`subset_bits_cpu` on ``device``."""
-    return subset_bits_cpu(n).to(device)
-
-
-def _log_positive(p: Tensor) -> Tensor:
-    positive = p > 0
-    return torch.where(positive, torch.where(positive, p, torch.ones_like(p)).log(), -torch.inf)

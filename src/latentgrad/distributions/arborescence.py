@@ -6,8 +6,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
-from latentgrad.distributions._structured import StructuredDistribution, check_structure_scores
+from latentgrad._validation import check_structure_scores
+from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
 
 MAX_ENUMERATED_VERTICES = 6
@@ -101,6 +103,11 @@ class Arborescence(StructuredDistribution):
     """
 
     _score_event_dims: ClassVar[int] = 2
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "scores": constraints.independent(constraints.real, 2)
+    }
+    # Every Chu-Liu-Edmonds trace is enumerated: up to MAX_ENUMERATED_VERTICES vertices.
+    max_support_size = MAX_ENUMERATED_VERTICES ** (MAX_ENUMERATED_VERTICES - 2)
 
     def __init__(self, scores: Tensor, root: int = 0, validate_args: bool | None = None) -> None:
         scores = check_structure_scores(scores, "scores", 2)

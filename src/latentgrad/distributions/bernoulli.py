@@ -12,9 +12,10 @@ from torch.distributions import constraints
 from latentgrad._numerics import logistic_noise, upcast, xlogx_safe
 from latentgrad._validation import check_bernoulli_logits, check_positive, check_tensor
 from latentgrad.distributions._base import DiscreteDistribution, LocalVariants
+from latentgrad.structured.bits import MAX_BITS, bit_vectors
 
 #: Largest bit-vector length whose 2**D support :meth:`Bernoulli.enumerate_support` will build.
-MAX_ENUMERATE_BITS = 20
+MAX_ENUMERATE_BITS = MAX_BITS
 
 
 class Bernoulli(DiscreteDistribution):
@@ -53,6 +54,13 @@ class Bernoulli(DiscreteDistribution):
     }
     support = constraints.independent(constraints.boolean, 1)
     has_rsample = False
+    has_noise = True
+    has_relaxation = True
+    has_local_variants = True
+    has_mean_field = True
+    has_logits = True
+    has_enumerate_support = True
+    max_support_size = 2**MAX_ENUMERATE_BITS
     _param_names = ("logits",)
 
     def __init__(
@@ -108,13 +116,7 @@ class Bernoulli(DiscreteDistribution):
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         d = self.num_bits
-        if d > MAX_ENUMERATE_BITS:
-            raise ValueError(
-                f"enumerating 2**{d} bit-vectors is too much (at most 2**{MAX_ENUMERATE_BITS})"
-            )
-        codes = torch.arange(2**d, device=self.logits.device).unsqueeze(-1)
-        shifts = torch.arange(d - 1, -1, -1, device=self.logits.device)
-        values = ((codes >> shifts) & 1).to(self.logits.dtype)
+        values = bit_vectors(d, self.logits.device).to(self.logits.dtype)  # raises for d > 20
         values = values.reshape((2**d,) + (1,) * len(self.batch_shape) + (d,))
         if expand:
             values = values.expand((2**d, *self.batch_shape, d))

@@ -8,18 +8,9 @@ import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad.distributions._structured import StructuredDistribution, check_structure_scores
+from latentgrad._validation import check_finite_scores
+from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured.argmin_splits import ArgminSplits
-
-
-def check_finite_scores(scores: object, name: str, event_dims: int, why: str) -> Tensor:
-    """:func:`check_structure_scores`, then ``-inf`` rejected too, and a non-empty event."""
-    t = check_structure_scores(scores, name, event_dims)
-    if any(size == 0 for size in t.shape[t.dim() - event_dims :]):
-        raise ValueError(f"{name} must have non-empty event dims, got shape {tuple(t.shape)}")
-    if torch.isneginf(t).any():
-        raise ValueError(f"{name} contains -inf ({why})")
-    return t
 
 
 class BinaryTree(StructuredDistribution):

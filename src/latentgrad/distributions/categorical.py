@@ -29,6 +29,12 @@ class _OneHotFamily(DiscreteDistribution):
 
     support = constraints.one_hot
     has_rsample = False
+    has_noise = True
+    has_relaxation = True
+    has_local_variants = True
+    has_mean_field = True
+    has_enumerate_support = True
+    max_support_size = 2**63 - 1  # no bound of its own: the support is the K categories
 
     @property
     def _source(self) -> Tensor:
@@ -159,6 +165,7 @@ class Categorical(_OneHotFamily):
         "logits": constraints.real_vector
     }
     _param_names = ("logits",)
+    has_logits = True
 
     def __init__(
         self,

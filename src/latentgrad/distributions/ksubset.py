@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_int
-from latentgrad.distributions._structured import (
-    StructuredDistribution,
-    check_structure_scores,
-    subset_bits,
-    subset_bits_cpu,
-)
-from latentgrad.structured.topk import TopK
+from latentgrad._validation import check_k, check_structure_scores
+from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.structured import TopK, bit_vectors, subset_layers
 
 MAX_SUBSET_DP = 16
 """Largest ``k`` for which :meth:`KSubset.log_prob` sums over the ``k!`` orders exactly."""
@@ -63,9 +57,7 @@ class KSubset(StructuredDistribution):
     def __init__(self, scores: Tensor, k: int, validate_args: bool | None = None) -> None:
         self.scores = check_structure_scores(scores, "scores", 1)
         n = self.scores.shape[-1]
-        self.k = check_int(k, "k", minimum=1)
-        if self.k > n:
-            raise ValueError(f"k must be <= n = {n} (the last dim of scores), got {k}")
+        self.k = check_k(k, n, of="n (the last dim of scores)")
         present = torch.isfinite(self.scores).sum(-1)
         if bool((present < self.k).any()):
             raise ValueError(f"scores must have at least k = {k} entries above -inf in every row")
@@ -117,34 +109,16 @@ def _subset_log_prob(theta: Tensor, index: Tensor) -> Tensor:
     a = theta.gather(-1, index)  # (..., k)
     chosen = torch.zeros_like(theta, dtype=torch.bool).scatter_(-1, index, True)
     outside = torch.logsumexp(torch.where(chosen, -torch.inf, theta), -1, keepdim=True)
-    bits = subset_bits(k, theta.device)  # (2^k, k)
+    bits = bit_vectors(k, theta.device)  # (2^k, k)
     rest_in = torch.where(bits, -torch.inf, a.unsqueeze(-2))  # items of the set not yet taken
     rest = torch.logaddexp(torch.logsumexp(rest_in, -1), outside)  # (..., 2^k)
     f = torch.full(rest.shape, -torch.inf, dtype=theta.dtype, device=theta.device)
     f[..., 0] = 0
-    for masks, prev, has in _layers(k, theta.device):
-        terms = f[..., prev] + a.unsqueeze(-2) - rest[..., prev]  # (..., L, k)
-        terms = torch.where(has, terms, -torch.inf)
-        f[..., masks] = torch.logsumexp(terms, -1)
+    for layer in subset_layers(k, theta.device):
+        prev = layer.smaller  # (L, size): the subset without each of its items
+        terms = f[..., prev] + a[..., layer.items] - rest[..., prev]  # (..., L, size)
+        f[..., layer.subsets] = torch.logsumexp(terms, -1)
     return f[..., -1]
-
-
-@cache
-def _layers_cpu(k: int) -> list[tuple[Tensor, Tensor, Tensor]]:
-    bits = subset_bits_cpu(k)
-    size = bits.sum(-1)
-    out = []
-    for p in range(1, k + 1):
-        masks = torch.nonzero(size == p).squeeze(-1)
-        has = bits[masks]  # (L, k): item i is in the mask
-        prev = masks.unsqueeze(-1) - (1 << torch.arange(k))  # mask without item i
-        prev = torch.where(has, prev, torch.zeros_like(prev))
-        out.append((masks, prev, has))
-    return out
-
-
-def _layers(k: int, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]]:
-    return [tuple(t.to(device) for t in layer) for layer in _layers_cpu(k)]  # type: ignore[misc]
 
 
 class PlackettLuce(StructuredDistribution):

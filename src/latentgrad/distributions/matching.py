@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import math
-from functools import cache
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from latentgrad._numerics import upcast
-from latentgrad.distributions._structured import (
-    StructuredDistribution,
-    subset_bits,
-    subset_bits_cpu,
-)
-from latentgrad.distributions.binary_tree import check_finite_scores
-from latentgrad.structured.elimination import Elimination
+from latentgrad._validation import check_finite_scores
+from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.structured import Elimination, bit_vectors, subset_layers
 
 MAX_MATCHING_DP = 16
 """Largest ``n`` for which :meth:`Matching.log_prob` sums over the ``n!`` step orders exactly."""
@@ -74,11 +71,13 @@ class Matching(StructuredDistribution):
     """
 
     _score_event_dims = 2
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "scores": constraints.independent(constraints.real, 2)
+    }
 
     def __init__(self, scores: Tensor, validate_args: bool | None = None) -> None:
-        t = check_finite_scores(
-            scores, "scores", 2, "elimination could be left with free rows and no entries"
-        )
+        why = "elimination could be left with free rows and no entries"
+        t = check_finite_scores(scores, "scores", 2, why)
         if t.shape[-1] != t.shape[-2]:
             raise ValueError(
                 f"scores must be square in its last two dims, got shape {tuple(t.shape)}"
@@ -161,7 +160,7 @@ def _matching_log_prob(theta: Tensor, sigma: Tensor) -> Tensor:
 def _matching_dp(q: Tensor) -> Tensor:
     rows, n, _ = q.shape
     device = q.device
-    bits = subset_bits(n, device)  # (2^n, n): member k of subset C
+    bits = bit_vectors(n, device)  # (2^n, n): member k of subset C
     # a[C, k] = logsumexp_{i in C} q[i, k], built by doubling the subsets one row at a time.
     a = torch.full((rows, 1, n), -torch.inf, dtype=q.dtype, device=device)
     for i in range(n):
@@ -174,41 +173,12 @@ def _matching_dp(q: Tensor) -> Tensor:
     diag = q.diagonal(dim1=-2, dim2=-1)  # (rows, n): the pairs' scores
     # h = log f(S) - log Z(free set of S), one layer of subsets S (by size) at a time.
     h = -log_z[:, full : full + 1]  # the empty S: f = 1, everything free
-    for members, prev_pos, free_index in _layers(n, device):
-        f = torch.logsumexp(h[:, prev_pos] + diag[:, members], -1)  # (rows, layer)
-        if free_index is None:
+    for layer in subset_layers(n, device):
+        f = torch.logsumexp(h[:, layer.position] + diag[:, layer.items], -1)  # (rows, layer)
+        if layer.items.shape[-1] == n:
             return f[:, 0]
-        h = f - log_z[:, free_index]
+        h = f - log_z[:, full - layer.subsets]  # indexed by the free set
     raise AssertionError("unreachable")
-
-
-@cache
-def _layers_cpu(n: int) -> list[tuple[Tensor, Tensor, Tensor | None]]:
-    """Per subset size ``s = 1..n``: for each subset ``S`` of that size (in a fixed order), its
-    members ``k`` (``(L, s)``), the position of ``S - k`` in the previous layer, and the index of
-    its free set (the complement), ``None`` for the full set."""
-    bits = subset_bits_cpu(n)
-    size = bits.sum(-1)
-    full = 2**n - 1
-    position = torch.zeros(2**n, dtype=torch.long)
-    for s in range(n + 1):
-        subsets = torch.nonzero(size == s).squeeze(-1)
-        position[subsets] = torch.arange(subsets.numel())
-    out: list[tuple[Tensor, Tensor, Tensor | None]] = []
-    for s in range(1, n + 1):
-        subsets = torch.nonzero(size == s).squeeze(-1)
-        members = torch.nonzero(bits[subsets])[:, 1].reshape(-1, s)
-        prev = subsets.unsqueeze(-1) - (1 << members)
-        free = None if s == n else full - subsets
-        out.append((members, position[prev], free))
-    return out
-
-
-def _layers(n: int, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor | None]]:
-    return [
-        (m.to(device), p.to(device), None if f is None else f.to(device))
-        for m, p, f in _layers_cpu(n)
-    ]
 
 
 __all__ = ["MAX_MATCHING_DP", "Matching"]

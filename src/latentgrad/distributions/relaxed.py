@@ -5,13 +5,25 @@ Concrete density) is needed for KL terms between relaxed posteriors and priors. 
 coordinates underflow to 0 easily (``exp(-160)`` is 0 in float32), so the densities here are
 computed in log space: :meth:`RelaxedCategorical.rsample_log` returns ``log y`` without forming
 ``y`` and :meth:`RelaxedCategorical.log_prob_log` evaluates the density there (finite for every
-finite input). :meth:`~RelaxedCategorical.log_prob` on ``y`` itself stays finite by evaluating at
-``max(y, tiny)``, which is exact unless ``y`` underflowed.
+finite input).
+
+:meth:`~RelaxedCategorical.log_prob` on ``y`` itself is the density at ``y`` as stored, exact down to
+the smallest subnormal. Two cases need more than ``y``:
+
+* The sample :meth:`rsample` returned last: each distribution keeps a weak one-entry cache
+  (:class:`_LastSample`, in the spirit of the ``x <-> y`` cache of ``torch.distributions``'
+  transforms) of its coordinates ``log y`` (``logit y`` for bits) as computed before ``y`` was
+  rounded to its dtype. Where a coordinate of ``y`` rounded to the boundary (``y_i = 0``, or
+  ``y_d = 1`` for bits) the density uses the cached one, so it stays exact; the gradient flows
+  through the cached coordinates, well scaled in every dtype (no ``1 / y`` overflowing float16).
+* Any other value: an exact 0 or 1 counts as the nearest representable point inside the
+  support, and the gradient w.r.t. ``y`` is 0 where ``1 / y`` would overflow ``y``'s dtype.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -33,16 +45,97 @@ def _to_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.clamp(info.min, info.max).to(dtype)
 
 
+def _smallest_positive(dtype: torch.dtype) -> float:
+    """The smallest positive (subnormal) number of ``dtype``."""
+    info = torch.finfo(dtype)
+    return info.tiny * info.eps
+
+
+def _log_floored(y: Tensor, floor: float, smallest: float) -> Tensor:
+    """``log y`` exact down to ``smallest``, differentiable only where ``y >= floor``.
+
+    Below ``floor`` the derivative ``1 / y`` would overflow the dtype of the gradient, so there
+    the value is still ``log y`` (``log smallest`` for ``y = 0``, also when denormals are flushed)
+    but its gradient is 0, as for a clamp.
+    """
+    exact = y.detach().log().clamp_min(math.log(smallest))
+    return torch.where(y < floor, exact, y.clamp_min(floor).log())
+
+
+def _log1m_floored(y: Tensor, floor: float, eps: float) -> Tensor:
+    """``log(1 - y)`` as :func:`_log_floored` on ``1 - y``: exact down to ``1 - y = eps / 2``.
+
+    ``eps / 2`` is the distance from 1 to the largest number below 1 in ``y``'s original dtype,
+    so ``1 - y`` is never positive below it; the gradient is 0 where ``1 - y < floor``.
+    """
+    floor = max(floor, eps / 2)  # else y = 1 would be differentiated: 0 * inf = NaN
+    exact = torch.log1p(-y.detach()).clamp_min(math.log(eps / 2))
+    # 1 - y is exact for y >= 1/2 (Sterbenz), the only place where the mask can be true.
+    return torch.where(1 - y < floor, exact, torch.log1p(-y.clamp_max(1 - floor)))
+
+
+def _value_with_gradient_of(value: Tensor, x: Tensor, keep: Tensor) -> Tensor:
+    """``value`` where ``keep`` but with the gradient of ``x`` there, ``x`` elsewhere.
+
+    ``value`` is a coordinate read from a stored sample and ``x`` the same coordinate before
+    rounding: they differ by rounding, so ``x + (value - x)`` is ``value`` up to one rounding.
+    """
+    return torch.where(keep, x + (value - x).detach(), x)
+
+
+class _LastSample:
+    """Weak one-entry cache: the exact coordinates of the last sample a distribution returned.
+
+    :meth:`put` keeps a weak reference to the returned sample ``y`` and a strong one to its
+    coordinates ``x`` (``log y`` or ``logit y``, before rounding to ``y``'s dtype); the entry is
+    dropped when ``y`` is freed, so ``x`` and its graph live no longer than the sample (the cost:
+    one tensor of the sample's size, in the compute dtype, while the sample lives). :meth:`get`
+    returns ``x`` only for that very tensor, unchanged since: not after an in-place change (its
+    version counter moved) nor after ``requires_grad_`` (the caller then wants a gradient w.r.t.
+    ``y`` itself). Like ``torch.distributions.transforms.Transform``'s ``_cached_x_y``, the cache
+    is keyed on identity: a copy (``y.clone()``, ``y.detach()``) is a different value.
+    """
+
+    __slots__ = ("__weakref__", "_entry")
+
+    def __init__(self) -> None:
+        self._entry: tuple[weakref.ref[Tensor], int, bool, Tensor] | None = None
+
+    def put(self, y: Tensor, x: Tensor) -> None:
+        this = weakref.ref(self)  # the callback must not keep the cache alive
+
+        def drop(ref: weakref.ref[Tensor]) -> None:
+            cache = this()
+            if cache is not None and cache._entry is not None and cache._entry[0] is ref:
+                cache._entry = None
+
+        # One tuple, assigned at once: a concurrent put never leaves a mixed entry.
+        self._entry = (weakref.ref(y, drop), y._version, y.requires_grad, x)
+
+    def get(self, y: Tensor) -> Tensor | None:
+        entry = self._entry
+        if entry is None or entry[0]() is not y:
+            return None
+        if y._version != entry[1] or y.requires_grad != entry[2]:
+            return None
+        return entry[3]
+
+    def __reduce__(self) -> tuple[type[_LastSample], tuple[()]]:
+        return (type(self), ())  # copies and pickles start empty
+
+
 class _Relaxed(Distribution):
     """Shared construction and :meth:`expand` of the two relaxed families."""
 
     has_rsample = True
     logits: Tensor
     tau: float
+    _last: _LastSample
 
     def __init__(self, logits: Tensor, tau: float, validate_args: bool | None = None) -> None:
         self.logits = logits
         self.tau = check_positive(tau, "tau")
+        self._last = _LastSample()
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> _Relaxed:
@@ -50,6 +143,7 @@ class _Relaxed(Distribution):
         new = self._get_checked_instance(type(self), _instance)
         new.logits = self.logits.expand(batch_shape + self.event_shape)
         new.tau = self.tau
+        new._last = _LastSample()
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         return new
 
@@ -95,11 +189,16 @@ class RelaxedCategorical(_Relaxed):
     two relaxed densities.
 
     Prefer the log-space pair (exact, and the gradient through the sample stays well scaled).
-    :meth:`log_prob` evaluates at ``log(max(y, y_min))`` with ``y_min`` the larger of the
-    dtype's ``tiny`` and ``2 (1 + (K+1) tau) / finfo.max`` (below which the gradient w.r.t. ``y``
-    is not representable; about ``1e-37`` in float32). That is exact unless some ``y_i``
-    underflowed; then it is the density at a nearby representable point, finite with finite
-    gradients, where :class:`torch.distributions.RelaxedOneHotCategorical` returns NaN or inf.
+    :meth:`log_prob` evaluates at ``log y``, exact down to the smallest subnormal. For the
+    sample :meth:`rsample` returned last (the very tensor, see :class:`_LastSample`) a ``y_i``
+    that underflowed to 0 is replaced by its cached exact ``log y_i`` and the gradient flows
+    through the cached coordinates, so that sample's density is exact and its gradient well
+    scaled. For any other ``y`` an exact ``y_i = 0`` counts as the smallest subnormal (the
+    density at the nearest representable point, finite where
+    :class:`torch.distributions.RelaxedOneHotCategorical` returns NaN or inf) and the gradient
+    w.r.t. ``y_i`` is 0 below ``y_min``, the larger of the dtype's ``tiny`` and
+    ``2 (1 + (K+1) tau) / finfo.max``, below which it would not be representable in ``y``'s
+    dtype (about ``1e-37`` in float32, ``6e-5`` in float16).
     Log-densities beyond the range of a half-precision dtype saturate at its extremes.
 
     Args:
@@ -115,6 +214,11 @@ class RelaxedCategorical(_Relaxed):
     Example:
         >>> import torch
         >>> from latentgrad.distributions.relaxed import RelaxedCategorical
+        >>> _ = torch.manual_seed(0)
+        >>> q = RelaxedCategorical(torch.tensor([3.0, 0.0, -3.0]), tau=0.1)
+        >>> y = q.rsample((1000,))  # some y_i underflow: far below float32's tiny
+        >>> bool((y < torch.finfo(torch.float32).tiny).any()), bool(q.log_prob(y).isfinite().all())
+        (True, True)
         >>> q = RelaxedCategorical(torch.tensor([80.0, -80.0, -80.0]), tau=1.0)
         >>> x = q.rsample_log((4,))
         >>> bool(q.log_prob_log(x).isfinite().all()), bool(q.log_prob(x.exp()).isfinite().all())
@@ -138,8 +242,14 @@ class RelaxedCategorical(_Relaxed):
         return (upcast(self.logits) + noise) / self.tau
 
     def rsample(self, sample_shape: _Shape = ()) -> Tensor:
-        """Relaxed one-hot sample ``y``, shape ``sample_shape + batch_shape + (K,)``."""
-        return torch.softmax(self._scores(sample_shape), -1).to(self.logits.dtype)
+        """Relaxed one-hot sample ``y``, shape ``sample_shape + batch_shape + (K,)``.
+
+        Its exact coordinates ``log y`` are kept for :meth:`log_prob` (see :class:`_LastSample`).
+        """
+        x = torch.log_softmax(self._scores(sample_shape), -1)
+        y = x.exp().to(self.logits.dtype)
+        self._last.put(y, x)
+        return y
 
     def rsample_log(self, sample_shape: _Shape = ()) -> Tensor:
         """``log y`` computed in log space (finite), shape ``sample_shape + batch_shape + (K,)``."""
@@ -159,15 +269,22 @@ class RelaxedCategorical(_Relaxed):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Log-density of ``y`` on the simplex, shape ``sample_shape + batch_shape``."""
-        y = upcast(self._check_value(value))
-        log_y = y.clamp_min(self._y_min(y.dtype)).log()
+        value = self._check_value(value)
+        x = self._last.get(value)
+        if x is not None:
+            y = upcast(value.detach())
+            log_y = _value_with_gradient_of(y.log(), x, y > 0)
+        else:
+            y_min = self._y_min(value.dtype)
+            log_y = _log_floored(upcast(value), y_min, _smallest_positive(value.dtype))
         return self._log_density_out(self._log_prob_log(log_y) - log_y.sum(-1))
 
     def _y_min(self, dtype: torch.dtype) -> float:
         """Smallest ``y_i`` at which the gradient of :meth:`log_prob` w.r.t. ``y`` is finite.
 
-        That gradient is ``(K tau w_i - tau - 1) / y_i`` with ``0 <= w_i <= 1``; below ``tiny``
-        ``y_i`` has lost precision anyway.
+        That gradient is ``(K tau w_i - tau - 1) / y_i`` with ``0 <= w_i <= 1``, in ``dtype``
+        (the dtype of ``y``, not the one computed in); below ``tiny`` ``y_i`` has lost
+        precision anyway.
         """
         info = torch.finfo(dtype)
         k = self.event_shape[0]
@@ -181,9 +298,14 @@ class RelaxedBernoulli(_Relaxed):
     (the last dim of ``logits``) and densities sum over it. The numerically exact variable is the
     logit ``x = logit(y) = (a + L) / tau`` with logistic ``L``, whose density is
     ``log tau + log sigmoid(a - tau x) + log sigmoid(tau x - a)`` per unit (finite for any
-    finite ``x``): use :meth:`rsample_logit` and :meth:`log_prob_logit`. :meth:`log_prob` on
-    ``y`` evaluates at ``y`` clamped to ``[y_min, 1 - eps/2]`` (``y_min`` as in
-    :class:`RelaxedCategorical`, with ``K = 1``), exact unless ``y`` or ``1 - y`` underflowed.
+    finite ``x``): use :meth:`rsample_logit` and :meth:`log_prob_logit`. :meth:`log_prob`
+    evaluates at ``y``, exact down to the smallest subnormal and up to the largest number below
+    1. For the sample :meth:`rsample` returned last a ``y_d`` that rounded to 0 or 1 is replaced
+    by its cached exact logit and the gradient flows through the cached logits (see
+    :class:`_LastSample`). For any other ``y`` an exact 0 or 1 counts as the nearest
+    representable point inside ``(0, 1)``, and the gradient is 0 where ``y`` or ``1 - y`` is
+    below ``max(tiny, 2 (tau + 2) / finfo.max)`` of ``y``'s dtype, where it would not be
+    representable.
 
     Args:
         logits: log-odds ``a``, shape ``batch_shape + (D,)``, finite.
@@ -223,8 +345,14 @@ class RelaxedBernoulli(_Relaxed):
         return (upcast(self.logits) + noise) / self.tau
 
     def rsample(self, sample_shape: _Shape = ()) -> Tensor:
-        """Relaxed bits ``y`` in ``[0, 1]``, shape ``sample_shape + batch_shape + (D,)``."""
-        return torch.sigmoid(self._logit(sample_shape)).to(self.logits.dtype)
+        """Relaxed bits ``y`` in ``[0, 1]``, shape ``sample_shape + batch_shape + (D,)``.
+
+        Its exact logits are kept for :meth:`log_prob` (see :class:`_LastSample`).
+        """
+        x = self._logit(sample_shape)
+        y = torch.sigmoid(x).to(self.logits.dtype)
+        self._last.put(y, x)
+        return y
 
     def rsample_logit(self, sample_shape: _Shape = ()) -> Tensor:
         """``x = logit(y)`` without forming ``y``, shape ``sample_shape + batch_shape + (D,)``."""
@@ -241,10 +369,20 @@ class RelaxedBernoulli(_Relaxed):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Log-density of ``y`` in ``(0, 1)^D``, shape ``sample_shape + batch_shape``."""
-        y = upcast(self._check_value(value))
-        info = torch.finfo(y.dtype)
-        # As for RelaxedCategorical: the gradient w.r.t. y is at most (tau + 2) / y in size.
-        y = y.clamp(max(info.tiny, 2 * (self.tau + 2) / info.max), 1 - info.eps / 2)
-        log_y, log_1my = y.log(), torch.log1p(-y)
+        value = self._check_value(value)
+        x = self._last.get(value)
+        if x is not None:
+            y = upcast(value.detach())
+            logit = _value_with_gradient_of(y.log() - torch.log1p(-y), x, (y > 0) & (y < 1))
+            # -log y - log(1 - y) = softplus(-logit) + softplus(logit)
+            out = self._unit_log_prob_logit(logit) + F.softplus(logit) + F.softplus(-logit)
+            return self._log_density_out(out.sum(-1))
+        info = torch.finfo(value.dtype)
+        # As for RelaxedCategorical: the gradient w.r.t. y is at most (tau + 2) / y in size, and
+        # (tau + 2) / (1 - y) near 1, in y's dtype. Capped at 1/4 for absurd tau.
+        floor = min(max(info.tiny, 2 * (self.tau + 2) / info.max), 0.25)
+        y = upcast(value)
+        log_y = _log_floored(y, floor, _smallest_positive(value.dtype))
+        log_1my = _log1m_floored(y, floor, info.eps)
         out = self._unit_log_prob_logit(log_y - log_1my) - log_y - log_1my
         return self._log_density_out(out.sum(-1))

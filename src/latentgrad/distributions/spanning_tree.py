@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_tensor
 from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.structured import Kruskal, SubsetLayer, all_spanning_trees, subset_layers
 from latentgrad.structured.kruskal import (
-    Kruskal,
     adjacency_to_edges,
     edge_id_matrix,
     edge_index,
@@ -101,6 +102,9 @@ class SpanningTree(StructuredDistribution):
     """
 
     _score_event_dims = 2
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "scores": constraints.independent(constraints.real, 2)
+    }
 
     def __init__(self, scores: Tensor, validate_args: bool | None = None) -> None:
         scores = check_tensor(scores, "scores", min_dim=2)
@@ -226,56 +230,6 @@ def _check_edges(edges: Tensor, n: int, name: str) -> None:
         )
 
 
-def all_spanning_trees(n: int, device: torch.device | str | None = None) -> Tensor:
-    """The ``n^(n-2)`` spanning trees of ``K_n`` as edge indicators, bool ``(n^(n-2), D)``.
-
-    Decodes every Prüfer sequence at once: at each of the ``n - 2`` steps the smallest leaf is
-    joined to the next vertex of the sequence; the last two vertices left are joined at the end.
-    """
-    s = n ** (n - 2)
-    index = torch.arange(s, device=device)
-    powers = n ** torch.arange(n - 3, -1, -1, device=device)
-    seq = (index.unsqueeze(-1) // powers) % n  # (S, n - 2)
-    degree = torch.ones((s, n), dtype=torch.long, device=device)
-    degree = degree.scatter_add(1, seq, torch.ones_like(seq))
-    ids = edge_id_matrix(n, device)
-    d = n * (n - 1) // 2
-    edges = torch.zeros((s, d), dtype=torch.bool, device=device)
-    vertices = torch.arange(n, device=device)
-    rows = torch.arange(s, device=device)
-    for t in range(n - 2):
-        leaf = torch.where(degree == 1, vertices, n).argmin(-1)
-        other = seq[:, t]
-        edges[rows, ids[leaf, other]] = True
-        degree[rows, leaf] -= 1
-        degree[rows, other] -= 1
-    last = torch.topk((degree == 1).long() * (n - vertices), 2, dim=-1).indices  # the two leaves
-    edges[rows, ids[last[:, 0], last[:, 1]]] = True
-    return edges
-
-
-@lru_cache(maxsize=32)
-def _subset_layers(m: int, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """For each size ``k = 1..m``: the ``k``-subsets of ``m`` bits (as ints), their bits, and
-    the position, among the ``(k-1)``-subsets, of each subset with one bit removed."""
-    subsets = torch.arange(2**m, device=device)
-    bits = (subsets.unsqueeze(-1) >> torch.arange(m, device=device)) & 1  # (2^m, m)
-    size = bits.sum(-1)
-    order = torch.argsort(size, stable=True)
-    position = torch.empty_like(order)
-    first = torch.cumsum(torch.bincount(size, minlength=m + 1), 0) - torch.bincount(
-        size, minlength=m + 1
-    )
-    position[order] = torch.arange(2**m, device=device) - first[size[order]]
-    layers = []
-    for k in range(1, m + 1):
-        members = subsets[size == k]  # increasing, as are the positions
-        which = torch.nonzero(bits[members])[:, 1].reshape(-1, k)  # (C_k, k) set bits
-        previous = position[members.unsqueeze(-1) ^ (1 << which)]
-        layers.append((members, which, previous))
-    return layers
-
-
 def _tree_log_prob(theta: Tensor, edges: Tensor, tree: Tensor, n: int) -> Tensor:
     """``log sum_orders prod_t exp(theta_{k_t}) / sum_{S_t} exp(theta)`` for each row's tree.
 
@@ -311,7 +265,7 @@ def _tree_log_prob(theta: Tensor, edges: Tensor, tree: Tensor, n: int) -> Tensor
     path_bits = (on_path.long() * weights.unsqueeze(-1)).sum(1)  # (M, D)
     present = torch.isfinite(theta)
     theta_tree = theta.gather(1, tree_edges)  # (M, m)
-    layers = _subset_layers(m, torch.device(device))
+    layers = subset_layers(m, torch.device(device))
     chunk = max(1, _DP_BUDGET // (2**m * d))
     out = [
         _subset_dp(theta[i : i + chunk], present[i : i + chunk], path_bits[i : i + chunk],
@@ -326,7 +280,7 @@ def _subset_dp(
     present: Tensor,
     path_bits: Tensor,
     theta_tree: Tensor,
-    layers: list[tuple[Tensor, Tensor, Tensor]],
+    layers: tuple[SubsetLayer, ...],
 ) -> Tensor:
     """The DP over subsets ``A`` of tree edges: ``f(A) = logsumexp_{i in A} [f(A - i) +
     theta_i - Z(A - i)]`` with ``Z(B)`` the logsumexp of the scores of the edges whose tree path
@@ -341,11 +295,11 @@ def _subset_dp(
     empty = torch.zeros(1, dtype=torch.long, device=theta.device)
     h = -log_z(empty)  # f(empty) = 0
     f = h
-    for k, (members, which, previous) in enumerate(layers, start=1):
-        terms = h[:, previous] + theta_tree[:, which]  # (rows, C_k, k)
+    for k, layer in enumerate(layers, start=1):
+        terms = h[:, layer.position] + theta_tree[:, layer.items]  # (rows, C_k, k)
         f = torch.logsumexp(terms, -1)
         if k < len(layers):
-            h = f - log_z(members)
+            h = f - log_z(layer.subsets)
     return f[:, 0]
 
 

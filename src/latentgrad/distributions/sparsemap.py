@@ -10,10 +10,9 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import safe_log, upcast, xlogx_safe
-from latentgrad._validation import check_int, check_tensor
+from latentgrad._validation import check_finite_scores, check_int, check_tensor
 from latentgrad.distributions._base import DiscreteDistribution
-from latentgrad.mappings._sparsemap import SparseMAPResult, sparsemap
-from latentgrad.mappings._topk_structures import TopKResult, topk_sparsemax
+from latentgrad.mappings import SparseMAPResult, TopKResult, sparsemap, topk_sparsemax
 
 
 class _SparseStructures(DiscreteDistribution):
@@ -28,15 +27,18 @@ class _SparseStructures(DiscreteDistribution):
 
     _param_names = ("scores",)
     has_rsample = False
+    has_enumerate_support = True
+    max_support_size = 2**63 - 1  # no bound of its own: the support is the solver's structures
+    # The possible structures depend on the oracle, which no torch constraint describes.
     support = constraints.dependent
-    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "scores": constraints.real_vector
+    }
     scores: Tensor
     _to_value_fn: Callable[[Tensor], Tensor] | None = None
 
     def _setup(self, scores: object, event_shape: torch.Size | None = None) -> None:
-        t = check_tensor(scores, "scores", min_dim=1)
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError("scores must be finite (no NaN or inf)")
+        t = check_finite_scores(scores, "scores")
         self.scores = t
         self._cache: tuple[Tensor, Tensor] | None = None
         if event_shape is None:

@@ -9,10 +9,10 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import safe_log, upcast
-from latentgrad._validation import check_scores
+from latentgrad._validation import check_optional_int, check_scores
 from latentgrad.distributions._base import DiscreteDistribution
 from latentgrad.distributions.categorical import _OneHotFamily, one_hot_like
-from latentgrad.mappings._sparsemax import _check_k, sparsemax
+from latentgrad.mappings import sparsemax
 
 
 class SparsemaxCategorical(_OneHotFamily):
@@ -65,7 +65,7 @@ class SparsemaxCategorical(_OneHotFamily):
         self, scores: Tensor, k: int | None = None, validate_args: bool | None = None
     ) -> None:
         self.scores = check_scores(scores, "scores")
-        self.k = _check_k(k)
+        self.k = check_optional_int(k, "k", minimum=1)
         super().__init__(self.scores.shape[:-1], self.scores.shape[-1:], validate_args=False)
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:

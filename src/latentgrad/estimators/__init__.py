@@ -1,6 +1,6 @@
 """Gradient estimators: ``estimator(dist, loss_fn) -> Estimate``."""
 
-from latentgrad.estimators._base import Estimate, Estimator, LossFn
+from latentgrad.estimators._base import Estimate, Estimator, LatentDistribution, LossFn
 from latentgrad.estimators.baselines import (
     NVIL,
     Baseline,
@@ -28,6 +28,7 @@ __all__ = [
     "Estimator",
     "GumbelSoftmax",
     "IndependentSample",
+    "LatentDistribution",
     "LeaveOneOut",
     "LocalReparam",
     "LossFn",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad._validation import check_int, check_output_shape, check_probability
+from latentgrad.estimators._base import broadcasts_to
 
 
 class BaselineOutput(NamedTuple):
@@ -123,13 +124,12 @@ def apply_baseline(
     if not isinstance(out, BaselineOutput):
         raise TypeError(f"a baseline must return a BaselineOutput, got {type(out).__name__}")
     value = out.value.detach().to(scored.dtype)
-    try:
-        value = value.expand_as(scored)
-    except RuntimeError:
+    if not broadcasts_to(value.shape, scored.shape):
         raise ValueError(
             f"the baseline's value must broadcast to (K,) + batch_shape = {tuple(scored.shape)}, "
             f"got {tuple(out.value.shape)}"
-        ) from None
+        )
+    value = value.expand_as(scored)
     signal = scored - value
     scale = out.scale
     if scale is not None:
@@ -270,7 +270,7 @@ class IndependentSample:
         >>> from latentgrad.estimators.baselines import IndependentSample
         >>> from latentgrad.estimators.score_function import ScoreFunction
         >>> est = ScoreFunction(num_samples=1, baseline=IndependentSample())
-        >>> est(lg.Categorical(logits=torch.zeros(4, 3)), lambda z: z[..., 0]).extras["loss_evals"]
+        >>> est(lg.Categorical(logits=torch.zeros(4, 3)), lambda z: z[..., 0]).loss_evals
         2
 
     References:

@@ -9,12 +9,15 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from latentgrad._validation import check_int
-from latentgrad.distributions._base import Independent, LocalVariants
+from latentgrad.distributions import require
 from latentgrad.estimators._base import (
     Estimate,
+    Estimator,
     LatentDistribution,
     LossFn,
+    broadcasts_to,
     check_distribution,
+    check_estimate,
     check_loss_fn,
     evaluate_loss,
     zero_forward,
@@ -27,7 +30,7 @@ ChainLossFn = Callable[[list[Tensor]], Tensor]
 """``loss_fn([z_1, ..., z_L])``: the samples of every layer to losses ``(N, K) + batch_shape``."""
 
 
-class LocalReparam:
+class LocalReparam(Estimator):
     """Local reparameterization: marginalize each unit in turn, keeping all other noise fixed.
 
     A sample is a deterministic function of noise, ``z = g(u; phi)`` (``z_i = 1[L_i < a_i]`` for a
@@ -62,14 +65,17 @@ class LocalReparam:
     (``q2_prior`` is any distribution of layer 2's batch and event shape; the noise is standard.)
     Layer 2's own parameters then need another estimator; :meth:`chain` covers both.
 
+    The distribution (every layer's, with :meth:`chain`) must declare ``has_local_variants``
+    and ``has_noise``.
+
     Args:
         num_samples: number ``K`` of independent samples ``z`` (each with its variants).
 
     Returns:
         :class:`Estimate` with ``value`` the mean loss at the ``K`` samples, ``per_sample`` of
-        shape ``(K,) + batch_shape``, and ``extras``: ``"loss_evals"`` (``1 + V``, per sample),
-        ``"losses"`` (``(K,) + batch_shape``), ``"variant_losses"`` (``(V, K) + batch_shape``),
-        ``"num_variants"`` (``V`` per layer, a tuple of ints).
+        shape ``(K,) + batch_shape``, ``loss_evals`` (``1 + V``, per sample), ``losses``
+        (``(K,) + batch_shape``) and ``extras``: ``"variant_losses"``
+        (``(V, K) + batch_shape``), ``"num_variants"`` (``V`` per layer, a tuple of ints).
 
     Shape:
         ``dist``: batch ``B``, event ``E``; ``loss_fn``: ``(1 + V, K) + B + E -> (1 + V, K) + B``;
@@ -83,7 +89,7 @@ class LocalReparam:
         >>> out = LocalReparam(num_samples=4)(
         ...     lg.Bernoulli(logits=logits), lambda z: ((z - target) ** 2).sum(-1)
         ... )
-        >>> out.value.shape, out.extras["loss_evals"]
+        >>> out.value.shape, out.loss_evals
         (torch.Size([2]), 4)
         >>> out.surrogate.sum().backward()
         >>> logits.grad  # exact here: the loss is additive over bits
@@ -97,19 +103,20 @@ class LocalReparam:
             Inference", NeurIPS 2015.
     """
 
+    requires = ("has_local_variants", "has_noise")
+
     def __init__(self, num_samples: int = 1) -> None:
+        super().__init__()
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
 
-    def __repr__(self) -> str:
-        return f"LocalReparam(num_samples={self.num_samples})"
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}"
 
-    def __call__(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
         """Estimate for one stochastic layer (``context`` is accepted and unused)."""
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
-        return self._estimate(dist, (), loss_fn, single=True)
+        return self._local(dist, (), loss_fn, single=True)
 
     def chain(
         self,
@@ -140,7 +147,7 @@ class LocalReparam:
                 ``(N, K) + B``.
 
         Returns:
-            :class:`Estimate` as for :meth:`__call__`; ``extras["loss_evals"] = N`` and
+            :class:`Estimate` as for a call; ``loss_evals = N`` and
             ``extras["num_variants"] = (V_1, ..., V_L)``.
 
         Shape:
@@ -165,13 +172,14 @@ class LocalReparam:
             ...     )
             ...     return nll.sum(-1)
             >>> out = LocalReparam(num_samples=2).chain(q1, [layer2], loss_fn)
-            >>> out.extras["loss_evals"], out.extras["num_variants"], out.value.shape
+            >>> out.loss_evals, out.extras["num_variants"], out.value.shape
             (8, (4, 3), torch.Size([8]))
             >>> out.surrogate.mean().backward()
             >>> all(p.grad is not None for p in (*enc1.parameters(), *enc2.parameters()))
             True
         """
         first = check_distribution(first, "first")
+        require(first, *self.requires, by="LocalReparam.chain", name="first")
         if isinstance(conditionals, (str, bytes)) or not isinstance(conditionals, Sequence):
             raise TypeError(
                 f"conditionals must be a sequence of callables, got {type(conditionals).__name__}"
@@ -180,9 +188,10 @@ class LocalReparam:
             if not callable(fn):
                 raise TypeError(f"conditionals[{i}] must be callable, got {type(fn).__name__}")
         check_loss_fn(loss_fn)
-        return self._estimate(first, tuple(conditionals), loss_fn, single=False)
+        out = self._local(first, tuple(conditionals), loss_fn, single=False)
+        return check_estimate(out, first.batch_shape, "LocalReparam.chain")
 
-    def _estimate(
+    def _local(
         self,
         first: LatentDistribution,
         conditionals: tuple[Conditional, ...],
@@ -192,24 +201,24 @@ class LocalReparam:
     ) -> Estimate:
         k = self.num_samples
         batch_shape = first.batch_shape
-        first_name = "dist" if single else "first"
-        noise = _hook(first, "sample_noise", first_name)((k,))
-        z_rows = _hook(first, "from_noise", first_name)(noise).unsqueeze(0)
+        noise = first.sample_noise((k,))
+        z_rows = first.from_noise(noise).unsqueeze(0)
         base_dist: LatentDistribution = first
         layers: list[Tensor] = []  # each (N_l, K) + B + E_l, N_l the rows when it was drawn
         flip_probs: list[Tensor] = []  # each (V_l, K) + B
         for level in range(len(conditionals) + 1):
-            name = first_name if level == 0 else f"conditionals[{level - 1}]"
             if level > 0:
+                name = f"conditionals[{level - 1}]"
                 rows = layers[-1].shape[0]
                 dist = _check_layer(
                     conditionals[level - 1](layers[-1]), (rows, k, *batch_shape), name
                 )
-                base_dist = _first_row(dist)
+                require(dist, *self.requires, by="LocalReparam.chain", name=name)
+                base_dist = dist.batch_row(0)
                 # Noise for the base row only, broadcast over every row: common random numbers.
-                noise = _hook(base_dist, "sample_noise", name)()
-                z_rows = _hook(dist, "from_noise", name)(noise)
-            variants = _local_variants(base_dist, z_rows[0], name)
+                noise = base_dist.sample_noise()
+                z_rows = dist.from_noise(noise)
+            variants = base_dist.local_variants(z_rows[0])
             layers.append(torch.cat([z_rows, variants.values], 0))
             flip_probs.append(variants.probs)
         num_rows = layers[-1].shape[0]
@@ -233,42 +242,15 @@ class LocalReparam:
             correction = correction + (zero_forward(probs) * delta).sum(0)
             start = stop
         per_sample = base_loss + correction
-        surrogate = per_sample.mean(0)
-        return Estimate(
-            value=base_loss.detach().mean(0),
-            surrogate=surrogate,
-            per_sample=per_sample,
+        return Estimate.from_terms(
+            per_sample,
+            losses=base_loss,
+            loss_evals=num_rows,
             extras={
-                "loss_evals": num_rows,
-                "losses": base_loss.detach(),
                 "variant_losses": losses[1:].detach(),
                 "num_variants": tuple(p.shape[0] for p in flip_probs),
             },
         )
-
-
-def _hook(dist: LatentDistribution, hook: str, name: str) -> Callable[..., Tensor]:
-    """``dist.<hook>``, wrapped so that a missing hook names the argument and the hook."""
-    method = getattr(dist, hook)
-
-    def call(*args: object) -> Tensor:
-        try:
-            return method(*args)
-        except TypeError as err:
-            raise TypeError(
-                f"LocalReparam needs {name}.{hook}(); {type(dist).__name__}: {err}"
-            ) from err
-
-    return call
-
-
-def _local_variants(dist: LatentDistribution, z: Tensor, name: str) -> LocalVariants:
-    try:
-        return dist.local_variants(z)
-    except TypeError as err:
-        raise TypeError(
-            f"LocalReparam needs {name}.local_variants(); {type(dist).__name__}: {err}"
-        ) from err
 
 
 def _check_layer(dist: object, batch_shape: tuple[int, ...], name: str) -> LatentDistribution:
@@ -277,27 +259,10 @@ def _check_layer(dist: object, batch_shape: tuple[int, ...], name: str) -> Laten
     expected = torch.Size(batch_shape)
     if dist.batch_shape == expected:
         return dist
-    try:
-        broadcast = torch.broadcast_shapes(dist.batch_shape, expected)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != expected:
+    if not broadcasts_to(dist.batch_shape, expected):
         raise ValueError(
             f"{name} must return a distribution with batch shape (rows, num_samples) + "
             f"batch_shape = {tuple(expected)}, got {tuple(dist.batch_shape)} (use .to_event(n) "
             "if trailing dims are units of one latent)"
         )
     return dist.expand(expected)
-
-
-def _first_row(dist: LatentDistribution) -> LatentDistribution:
-    """The distribution of index 0 along the leading batch dim (a view of the parameters)."""
-    if isinstance(dist, Independent):
-        base = _first_row(dist.base_dist)
-        return Independent(base, dist.reinterpreted_batch_ndims)
-    if not dist._param_names:
-        raise TypeError(
-            f"{type(dist).__name__} declares no _param_names, so LocalReparam.chain cannot "
-            "select its base row"
-        )
-    return dist._map_params(lambda p: p[0], dist.batch_shape[1:])

@@ -6,17 +6,14 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
 
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_int
-from latentgrad.distributions._base import Independent
 from latentgrad.estimators._base import (
     Estimate,
+    Estimator,
     LatentDistribution,
     LossFn,
-    check_distribution,
-    check_loss_fn,
     evaluate_loss,
     score_term,
     zero_forward,
@@ -58,29 +55,11 @@ def _expand_loss(loss_fn: LossFn, point: Tensor, z: Tensor, batch_shape: torch.S
     return _Expansion(losses[1:], point_loss.detach(), grad[0])
 
 
-def _mean_field(dist: LatentDistribution) -> Tensor:
-    try:
-        return dist.mean
-    except NotImplementedError:
-        raise TypeError(
-            f"MuProp needs dist.mean (the mean-field point); {type(dist).__name__} does not "
-            "provide it"
-        ) from None
-
-
 def _uniform_point(dist: LatentDistribution) -> Tensor:
     """The family's mean at zero logits: 1/2 per bit, 1/K per class (shape batch + event)."""
-    base: object = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
-    with_logits = getattr(base, "with_logits", None)
-    logits = getattr(base, "logits", None)
-    if with_logits is None or not isinstance(logits, Tensor):
-        raise TypeError(
-            f"DARN needs a family with logits and with_logits() (e.g. Categorical, Bernoulli), "
-            f"got {type(base).__name__}"
-        )
-    return with_logits(torch.zeros_like(logits.detach())).mean.detach()
+    logits: Tensor = dist.logits  # type: ignore[union-attr]
+    uniform = dist.with_logits(torch.zeros_like(logits.detach()))  # type: ignore[union-attr]
+    return uniform.mean.detach()
 
 
 class MuProp(ScoreFunction):
@@ -103,11 +82,13 @@ class MuProp(ScoreFunction):
         baseline: an extra :class:`~latentgrad.estimators.baselines.Baseline` on the residual
             ``f(z) - b(z)``, or ``None``.
 
+    The distribution must declare ``has_mean_field``.
+
     Returns:
-        :class:`~latentgrad.estimators._base.Estimate`; ``value`` averages the samples' losses
-        only (``f(mu_0)`` is not an estimate of ``E_q[f]``). ``extras``: ``"loss_evals"``
-        (``K + 1`` plus extra samples), ``"losses"``, ``"mean_field_loss"`` (``f(mu_0)``),
-        ``"baseline"`` (``b(z_k) + c_k``), and ``"baseline_loss"`` for learned baselines.
+        :class:`~latentgrad.estimators.Estimate`; ``value`` averages the samples' losses
+        only (``f(mu_0)`` is not an estimate of ``E_q[f]``), ``loss_evals`` is ``K + 1`` plus
+        extra samples. ``extras``: ``"mean_field_loss"`` (``f(mu_0)``), ``"baseline"``
+        (``b(z_k) + c_k``), and ``"baseline_loss"`` for learned baselines.
 
     Shape:
         ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(K,) + batch_shape``.
@@ -127,12 +108,12 @@ class MuProp(ScoreFunction):
             Neural Networks", ICLR 2016.
     """
 
-    def forward(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    requires = ("has_mean_field",)
+
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
-        mean = _mean_field(dist)
+        mean = dist.mean
         point = mean.detach()
         k = self.num_samples
         total = k + self._num_extra
@@ -143,19 +124,18 @@ class MuProp(ScoreFunction):
         taylor = upcast(ex.point_loss) + _event_sum(grad * (upcast(z) - upcast(point)), n)
         residual = upcast(ex.losses.detach()) - taylor
         centred = apply_baseline(self.baseline, z, residual, context, k)
-        logp = upcast(self._score(dist, z[:k], aux[:k]))
+        logp = upcast(self._score(dist, z[:k], None if aux is None else aux[:k]))
         # grad E_q[b(z)]: the analytic mean of the baseline, value 0 in the forward pass
         analytic = _event_sum(grad * zero_forward(upcast(mean)), n)
         terms = score_term(logp, centred.signal) + analytic
         extras: dict[str, object] = {
-            "loss_evals": total + 1,
             "mean_field_loss": ex.point_loss,
             "baseline": taylor[:k] + centred.baseline,
         }
-        return self._estimate(ex.losses[:k], terms, centred, extras)
+        return self._scored_estimate(ex.losses[:k], terms, centred, total + 1, extras)
 
 
-class DARN:
+class DARN(Estimator):
     """DARN's biased estimator: the score function with a first-order learning signal.
 
     Gregor et al. replace the learning signal ``f(z) - f(z_bar)`` by its first-order Taylor
@@ -174,10 +154,12 @@ class DARN:
     Args:
         num_samples: number of samples ``K``.
 
+    The distribution must declare ``has_logits`` and ``has_mean_field``.
+
     Returns:
-        :class:`~latentgrad.estimators._base.Estimate` with ``extras``: ``"loss_evals"``
-        (``K + 1``), ``"losses"``, ``"signal"`` (``f'(z_bar)^T (z_k - z_bar)``) and
-        ``"point_loss"`` (``f(z_bar)``).
+        :class:`~latentgrad.estimators.Estimate` with ``loss_evals`` (``K + 1``), ``losses``
+        and ``extras``: ``"signal"`` (``f'(z_bar)^T (z_k - z_bar)``) and ``"point_loss"``
+        (``f(z_bar)``).
 
     Shape:
         ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(K,) + batch_shape``.
@@ -199,34 +181,30 @@ class DARN:
         [3] Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
     """
 
+    requires = ("has_logits", "has_mean_field")
+
     def __init__(self, num_samples: int = 1) -> None:
+        super().__init__()
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
 
-    def __repr__(self) -> str:
-        return f"DARN(num_samples={self.num_samples})"
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}"
 
-    def __call__(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
         point = _uniform_point(dist)
         k = self.num_samples
-        z, _ = dist.sample_with_noise((k,))
+        z = dist.sample((k,))
         ex = _expand_loss(loss_fn, point, z, dist.batch_shape)
         n = len(dist.event_shape)
         signal = _event_sum(upcast(ex.point_grad) * (upcast(z) - upcast(point)), n)
         logp = upcast(dist.log_prob(z))
         losses = ex.losses
         per_sample = losses + score_term(logp, signal).to(losses.dtype)
-        return Estimate(
-            value=losses.detach().mean(0),
-            surrogate=per_sample.mean(0),
-            per_sample=per_sample,
-            extras={
-                "loss_evals": k + 1,
-                "losses": losses.detach(),
-                "signal": signal,
-                "point_loss": ex.point_loss,
-            },
+        return Estimate.from_terms(
+            per_sample,
+            losses=losses,
+            loss_evals=k + 1,
+            extras={"signal": signal, "point_loss": ex.point_loss},
         )

@@ -3,15 +3,22 @@ conditional reparameterization of the noise given the execution trace."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
 from latentgrad._numerics import exponential_noise, upcast
 from latentgrad._validation import check_int, check_output_shape
-from latentgrad.distributions._structured import StructuredDistribution
-from latentgrad.estimators._base import Estimate, LossFn, check_loss_fn, evaluate_loss, zero_forward
-from latentgrad.structured._core import Trace, conditional_noise, trace_log_prob
+from latentgrad.distributions import StructuredDistribution
+from latentgrad.estimators._base import (
+    Estimate,
+    Estimator,
+    LatentDistribution,
+    LossFn,
+    evaluate_loss,
+    zero_forward,
+)
 
 
 class MLPCritic(nn.Module):
@@ -65,12 +72,12 @@ class MLPCritic(nn.Module):
         return out.squeeze(-1)
 
 
-class RELAX(nn.Module):
+class RELAX(Estimator):
     """RELAX with a learned critic for families sampled by a recursive algorithm.
 
     For a sample ``X`` drawn from log-noise ``n = log E`` (see
     :mod:`latentgrad.structured`), its execution trace ``T`` and conditional noise
-    ``Ẽ ~ p(E | T)`` built by :func:`~latentgrad.structured.conditional_noise` from standard
+    ``Ẽ ~ p(E | T)`` built by the family's ``conditional_noise`` from standard
     exponentials shared across each step (a reparameterization: differentiable in ``theta``),
     the gradient estimate w.r.t. the item scores ``theta`` is::
 
@@ -98,7 +105,10 @@ class RELAX(nn.Module):
     The critic sees the log-noise with absent items (score ``-inf``, log-noise ``+inf``)
     replaced by 0, in the dtype of its first floating-point parameter. Under
     :func:`torch.no_grad` or when the scores do not require grad, no gradient is estimated:
-    the critic is not evaluated, ``value`` and ``"losses"`` are returned and no graph is kept.
+    the critic is not evaluated, ``value`` and ``losses`` are returned and no graph is kept.
+
+    The distribution must declare ``has_trace`` and ``has_conditional_noise`` (the families
+    sampled by a recursive algorithm, e.g. ``KSubset``; not ``to_event`` of them).
 
     Args:
         critic: a module mapping log-noise ``(*, D)`` to ``(*)`` (or ``(*, 1)``), e.g.
@@ -107,8 +117,8 @@ class RELAX(nn.Module):
         num_samples: number of samples ``K`` per batch element.
 
     Returns:
-        :class:`~latentgrad.estimators._base.Estimate` with ``value`` the mean of the ``K``
-        losses and ``extras``: ``"loss_evals"`` (``K``), ``"losses"`` (detached),
+        :class:`~latentgrad.estimators.Estimate` with ``value`` the mean of the ``K``
+        losses, ``loss_evals`` (``K``), ``losses`` (detached) and ``extras``:
         ``"critic_loss"`` (detached scalar) and ``"critic"`` (``c(Ẽ)`` of each sample,
         detached) when a gradient is estimated. ``context`` is accepted for the estimator
         contract and unused.
@@ -138,6 +148,8 @@ class RELAX(nn.Module):
             Gumbel-max trick for approximate inference in combinatorial spaces", NeurIPS 2021.
     """
 
+    requires = ("has_trace", "has_conditional_noise")
+
     def __init__(self, critic: nn.Module, num_samples: int = 1) -> None:
         super().__init__()
         if not isinstance(critic, nn.Module):
@@ -150,7 +162,7 @@ class RELAX(nn.Module):
 
     def _draw(
         self, dist: StructuredDistribution, k: int
-    ) -> tuple[Tensor, Tensor, Trace, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Any, Tensor, Tensor]:
         """``k`` samples: ``(value, log-noise, trace, step_noise, item_noise)``.
 
         ``step_noise`` (``(k,) + B + (T,)``) and ``item_noise`` (``(k,) + B + (D,)``) are the
@@ -174,26 +186,20 @@ class RELAX(nn.Module):
         out = out.to(x.dtype)
         return out[0], out[1]
 
-    def forward(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        if not isinstance(dist, StructuredDistribution):
-            raise TypeError(
-                f"dist must be a StructuredDistribution (a family sampled by a recursive "
-                f"algorithm, e.g. KSubset), got {type(dist).__name__}"
-            )
-        loss_fn = check_loss_fn(loss_fn)
+        family: StructuredDistribution = dist  # type: ignore[assignment]  # has_conditional_noise
         k = self.num_samples
-        value, noise, trace, step_noise, item_noise = self._draw(dist, k)
+        value, noise, trace, step_noise, item_noise = self._draw(family, k)
         losses = evaluate_loss(loss_fn, value, (k,), dist.batch_shape)
-        extras: dict[str, object] = {"loss_evals": k, "losses": losses.detach()}
-        theta = upcast(dist.item_scores())
+        theta = upcast(family.item_scores())
         if not (torch.is_grad_enabled() and theta.requires_grad):
-            return Estimate(losses.detach().mean(0), losses.mean(0), losses, extras)
+            return Estimate.from_terms(losses, losses=losses, loss_evals=k)
 
         present = torch.isfinite(theta.detach())
         g_hat, critic_loss, cond_values = self._gradient(
-            theta.detach(), present, losses.detach(), noise, trace, step_noise, item_noise
+            family, theta.detach(), present, losses.detach(), noise, trace, step_noise, item_noise
         )
         # Inject ĝ into the scores; absent items are replaced by 0 before multiplying.
         theta_finite = torch.where(present, theta, torch.zeros_like(theta))
@@ -206,17 +212,17 @@ class RELAX(nn.Module):
                 if g is not None:
                     terms = terms + zero_forward((p * g.detach()).sum()).to(terms.dtype)
         per_sample = losses + terms.to(losses.dtype)
-        extras["critic_loss"] = critic_loss.detach()
-        extras["critic"] = cond_values.detach()
-        return Estimate(losses.detach().mean(0), per_sample.mean(0), per_sample, extras)
+        extras = {"critic_loss": critic_loss.detach(), "critic": cond_values.detach()}
+        return Estimate.from_terms(per_sample, losses=losses, loss_evals=k, extras=extras)
 
     def _gradient(
         self,
+        family: StructuredDistribution,
         theta: Tensor,
         present: Tensor,
         losses: Tensor,
         noise: Tensor,
-        trace: Trace,
+        trace: Any,
         step_noise: Tensor,
         item_noise: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,12 +237,12 @@ class RELAX(nn.Module):
         mask = present.expand_as(leaf)
         zero = torch.zeros_like(leaf)
         with torch.enable_grad():
-            logp = trace_log_prob(leaf, trace)
+            logp = family.trace_log_prob(trace, item_scores=leaf)
             (grad_logp,) = torch.autograd.grad(logp.sum(), leaf)
             safe = torch.where(mask, leaf, zero)
             # log E = log Exp(1) - theta: same value as the sampled noise, gradient -1.
             noise_rep = torch.where(mask, noise.detach() + (safe.detach() - safe), zero)
-            cond = conditional_noise(leaf, trace, step_noise, item_noise)
+            cond = family.conditional_noise(trace, step_noise, item_noise, item_scores=leaf)
             cond = torch.where(mask, cond, zero)
             c_noise, c_cond = self._critic_values(noise_rep, cond)
             diff = (c_noise - c_cond).sum()

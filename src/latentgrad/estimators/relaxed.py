@@ -12,22 +12,20 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch import Tensor
 
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_int, check_positive
-from latentgrad.distributions._base import DiscreteDistribution, Independent
+from latentgrad.distributions import Capability
 from latentgrad.estimators._base import (
     Estimate,
+    Estimator,
     LatentDistribution,
     LossFn,
-    check_distribution,
-    check_loss_fn,
     evaluate_loss,
     zero_forward,
 )
-from latentgrad.schedules import Constant, Schedule
+from latentgrad.schedules import Constant, Schedule, Scheduled
 
 
 def _as_schedule(x: float | Schedule, name: str) -> Schedule:
@@ -44,24 +42,7 @@ def _current(schedule: Schedule, name: str) -> float:
     return value
 
 
-def _innermost(dist: LatentDistribution) -> DiscreteDistribution:
-    base: Distribution = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
-    assert isinstance(base, DiscreteDistribution)
-    return base
-
-
-def _check_relaxable(dist: LatentDistribution) -> None:
-    base = _innermost(dist)
-    if type(base).relaxed_from_noise is DiscreteDistribution.relaxed_from_noise:
-        raise TypeError(
-            f"dist ({type(base).__name__}) has no continuous relaxation; use a family that "
-            "implements relaxed_from_noise (e.g. Categorical, Bernoulli)"
-        )
-
-
-class GumbelSoftmax(nn.Module):
+class GumbelSoftmax(Estimator, Scheduled):
     """Gumbel-Softmax / Concrete relaxation, and its straight-through (``hard``) variant.
 
     With shared noise ``G`` the discrete sample is ``z = from_noise(G)`` (``one_hot(argmax(logits
@@ -86,7 +67,10 @@ class GumbelSoftmax(nn.Module):
 
     ``tau`` may be a :class:`~latentgrad.schedules.Schedule`; it is a submodule, so
     ``state_dict`` checkpoints its step, and :meth:`step` advances it (call it once per
-    training step).
+    training step; the estimator is :class:`~latentgrad.schedules.Scheduled`).
+
+    The distribution must declare ``has_relaxation`` and ``has_noise`` (``Categorical``,
+    ``Bernoulli``, ``SparsemaxCategorical`` and ``to_event`` of them).
 
     Args:
         tau: temperature, a positive float or a schedule of positive values.
@@ -96,10 +80,10 @@ class GumbelSoftmax(nn.Module):
             ``value`` estimates ``E_q[loss(z)]`` (ignored with ``hard=True``).
 
     Returns:
-        :class:`~latentgrad.estimators._base.Estimate`; ``extras`` has ``"loss_evals"`` (``S``,
-        or ``2 S`` with ``honest_value``), ``"losses"`` (detached losses of the discrete samples
-        when the loss was evaluated there, of the relaxed ones otherwise), ``"relaxed_losses"``
-        (``hard=False`` only) and ``"tau"`` (the temperature used).
+        :class:`~latentgrad.estimators.Estimate` with ``loss_evals`` (``S``, or ``2 S`` with
+        ``honest_value``), ``losses`` (detached losses of the discrete samples when the loss
+        was evaluated there, of the relaxed ones otherwise) and ``extras``:
+        ``"relaxed_losses"`` (``hard=False`` only) and ``"tau"`` (the temperature used).
 
     Shape:
         ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(S,) + batch_shape``.
@@ -120,6 +104,8 @@ class GumbelSoftmax(nn.Module):
         [1] Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
         [2] Maddison, Mnih & Teh, "The Concrete Distribution", ICLR 2017.
     """
+
+    requires = ("has_relaxation", "has_noise")
 
     def __init__(
         self,
@@ -152,61 +138,50 @@ class GumbelSoftmax(nn.Module):
     def extra_repr(self) -> str:
         return f"hard={self.hard}, num_samples={self.num_samples}, honest_value={self.honest_value}"
 
-    def forward(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
-        _check_relaxable(dist)
         tau = self.tau
         s = self.num_samples
         batch_shape = dist.batch_shape
         noise = dist.sample_noise((s,))
         relaxed = dist.relaxed_from_noise(noise, tau)
         extras: dict[str, object] = {"tau": tau}
+        evals = s
         if self.hard:
             # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
             z = dist.from_noise(noise) + zero_forward(relaxed)
             losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
             honest = losses
-            extras["loss_evals"] = s
         elif self.honest_value:
             z = dist.from_noise(noise).to(relaxed.dtype)
             both = evaluate_loss(loss_fn, torch.cat([relaxed, z]), (2 * s,), batch_shape)
             losses, honest = both[:s], both[s:]
-            extras["loss_evals"] = 2 * s
+            evals = 2 * s
             extras["relaxed_losses"] = losses.detach()
         else:
             losses = evaluate_loss(loss_fn, relaxed, (s,), batch_shape)
             honest = losses
-            extras["loss_evals"] = s
             extras["relaxed_losses"] = losses.detach()
-        extras["losses"] = honest.detach()
-        return Estimate(
-            value=honest.detach().mean(0),
-            surrogate=losses.mean(0),
-            per_sample=losses,
-            extras=extras,
-        )
+        return Estimate.from_terms(losses, losses=honest, loss_evals=evals, extras=extras)
 
 
 def _scaled_mean(dist: LatentDistribution, slope: float) -> Tensor:
     """Mean of the family with logits ``slope * logits`` (the plain mean when ``slope == 1``)."""
-    base = _innermost(dist)
-    try:
-        if slope == 1.0:
-            return base.mean
-        with_logits = base.with_logits  # type: ignore[attr-defined]
-        logits = base.logits  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError):
-        raise TypeError(
-            f"dist ({type(base).__name__}) has no mean/with_logits for straight-through"
-        ) from None
+    if slope == 1.0:
+        return dist.mean
+    logits: Tensor = dist.logits  # type: ignore[union-attr]
     # Scaled in float32 for half precision: slope * logits may overflow float16.
-    return with_logits(upcast(logits) * slope).mean.to(logits.dtype)
+    scaled = dist.with_logits(upcast(logits) * slope)  # type: ignore[union-attr]
+    return scaled.mean.to(logits.dtype)
 
 
-class StraightThrough(nn.Module):
+def _is_one(schedule: Schedule) -> bool:
+    """Whether ``schedule`` is the constant 1 (straight-through without a slope)."""
+    return isinstance(schedule, Constant) and schedule.constant == 1.0
+
+
+class StraightThrough(Estimator, Scheduled):
     """Straight-through estimator: forward a discrete sample, backward ``dz/dmean = identity``.
 
     The loss is evaluated at ``z + (p - p.detach())`` with ``z ~ q`` and ``p`` the mean of the
@@ -217,13 +192,16 @@ class StraightThrough(nn.Module):
     straight-through lets the slope grow during training (``slope=LinearGrowth(...)``), which
     makes ``p`` approach a step function.
 
+    The distribution must declare ``has_mean_field``, and ``has_logits`` unless the slope is
+    the constant 1.
+
     Args:
         slope: positive float or a schedule (a submodule; :meth:`step` advances it).
         num_samples: samples ``S`` per batch element.
 
     Returns:
-        :class:`~latentgrad.estimators._base.Estimate` whose ``value`` is the honest mean loss of
-        the samples; ``extras`` has ``"loss_evals"`` (``S``), ``"losses"`` and ``"slope"``.
+        :class:`~latentgrad.estimators.Estimate` whose ``value`` is the honest mean loss of
+        the samples, with ``loss_evals`` (``S``), ``losses`` and ``extras["slope"]``.
 
     Shape:
         ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(S,) + batch_shape``.
@@ -246,11 +224,16 @@ class StraightThrough(nn.Module):
         [3] Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
     """
 
+    requires: tuple[Capability, ...] = ("has_mean_field",)
+
     def __init__(self, slope: float | Schedule = 1.0, num_samples: int = 1) -> None:
         super().__init__()
         self.slope_schedule = _as_schedule(slope, "slope")
         _current(self.slope_schedule, "slope")
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        if not _is_one(self.slope_schedule):
+            rescaled: tuple[Capability, ...] = ("has_logits",)
+            self.requires = type(self).requires + rescaled
 
     @property
     def slope(self) -> float:
@@ -265,19 +248,12 @@ class StraightThrough(nn.Module):
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}"
 
-    def forward(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
         slope = self.slope
         s = self.num_samples
         p = _scaled_mean(dist, slope)
         z = dist.sample((s,)) + zero_forward(p)
         losses = evaluate_loss(loss_fn, z, (s,), dist.batch_shape)
-        return Estimate(
-            value=losses.detach().mean(0),
-            surrogate=losses.mean(0),
-            per_sample=losses,
-            extras={"loss_evals": s, "losses": losses.detach(), "slope": slope},
-        )
+        return Estimate.from_terms(losses, losses=losses, loss_evals=s, extras={"slope": slope})

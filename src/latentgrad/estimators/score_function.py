@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch import Tensor
 
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_int
+from latentgrad.distributions import Capability
 from latentgrad.estimators._base import (
     Estimate,
+    Estimator,
     LatentDistribution,
     LossFn,
-    check_distribution,
-    check_loss_fn,
     evaluate_loss,
     score_term,
     zero_forward,
@@ -28,17 +27,15 @@ from latentgrad.estimators.baselines import (
 
 Score = Literal["value", "trace", "noise"]
 SCORES: tuple[str, ...] = ("value", "trace", "noise")
+# What each score asks of the family besides sampling and log_prob.
+_SCORE_REQUIRES: dict[str, tuple[Capability, ...]] = {
+    "value": (),
+    "trace": ("has_trace",),
+    "noise": ("has_trace",),
+}
 
 
-def _require(dist: LatentDistribution, hook: str, score: str) -> None:
-    if not hasattr(dist, hook):
-        raise TypeError(
-            f"score={score!r} needs a family sampled by a recursive algorithm (it has no "
-            f"{hook}); got {type(dist).__name__}"
-        )
-
-
-class ScoreFunction(nn.Module):
+class ScoreFunction(Estimator):
     """Score-function estimator ``(f(z) - b) grad log q(z)`` averaged over ``K`` samples.
 
     Draws ``K`` samples (plus the extra ones a baseline asks for) in one call, evaluates the
@@ -68,10 +65,10 @@ class ScoreFunction(nn.Module):
             score (when tractable) lower still.
 
     Returns:
-        :class:`~latentgrad.estimators._base.Estimate` with ``extras``: ``"loss_evals"``
-        (``K`` + extra samples), ``"losses"`` (detached losses of the scored samples),
-        ``"baseline"`` (``b_k``, detached), and ``"extra_losses"``, ``"baseline_loss"``,
-        ``"scale"`` when the baseline provides them.
+        :class:`~latentgrad.estimators.Estimate` with ``loss_evals`` (``K`` + extra samples),
+        ``losses`` (detached losses of the scored samples) and ``extras``: ``"baseline"``
+        (``b_k``, detached), and ``"extra_losses"``, ``"baseline_loss"``, ``"scale"`` when the
+        baseline provides them.
 
     Shape:
         ``dist``: batch ``B``, event ``E``; ``loss_fn``: ``(S,) + B + E -> (S,) + B``;
@@ -109,18 +106,19 @@ class ScoreFunction(nn.Module):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.score = score
+        self.requires = type(self).requires + _SCORE_REQUIRES[score]
 
     def extra_repr(self) -> str:
         extra = "" if self.score == "value" else f", score={self.score!r}"
         return f"num_samples={self.num_samples}{extra}"
 
     def _draw(self, dist: LatentDistribution, total: int) -> tuple[Tensor, Any]:
-        """``total`` samples and what :meth:`_score` needs besides them (noise, or traces)."""
-        if self.score == "trace":
-            _require(dist, "sample_with_trace", self.score)
-            z, _, trace = dist.sample_with_trace((total,))  # type: ignore[union-attr]
-            return z, trace
-        return dist.sample_with_noise((total,))
+        """``total`` samples and what :meth:`_score` needs besides them (traces, noise or
+        ``None``)."""
+        if self.score == "value":
+            return dist.sample((total,)), None
+        z, noise, trace = dist.sample_with_trace((total,))  # type: ignore[union-attr]
+        return z, trace if self.score == "trace" else noise
 
     def _score(self, dist: LatentDistribution, z: Tensor, aux: Any) -> Tensor:
         """The term whose gradient the learning signal multiplies.
@@ -132,30 +130,31 @@ class ScoreFunction(nn.Module):
         if self.score == "trace":
             return dist.trace_log_prob(aux)  # type: ignore[union-attr]
         if self.score == "noise":
-            _require(dist, "noise_log_prob", self.score)
             return dist.noise_log_prob(aux)  # type: ignore[union-attr]
         return dist.log_prob(z)
 
-    def forward(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
         k = self.num_samples
         total = k + self._num_extra
         z, aux = self._draw(dist, total)
         losses = evaluate_loss(loss_fn, z, (total,), dist.batch_shape)
         centred = apply_baseline(self.baseline, z, upcast(losses.detach()), context, k)
-        logp = upcast(self._score(dist, z[:k], aux[:k]))
+        logp = upcast(self._score(dist, z[:k], None if aux is None else aux[:k]))
         terms = score_term(logp, centred.signal)
-        extras: dict[str, object] = {"loss_evals": total, "baseline": centred.baseline}
+        extras: dict[str, object] = {"baseline": centred.baseline}
         if total > k:
             extras["extra_losses"] = losses[k:].detach()
-        return self._estimate(losses[:k], terms, centred, extras)
+        return self._scored_estimate(losses[:k], terms, centred, total, extras)
 
     @staticmethod
-    def _estimate(
-        losses: Tensor, terms: Tensor, centred: CenteredSignal, extras: dict[str, object]
+    def _scored_estimate(
+        losses: Tensor,
+        terms: Tensor,
+        centred: CenteredSignal,
+        loss_evals: int,
+        extras: dict[str, object],
     ) -> Estimate:
         """The :class:`Estimate` from the scored samples' losses and their surrogate terms.
 
@@ -167,13 +166,7 @@ class ScoreFunction(nn.Module):
         if centred.scale is not None:
             extras["scale"] = centred.scale
         per_sample = losses + terms.to(losses.dtype)
-        extras["losses"] = losses.detach()
-        return Estimate(
-            value=losses.detach().mean(0),
-            surrogate=per_sample.mean(0),
-            per_sample=per_sample,
-            extras=extras,
-        )
+        return Estimate.from_terms(per_sample, losses=losses, loss_evals=loss_evals, extras=extras)
 
 
 class TReinforce(ScoreFunction):

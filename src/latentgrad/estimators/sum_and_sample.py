@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
 
 from latentgrad._numerics import gumbel_noise, safe_log, upcast
 from latentgrad._validation import check_int
-from latentgrad.estimators._base import (
-    Estimate,
-    LossFn,
-    check_distribution,
-    check_loss_fn,
-    check_support_size,
-    evaluate_loss,
-    mask_zero_prob,
-    score_term,
-)
+from latentgrad.estimators._base import Estimate, Estimator, LatentDistribution, LossFn, score_term
+from latentgrad.estimators.marginalize import support_probs, support_sum
 
 
-class SumAndSample:
+class SumAndSample(Estimator):
     """Rao-Blackwellized score function: sum the ``k`` likeliest values, sample one of the rest.
 
     With ``C`` the ``k`` most probable values of ``q`` and ``R = 1 - q(C)`` the mass of the
@@ -33,19 +24,19 @@ class SumAndSample:
     shrinks as ``R`` does, and once ``C`` covers every value of nonzero probability (``R = 0``)
     the estimate is exact: no sample is taken into account and nothing is NaN. When ``k`` is at
     least the support size, no sample is drawn at all and the result equals
-    :class:`~latentgrad.estimators.marginalize.Marginalize`.
+    :class:`~latentgrad.estimators.marginalize.Marginalize` (the same support sum).
 
     The loss is evaluated once on the ``k + 1`` values (``k`` summed, one sampled), so the
-    distribution must enumerate its support (``support_probs()``).
+    distribution must declare ``has_enumerate_support`` (``support_probs()``).
 
     Args:
         k: number of values summed exactly.
         max_support: refuse (``ValueError``) distributions with more support points than this.
 
     Returns:
-        :class:`Estimate` with ``per_sample`` of shape ``(1,) + batch_shape`` and ``extras``:
-        ``"loss_evals"`` (``min(k + 1, S)``), ``"losses"`` (``(loss_evals,) + batch_shape``, the
-        summed values first, then the sampled one), ``"rest_mass"`` (``R``, shape
+        :class:`Estimate` with ``per_sample`` of shape ``(1,) + batch_shape``, ``loss_evals``
+        (``min(k + 1, S)``), ``losses`` (``(loss_evals,) + batch_shape``, the summed values
+        first, then the sampled one) and ``extras``: ``"rest_mass"`` (``R``, shape
         ``batch_shape``) and ``"num_summed"`` (``min(k, S)``).
 
     Shape:
@@ -57,7 +48,7 @@ class SumAndSample:
         >>> from latentgrad.estimators.sum_and_sample import SumAndSample
         >>> logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], requires_grad=True)
         >>> out = SumAndSample(k=2)(lg.Categorical(logits=logits), lambda z: z[..., 1] + z[..., 3])
-        >>> out.extras["loss_evals"], round(float(out.extras["rest_mass"]), 4)
+        >>> out.loss_evals, round(float(out.extras["rest_mass"]), 4)
         (3, 0.1192)
         >>> out.surrogate.sum().backward()
         >>> SumAndSample(k=4)(lg.Categorical(logits=logits), lambda z: z[..., 1]).value
@@ -68,61 +59,56 @@ class SumAndSample:
             Gradients for Discrete Distributions", ICML 2019.
     """
 
+    requires = ("has_enumerate_support",)
+
     def __init__(self, k: int = 1, max_support: int = 2**16) -> None:
+        super().__init__()
         self.k = check_int(k, "k", minimum=1)
         self.max_support = check_int(max_support, "max_support", minimum=1)
 
-    def __repr__(self) -> str:
-        return f"SumAndSample(k={self.k}, max_support={self.max_support})"
+    def extra_repr(self) -> str:
+        return f"k={self.k}, max_support={self.max_support}"
 
-    def __call__(
-        self, dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        """Estimate ``E_q[loss]`` and its gradient (``context`` is accepted and unused)."""
-        dist = check_distribution(dist)
-        loss_fn = check_loss_fn(loss_fn)
-        check_support_size(dist, self.max_support)
-        values, probs = dist.support_probs()  # (S,) + B + E, (S,) + B
+        values, probs = support_probs(dist, self.max_support)  # (S,) + B + E, (S,) + B
         batch_shape = dist.batch_shape
         num_values = values.shape[0]
         k = min(self.k, num_values)
+        if k == num_values:
+            # Everything is summed: Marginalize's sum, nothing sampled.
+            total, losses = support_sum(loss_fn, values, probs, dist)
+            return Estimate.from_terms(
+                total.unsqueeze(0),
+                losses=losses,
+                loss_evals=num_values,
+                value=total,
+                extras={"rest_mass": probs.new_zeros(batch_shape), "num_summed": k},
+            )
         top = upcast(probs.detach()).topk(k, dim=0).indices  # (k,) + B
-        chosen = [top]
-        rest = None
-        if k < num_values:
-            in_top = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
-            in_top.scatter_(0, top, True)
-            rest = upcast(probs.detach()).masked_fill(in_top, 0)
-            # Gumbel-max over the rest; rows with no rest pick index 0, later weighted by R = 0.
-            noisy = safe_log(rest) + gumbel_noise(rest.shape, rest)
-            chosen.append(noisy.argmax(0, keepdim=True))
-        index = torch.cat(chosen, 0)  # (k or k + 1,) + B
+        in_top = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
+        in_top.scatter_(0, top, True)
+        rest = upcast(probs.detach()).masked_fill(in_top, 0)
+        # Gumbel-max over the rest; rows with no rest pick index 0, later weighted by R = 0.
+        noisy = safe_log(rest) + gumbel_noise(rest.shape, rest)
+        index = torch.cat([top, noisy.argmax(0, keepdim=True)], 0)  # (k + 1,) + B
         n_event = len(values.shape) - 1 - len(batch_shape)
         event_index = index.reshape(index.shape + (1,) * n_event)
         z = values.gather(0, event_index.expand(index.shape + values.shape[1 + len(batch_shape) :]))
-        losses = evaluate_loss(loss_fn, z, index.shape[:1], batch_shape)
-        top_probs = probs.gather(0, top)
-        surrogate = mask_zero_prob(top_probs, losses[:k])
-        if rest is None:
-            rest_mass = torch.zeros(batch_shape, dtype=probs.dtype, device=probs.device)
-        else:
-            rest_mass = rest.sum(0)
-            has_rest = rest_mass > 0
-            loss = torch.where(has_rest, losses[k], torch.zeros_like(losses[k]))
-            prob = probs.gather(0, index[k:]).squeeze(0)
-            # Route zero probabilities around the log so its gradient stays finite.
-            log_prob = torch.where(prob > 0, prob, torch.ones_like(prob)).log()
-            sampled = rest_mass.to(probs.dtype) * (loss + score_term(log_prob, loss))
-            surrogate = surrogate + sampled
-            rest_mass = rest_mass.to(probs.dtype)
-        return Estimate(
-            value=surrogate.detach(),
-            surrogate=surrogate,
-            per_sample=surrogate.unsqueeze(0),
-            extras={
-                "loss_evals": index.shape[0],
-                "losses": losses.detach(),
-                "rest_mass": rest_mass,
-                "num_summed": k,
-            },
+        total, losses = support_sum(loss_fn, z, probs.gather(0, top), dist)
+        rest_mass = rest.sum(0)
+        has_rest = rest_mass > 0
+        loss = torch.where(has_rest, losses[k], torch.zeros_like(losses[k]))
+        prob = probs.gather(0, index[k:]).squeeze(0)
+        # Route zero probabilities around the log so its gradient stays finite.
+        log_prob = torch.where(prob > 0, prob, torch.ones_like(prob)).log()
+        rest_mass = rest_mass.to(probs.dtype)
+        total = total + rest_mass * (loss + score_term(log_prob, loss))
+        return Estimate.from_terms(
+            total.unsqueeze(0),
+            losses=losses,
+            loss_evals=k + 1,
+            value=total,
+            extras={"rest_mass": rest_mass, "num_summed": k},
         )

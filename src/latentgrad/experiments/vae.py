@@ -11,7 +11,7 @@ with the expectation's gradient from the chosen estimator and the KL analytic. T
 is the negative 1000-sample importance-weighted bound (Burda et al.) in nats, as in the paper.
 
 Paper settings kept as defaults: fixed binarized MNIST, batch 100, uniform prior, 1000-sample
-test bound, the temperature schedule of the ``gs``/``st-gs`` registry entries. Choices the paper
+test bound, the temperature schedule of the ``gs``/``st-gs`` estimator entries. Choices the paper
 leaves open or that differ: Adam with ``lr = 1e-3`` (the paper picks the learning rate on the
 validation set from {3e-5, 1e-5, 3e-4, 1e-4, 3e-3, 1e-3}; ``optimizer="sgd"`` gives its SGD with
 momentum 0.9), tanh hidden units, and the architecture read from the table's notation:
@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical
-from latentgrad.estimators._base import Estimator, LatentDistribution
-from latentgrad.estimators.marginalize import Marginalize
-from latentgrad.estimators.sum_and_sample import SumAndSample
-from latentgrad.experiments.base import Experiment, ExperimentConfig
-from latentgrad.experiments.registry import ESTIMATORS, make_estimator
+from latentgrad.estimators import Estimator, LatentDistribution, Marginalize, SumAndSample
+from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.schedules import Scheduled
 
 LATENTS = ("categorical", "bernoulli")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -90,6 +89,43 @@ class VAEConfig(ExperimentConfig):
     activation: Literal["tanh", "relu"] = "tanh"
     optimizer: Literal["adam", "sgd"] = "adam"
     valid_samples: int | None = 100
+
+    def validate(self) -> None:
+        """Check the shared settings, then the VAE's (see :meth:`ExperimentConfig.validate`).
+
+        Raises:
+            InvalidConfigValue: (a ``ValueError``) naming the first field out of range.
+
+        Example:
+            >>> VAEConfig(num_classes=1).validate()
+            Traceback (most recent call last):
+            ...
+            latentgrad.lab.config.InvalidConfigValue: num_classes must be an int >= 2, got 1
+        """
+        super().validate()
+        for name, allowed in (
+            ("latent", LATENTS),
+            ("activation", tuple(ACTIVATIONS)),
+            ("optimizer", OPTIMIZERS),
+        ):
+            value = getattr(self, name)
+            require(value in allowed, name, "one of " + ", ".join(allowed), value)
+        for name in ("num_categoricals", "num_bits"):
+            value = getattr(self, name)
+            require(is_positive_int(value), name, "a positive int", value)
+        classes = self.num_classes
+        require(is_positive_int(classes) and classes >= 2, "num_classes", "an int >= 2", classes)
+        for name in ("encoder_hidden", "decoder_hidden"):
+            widths = getattr(self, name)
+            ok = widths is None or all(is_positive_int(w) for w in widths)
+            require(ok, name, "positive widths or none", widths)
+        samples = self.valid_samples
+        require(
+            is_positive_int(samples, optional=True),
+            "valid_samples",
+            "a positive int or none",
+            samples,
+        )
 
 
 class DataSplitsLike(Protocol):
@@ -280,26 +316,6 @@ def _hidden_sizes(config: VAEConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return encoder, decoder
 
 
-def _check_config(config: VAEConfig) -> None:
-    for name, allowed in (
-        ("latent", LATENTS),
-        ("activation", tuple(ACTIVATIONS)),
-        ("optimizer", OPTIMIZERS),
-    ):
-        if getattr(config, name) not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
-    for name in ("num_categoricals", "num_classes", "num_bits", "batch_size", "eval_samples"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if config.num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {config.num_classes}")
-    if config.valid_samples is not None and config.valid_samples < 1:
-        raise ValueError(f"valid_samples must be >= 1 or None, got {config.valid_samples}")
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise ValueError(f"lr must be positive, got {config.lr!r}")
-
-
 def _check_enumerable(name: str, estimator: Estimator, model: DiscreteVAE) -> None:
     """Refuse, at build time, estimators that sum over a support too large to enumerate."""
     if not isinstance(estimator, (Marginalize, SumAndSample)):
@@ -322,28 +338,31 @@ class VAETrainable:
 
     Args:
         config: the experiment settings.
+        chosen: the estimator the runner resolved from ``config.estimator``, with the latent
+            family it asks for (``"sparsemax"``: sparsemax categorical units).
         data: splits of shape ``(N, D)`` with values in [0, 1]; non-binary ones are binarized
             dynamically (a fresh Bernoulli draw per training batch, one fixed draw for
             evaluation).
 
     Attributes:
         model: the :class:`DiscreteVAE`.
-        estimator: the gradient estimator named by ``config.estimator``.
-        modules: ``{"model", "estimator"}`` (the estimator only when it is an ``nn.Module``).
+        estimator: the gradient estimator (``chosen.estimator``).
+        modules: ``{"model", "estimator"}`` (the estimator's state: schedules, learned
+            baselines; empty for stateless estimators).
         optimizer: over the model's and the estimator's parameters (NVIL's network).
     """
 
-    def __init__(self, config: VAEConfig, data: DataSplitsLike) -> None:
-        _check_config(config)
+    def __init__(self, config: VAEConfig, chosen: ResolvedEstimator, data: DataSplitsLike) -> None:
+        config.validate()
         self.config = config
         self.data = data
         input_dim = data.train.shape[-1]
-        self.estimator = make_estimator(config.estimator, input_dim)
-        sparsemax = ESTIMATORS[config.estimator].latent == "sparsemax"
+        self.estimator = chosen.estimator
+        sparsemax = chosen.latent == "sparsemax"
         if sparsemax and config.latent == "bernoulli":
             raise ValueError(
-                f"estimator {config.estimator!r} needs a sparsemax categorical latent; "
-                "use latent='categorical'"
+                f"estimator {chosen.name!r} needs a sparsemax categorical latent, not bits; "
+                "use latent 'categorical' (--latent categorical) or another estimator"
             )
         if config.latent == "categorical":
             latent_shape: tuple[int, ...] = (config.num_categoricals, config.num_classes)
@@ -353,11 +372,8 @@ class VAETrainable:
         self.model = DiscreteVAE(
             input_dim, latent_shape, encoder_hidden, decoder_hidden, config.activation, sparsemax
         )
-        _check_enumerable(config.estimator, self.estimator, self.model)
-        modules: dict[str, nn.Module] = {"model": self.model}
-        if isinstance(self.estimator, nn.Module):
-            modules["estimator"] = self.estimator
-        self.modules = nn.ModuleDict(modules)
+        _check_enumerable(chosen.name, self.estimator, self.model)
+        self.modules = nn.ModuleDict({"model": self.model, "estimator": self.estimator})
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=config.lr)
@@ -393,13 +409,12 @@ class VAETrainable:
         kl = self.model.kl_to_prior(q)
         (out.surrogate.mean() + kl.mean()).backward()
         self.optimizer.step()
-        step = getattr(self.estimator, "step", None)
-        if callable(step):
-            step()
+        if isinstance(self.estimator, Scheduled):
+            self.estimator.step()
         kl = kl.detach()
         return {
             "loss": float((out.value + kl).mean()),
-            "loss_evals": float(out.extras["loss_evals"]),
+            "loss_evals": float(out.loss_evals),
             "kl": float(kl.mean()),
         }
 
@@ -436,11 +451,11 @@ class VAETrainable:
         }
 
 
-def build(config: VAEConfig) -> VAETrainable:
-    """Load ``config.dataset`` and build the VAE, its estimator and optimizer."""
+def build(config: VAEConfig, chosen: ResolvedEstimator) -> VAETrainable:
+    """Load ``config.dataset`` and build the VAE around ``chosen``'s estimator."""
     from latentgrad.data import load_dataset
 
-    return VAETrainable(config, load_dataset(config.dataset, data_dir=config.data))
+    return VAETrainable(config, chosen, load_dataset(config.dataset, data_dir=config.data))
 
 
 EXPERIMENT = Experiment(

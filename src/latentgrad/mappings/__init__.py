@@ -1,5 +1,10 @@
 """Sparse probability mappings: sparsemax, its loss, 1.5-entmax, SparseMAP and top-k sparsemax
-over structures (autograd Functions); MAP oracles in :mod:`latentgrad.mappings.oracles`."""
+over structures (autograd Functions); MAP oracles in :mod:`latentgrad.mappings.oracles`.
+
+The package exports everything public; its private modules hold one mapping each
+(``_sparsemax``, ``_sparsemax_loss``, ``_entmax``, ``_sparsemap``, ``_topk_structures``) and the
+helpers they share (``_shared``). Other packages import from here, never from those modules.
+"""
 
 from latentgrad.mappings import oracles
 from latentgrad.mappings._entmax import Entmax15, Entmax15Function, entmax15
@@ -7,11 +12,13 @@ from latentgrad.mappings._sparsemap import SparseMAPFunction, SparseMAPResult, s
 from latentgrad.mappings._sparsemax import (
     Sparsemax,
     SparsemaxFunction,
+    sparsemax,
+    sparsemax_threshold,
+)
+from latentgrad.mappings._sparsemax_loss import (
     SparsemaxLoss,
     SparsemaxLossFunction,
-    sparsemax,
     sparsemax_loss,
-    sparsemax_threshold,
 )
 from latentgrad.mappings._topk_structures import (
     TopKResult,

@@ -6,7 +6,7 @@ the threshold ``tau`` that makes ``p`` sum to one; like sparsemax it has exact z
 nonzero probabilities vary smoothly (its Jacobian is continuous).
 
 The threshold is found exactly. Short rows get their support without sorting, from pairwise
-gaps (see :func:`latentgrad.mappings._sparsemax._gap_support`); otherwise by the sort-based
+gaps (see :func:`latentgrad.mappings._shared.gap_support`); otherwise by the sort-based
 algorithm of Peters, Niculae & Martins (2019), long rows being first pruned to candidates that
 provably contain the support (see :mod:`latentgrad.mappings._sparsemax`).
 """
@@ -19,24 +19,23 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad._numerics import upcast
-from latentgrad.mappings._sparsemax import (
-    _SORT_MAX,
-    _all_finite,
-    _apply,
-    _by_row_chunks,
-    _cast,
-    _centered_product,
-    _check_dim,
-    _check_input,
-    _constants,
-    _gap_support,
-    _max_abs,
-    _raise_bad_scores,
-    _scale_of_maxima,
-    _sorted_candidates,
-    _sorted_dim_outermost,
-    _transposed,
-    _unshifted_limit,
+from latentgrad._validation import check_dim, check_tensor
+from latentgrad.mappings._shared import SORT_MAX as _SORT_MAX
+from latentgrad.mappings._shared import (
+    all_finite,
+    apply_function,
+    by_row_chunks,
+    cast,
+    centered_product,
+    gap_support,
+    max_abs,
+    raise_bad_scores,
+    reciprocals,
+    scale_of_maxima,
+    sorted_candidates,
+    sorted_dim_outermost,
+    transposed,
+    unshifted_limit,
 )
 
 #: Steps that shrink the candidate set before it is sorted (one pass over ``x`` each).
@@ -59,7 +58,7 @@ def _threshold_from_sorted(s: Tensor) -> Tensor:
     Shape:
         ``s``: ``(*, m)``; returns ``(*, 1)``.
     """
-    inv, _ = _constants(s.shape[-1], s.dtype, s.device)
+    inv, _ = reciprocals(s.shape[-1], s.dtype, s.device)
     mean = s.cumsum(-1).mul_(inv)
     mean_sq = s.square().cumsum(-1).mul_(inv)
     # var_k - 4/k, clamped at 0 from above: a positive value means no root, and that prefix
@@ -69,7 +68,7 @@ def _threshold_from_sorted(s: Tensor) -> Tensor:
     # Entries past the finite scores give NaN here (inf - inf); the test rejects them. The
     # candidates are written with the sorted dimension outermost, where a max over it is fast.
     reject = t.new_full((), -torch.inf)
-    out = torch.where(t <= s, t, reject, out=_sorted_dim_outermost(s))
+    out = torch.where(t <= s, t, reject, out=sorted_dim_outermost(s))
     return out.amax(-1, keepdim=True)
 
 
@@ -97,26 +96,26 @@ def _pairwise_threshold(x: Tensor) -> Tensor | None:
     """Thresholds ``T`` ``(m,)`` of the rows of ``x`` ``(m, n)``, without sorting; or ``None``.
 
     ``T`` solves ``sum_j max(x_j - T, 0)^2 = 4``. The support comes from
-    :func:`~latentgrad.mappings._sparsemax._gap_support`; on it the equation is the quadratic of
+    :func:`~latentgrad.mappings._shared.gap_support`; on it the equation is the quadratic of
     :func:`_threshold_from_sorted`, solved relative to the row maximum (the support lies within 2
     of it, so its variance is accurate). ``None`` when a row holds ``-inf``, NaN or ``+inf``, or
     scores too large to subtract ``T`` from unshifted; the sort-based path handles those.
     """
-    return _by_row_chunks(_pairwise_threshold_rows, x)
+    return by_row_chunks(_pairwise_threshold_rows, x)
 
 
 def _pairwise_threshold_rows(x: Tensor) -> Tensor | None:
-    xt = _transposed(x)
+    xt = transposed(x)
     top = xt.amax(0)
     u = xt - top  # the row maximum is 0 (not in place: xt may be a view of x)
-    on = _gap_support(u, 2, 4.0)
+    on = gap_support(u, 2, 4.0)
     inv = on.sum(0).reciprocal_()
     mean = (on * u).sum(0).mul_(inv)
     mean_sq = on.mul_(u).mul_(u).sum(0).mul_(inv)
     # 4 / k - var over the support, >= 0 up to rounding: the support has a root
     slack = torch.sub(mean_sq, inv, alpha=4).addcmul_(mean, mean, value=-1).clamp_max_(0)
     t = mean.sub_(slack.neg_().sqrt_()).add_(top)
-    if not _max_abs(t) + 2 <= _unshifted_limit(x.dtype):  # T >= max - 2; NaN fails too
+    if not max_abs(t) + 2 <= unshifted_limit(x.dtype):  # T >= max - 2; NaN fails too
         return None
     return t
 
@@ -133,16 +132,16 @@ def _entmax15_forward(x: Tensor) -> Tensor:
     if n <= _SORT_MAX:
         srt = x.sort(-1, descending=True).values
         top = srt[..., :1]
-        small = _scale_of_maxima(x, top) <= _unshifted_limit(x.dtype)
+        small = scale_of_maxima(x, top) <= unshifted_limit(x.dtype)
         # The quadratic is solved relative to the row maximum: its variance term cancels badly
         # otherwise. Adding the maximum back costs an ulp of it, which only matters when large.
         t = _threshold_from_sorted(srt - top)
         g = x - t.add_(top) if small else (x - top).sub_(t)
         return g.clamp_min_(0).mul_(0.5).square_()
     u = x - x.amax(-1, keepdim=True)
-    t = _threshold_from_sorted(_sorted_candidates(u, _lower_bound(u)))
-    if not _all_finite(t):
-        _raise_bad_scores(x)
+    t = _threshold_from_sorted(sorted_candidates(u, _lower_bound(u)))
+    if not all_finite(t):
+        raise_bad_scores(x)
     return u.sub_(t).clamp_min_(0).mul_(0.5).square_()
 
 
@@ -159,7 +158,7 @@ class Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return _cast(_entmax15_forward(upcast(x)), x.dtype)
+        return cast(_entmax15_forward(upcast(x)), x.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -178,7 +177,7 @@ class Entmax15Function(torch.autograd.Function):
             g = torch.where(on, p, 1).sqrt() * on
         else:
             g = p.sqrt()
-        return _cast(_centered_product(upcast(grad), g), grad.dtype)
+        return cast(centered_product(upcast(grad), g), grad.dtype)
 
 
 def entmax15(x: Tensor, dim: int = -1) -> Tensor:
@@ -209,11 +208,11 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
         [1] Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019.
         [2] Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020.
     """
-    x = _check_input(x, "x")
-    dim = _check_dim(dim, x)
+    x = check_tensor(x, "x", min_dim=1)
+    dim = check_dim(dim, x)
     if dim == x.dim() - 1:
-        return _apply(Entmax15Function, x)
-    return _apply(Entmax15Function, x.movedim(dim, -1)).movedim(-1, dim)
+        return apply_function(Entmax15Function, x)
+    return apply_function(Entmax15Function, x.movedim(dim, -1)).movedim(-1, dim)
 
 
 class Entmax15(nn.Module):

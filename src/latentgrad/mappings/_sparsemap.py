@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from latentgrad.mappings._sparsemax import _apply
+from latentgrad.mappings._shared import apply_function as _apply
+from latentgrad.mappings._shared import support_slots
 
 Oracle = Callable[[Tensor], Tensor]
 
@@ -183,8 +184,6 @@ class _Solution(NamedTuple):
     z: Tensor  # (n, K, D) float64
     p: Tensor  # (n, K) float64, 0 outside the active set
     mask: Tensor  # (n, K) bool
-    gap: Tensor  # (n,)
-    converged: Tensor  # (n,)
     iterations: Tensor  # (n,)
 
 
@@ -242,8 +241,56 @@ def _kkt_inverse(z: Tensor, mask: Tensor) -> Tensor:
 _REFRESH = 16
 
 #: An entering structure whose squared distance to the affine hull of the active set (the Schur
-#: complement of its KKT border) is below this is treated as dependent: the inverse is recomputed.
+#: complement of its KKT border) is below this is affinely dependent on the active set: it is not
+#: added (at the minimizer on the active set its duality gap is 0 in exact arithmetic).
 _DEPENDENT = 1e-9
+
+#: Weights of the equality-constrained minimizer above ``-_NEGATIVE`` count as 0, not as a reason
+#: to step back to the boundary: whether a weight that is 0 in exact arithmetic comes out as
+#: ``+1e-17`` or ``-1e-17`` then never changes the solver's path.
+_NEGATIVE = 1e-12
+
+#: The duality gap is only known to rounding: ``_FLOOR * sqrt(D) * (1 + max|theta|)^2`` per row.
+#: A gap below it means the row is solved exactly (to rounding); the face-identification phase
+#: stops there.
+_FLOOR = 1e-15
+
+
+def gap_floor(theta: Tensor) -> Tensor:
+    """The rounding level of the duality gap of each row of float64 ``theta`` ``(n, D)``, ``(n,)``."""
+    scale = theta.abs().amax(1) + 1.0
+    return _FLOOR * math.sqrt(theta.shape[1]) * scale * scale
+
+
+def _grow_border(v: Tensor, k: int) -> Tensor:
+    """Bordered vectors ``(n, K+1)`` (border last) with ``k`` slots instead of ``K``."""
+    out = v.new_zeros(v.shape[0], k + 1)
+    out[:, : v.shape[1] - 1] = v[:, :-1]
+    out[:, k] = v[:, -1]
+    return out
+
+
+#: Rounds of iterative refinement of the minimizer on the active set in the face phase.
+_REFINE = 2
+
+
+def _refine(p_hat: Tensor, rhs: Tensor, kinv: Tensor, z: Tensor, theta: Tensor, mask: Tensor) -> Tensor:
+    """The minimizer on the active set, ``p_hat`` improved by iterative refinement.
+
+    The face phase compares duality gaps far below the error of a solve with an inverse that
+    rank-one updates have kept (or that an ill-conditioned KKT matrix gives); each round solves
+    for the residual of the KKT system, ``[M (theta - M^T p) - nu; 1 - sum(p)]``, computed
+    without forming the Gram matrix.
+    """
+    sol = torch.bmm(rhs, kinv).squeeze(1)  # [p; nu]
+    m = mask.to(z.dtype)
+    for _ in range(_REFINE):
+        p, nu = sol[:, :-1] * m, sol[:, -1:]
+        mu = torch.bmm(p.unsqueeze(1), z).squeeze(1)
+        top = (torch.bmm(z, (theta - mu).unsqueeze(2)).squeeze(2) - nu) * m
+        res = torch.cat([top, 1.0 - p.sum(1, keepdim=True)], 1)
+        sol = sol + torch.bmm(res.unsqueeze(1), kinv).squeeze(1)
+    return sol[:, :-1]
 
 
 def _active_set(
@@ -253,6 +300,7 @@ def _active_set(
     tol: float,
     max_active: int,
     warm: tuple[Tensor, Tensor] | None,
+    identify_face: bool,
 ) -> _Solution:
     """Batched active-set SparseMAP on float64 scores ``theta`` of shape ``(n, D)``.
 
@@ -260,9 +308,16 @@ def _active_set(
     their scores ``<z, theta>``, and the inverse of its bordered KKT matrix. An iteration
     multiplies by that inverse (the equality-constrained minimizer on the active set), steps
     back to the simplex boundary and drops the blocking structure where a weight would turn
-    negative, and otherwise calls the oracle and adds its structure unless the duality gap is
-    below ``tol``. Entering and leaving structures change the inverse by a rank-one term (the
+    negative (and drops weights that vanish), and otherwise calls the oracle and adds its
+    structure unless the duality gap is small enough or the structure is affinely dependent on
+    the active set. Entering and leaving structures change the inverse by a rank-one term (the
     bordering formulas), so an iteration costs ``O(cap^2)`` per row instead of a factorization.
+
+    A row stops at a gap of ``tol``, or, with ``identify_face``, only once the gap is at the
+    rounding floor (:func:`gap_floor`) or the oracle's structure lies in the affine hull of the
+    active set: every structure of the optimal face that the exact solution needs has then
+    entered, however small its weight, so the active set spans the face that holds ``mu*`` and
+    the KKT system on it has the Jacobian of the projection.
 
     Rows that finish stay in the working arrays (masked) until half of them have finished;
     then the finished ones are written out and the rest compacted, so gathers stay rare.
@@ -282,15 +337,15 @@ def _active_set(
     mask = p > 0
     # Outputs for all rows; the working arrays below hold the rows still being solved.
     out_z, out_p, out_mask = z, p, mask
-    gap = theta.new_full((n,), math.inf)
-    converged = torch.zeros(n, dtype=torch.bool, device=dev)
     iterations = torch.zeros(n, dtype=torch.long, device=dev)
     rows = torch.arange(n, device=dev)
     th = theta
     grid = (theta.abs().amax(1, keepdim=True) + 1.0).mul_(_GRID)
+    floor = gap_floor(theta)
+    loose = floor.clamp_min(tol)  # a row whose gap is below this has converged
+    stop = floor if identify_face else loose  # ... and stops below this
+    fine = torch.zeros(n, dtype=torch.bool, device=dev)  # in the face-identification phase
     score = torch.bmm(theta.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
-    w_gap = gap.clone()
-    w_conv = converged.clone()
     w_iter = iterations.clone()
     live = torch.ones(n, dtype=torch.bool, device=dev)
     kinv = _kkt_inverse(z, mask)
@@ -302,7 +357,7 @@ def _active_set(
             out_z, out_p, out_mask = _grow(out_z, cap), _grow(out_p, cap), _grow(out_mask, cap)
         idx = rows[which]
         out_z[idx], out_p[idx], out_mask[idx] = z[which], p[which], mask[which]
-        gap[idx], converged[idx], iterations[idx] = w_gap[which], w_conv[which], w_iter[which]
+        iterations[idx] = w_iter[which]
 
     for _ in range(max_iter):
         w = rows.numel()
@@ -316,18 +371,24 @@ def _active_set(
         # (The inverse is symmetric; products with a vector on the left are much faster.)
         rhs = torch.cat([score * mask, torch.ones_like(score[:, :1])], 1).unsqueeze(1)
         p_hat = torch.bmm(rhs, kinv)[:, 0, :cap]
+        if bool(fine.any()):
+            idx = fine.nonzero().squeeze(1)
+            p_hat[idx] = _refine(p_hat[idx], rhs[idx], kinv[idx], z[idx], th[idx], mask[idx])
         step = p_hat - p
         shrinking = mask & (step < 0)
-        infeasible = (mask & (p_hat < 0)).any(1) & live
+        infeasible = (mask & (p_hat < -_NEGATIVE)).any(1) & live
         ratio = torch.where(shrinking, p / (-step).clamp_min(1e-300), math.inf)
         alpha, block = ratio.min(1)
         alpha = alpha.clamp(max=1.0).unsqueeze(1)
         p_new = torch.where(infeasible.unsqueeze(1), p + alpha * step, p_hat)
-        blocked = torch.nn.functional.one_hot(block, cap).bool() | (p_new <= _DROP)
-        new_mask = mask & ~(infeasible.unsqueeze(1) & blocked)
+        # The blocking structure leaves, and so does any whose weight vanished (to rounding).
+        blocked = torch.nn.functional.one_hot(block, cap).bool() & infeasible.unsqueeze(1)
+        blocked = (blocked | (mask & (p_new <= _DROP))) & live.unsqueeze(1)
+        new_mask = mask & ~blocked
+        shrunk = blocked.any(1)
         p_new = p_new.clamp_min(0.0) * new_mask
         p_new = p_new / p_new.sum(1, keepdim=True)
-        # Where p_hat was feasible, ask the oracle for the best structure in direction theta - mu.
+        # Where nothing left, ask the oracle for the best structure in direction theta - mu.
         mu = torch.bmm(p_new.unsqueeze(1), z).squeeze(1)
         g = th - mu
         # The oracle sees g rounded to a grid far coarser than rounding noise: entries that tie
@@ -335,7 +396,9 @@ def _active_set(
         # tie-breaking, not noise, picks among them, and the solver's path and final support
         # are stable under tiny changes of theta (the found structure is optimal for g up to
         # D times the grid step).
-        g_round = torch.round(g / grid) * grid
+        # Rows in the face-identification phase see g itself: the coarse grid would hide the
+        # reduced costs of structures of tiny weight.
+        g_round = torch.where(fine.unsqueeze(1), g, torch.round(g / grid) * grid)
         if bool(live.all()):
             z_new = _call_oracle(oracle, g_round)
         else:
@@ -343,8 +406,25 @@ def _active_set(
             z_new = torch.zeros_like(g)
             z_new[idx] = _call_oracle(oracle, g_round[idx])
         gap_i = (g * (z_new - mu)).sum(1)
-        done = live & ~infeasible & (gap_i <= tol)
-        add = live & ~infeasible & ~done
+        settled = live & ~shrunk  # rows at the minimizer on their active set
+        small = gap_i <= stop
+        candidate = settled & ~small
+        # The entering structure's border b = [M z; 1], u = K^-1 b, and its Schur complement:
+        # its squared distance to the affine hull of the active set.
+        inner = torch.bmm(z_new.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * new_mask
+        b = torch.cat([inner, torch.ones_like(inner[:, :1])], 1) * settled.unsqueeze(1)
+        u = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)
+        schur = z_new.sum(1) - (b * u).sum(1)
+        dependent = candidate & (schur <= _DEPENDENT)
+        add = candidate & ~dependent
+        done = settled & (small | (dependent & (gap_i <= loose)))
+        if identify_face:
+            # A row done on the grid starts the face-identification phase instead.
+            finish = done & fine
+            fine = fine | done
+            done = finish
+        # A dependent structure with a large gap means the inverse has drifted: recompute it.
+        refresh = bool((dependent & ~done).any())
         count = new_mask.sum(1)
         full = add & (count >= cap)
         if bool(full.any()):
@@ -352,23 +432,21 @@ def _active_set(
                 cap = _next_capacity(cap, max_active)
                 z, p_new, new_mask, mask = (_grow(t, cap) for t in (z, p_new, new_mask, mask))
                 score, kinv = _grow(score, cap), _grow_inverse(kinv, cap)
+                b, u = _grow_border(b, cap), _grow_border(u, cap)
             else:
                 live = live & ~full
                 add = add & ~full
         # Rank-one updates of the inverse: a leaving slot j (K^-1 = [[E, f], [f^T, h]] with j
         # last becomes E - f f^T / h) and an entering one (border b, Schur complement s).
-        dropped = (mask & ~new_mask).sum(1)
+        # A row never gains and loses a structure in the same iteration.
+        left_slots = mask & ~new_mask
+        dropped = left_slots.sum(1)
         single = dropped == 1
-        refresh = bool((dropped > 1).any())
-        j = torch.where(add, (~new_mask).to(torch.uint8).argmax(1), block)
+        refresh = refresh or bool((dropped > 1).any())
+        free_slot = (~new_mask).to(torch.uint8).argmax(1)
+        j = torch.where(add, free_slot, left_slots.to(torch.uint8).argmax(1))
         col = kinv[ar, j]
         h = col.gather(1, j.unsqueeze(1))
-        inner = torch.bmm(z_new.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * new_mask
-        b = torch.cat([inner, torch.ones_like(inner[:, :1])], 1) * add.unsqueeze(1)
-        u = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)
-        schur = z_new.sum(1) - (b * u).sum(1)
-        if bool((add & (schur <= _DEPENDENT)).any()):
-            refresh = True
         e_j = torch.nn.functional.one_hot(j, cap + 1).to(u.dtype)
         v_add = (u - e_j) * add.unsqueeze(1)
         v_drop = col * single.unsqueeze(1)
@@ -390,9 +468,7 @@ def _active_set(
         p, mask = p_new, new_mask
         if refresh:
             kinv, since_refresh = _kkt_inverse(z, mask), 0
-        w_gap = torch.where(live & ~infeasible, gap_i, w_gap)
         w_iter += live
-        w_conv |= done
         live = live & ~done
         remaining = int(live.sum())
         if remaining <= w // 2:
@@ -406,38 +482,27 @@ def _active_set(
                 p[keep],
                 mask[keep],
             )
+            stop, loose, fine = stop[keep], loose[keep], fine[keep]
             score, kinv, live = score[keep], kinv[keep], live[keep]
-            w_gap, w_iter, w_conv = w_gap[keep], w_iter[keep], w_conv[keep]
+            w_iter = w_iter[keep]
     if rows.numel():
         write_back(torch.ones_like(live))
-    z, p, mask = out_z, out_p, out_mask
-    # Rows left unconverged: report the duality gap of their current point.
-    left = (~converged).nonzero().squeeze(1)
-    if left.numel():
-        mu = torch.bmm(p[left].unsqueeze(1), z[left]).squeeze(1)
-        g = theta[left] - mu
-        gap[left] = (g * (_call_oracle(oracle, g) - mu)).sum(1)
-    return _Solution(z, p, mask, gap, converged, iterations)
+    return _Solution(out_z, out_p, out_mask, iterations)
 
 
-def support_slots(positive: Tensor) -> tuple[Tensor, Tensor]:
-    """The slots of each row's ``True`` entries first (in order), padded with the first slot.
-
-    Returns ``(slots (n, A), support (n, A) bool)`` with ``A`` the largest count in a row (at
-    least 1); ``support`` is ``False`` on padding.
-    """
-    size = max(int(positive.sum(1).max()), 1) if positive.shape[0] else 1
-    order = torch.sort((~positive).to(torch.uint8), dim=1, stable=True).indices[:, :size]
-    support = positive.gather(1, order)
-    return torch.where(support, order, order[:, :1]), support
+def duality_gap(theta: Tensor, mu: Tensor, oracle: Oracle) -> Tensor:
+    """``max_z <theta - mu, z - mu>`` per row (one oracle call), ``(n,)``; it bounds
+    ``||mu - mu*||^2`` for ``mu`` in the convex hull."""
+    g = theta - mu
+    return (g * (_call_oracle(oracle, g) - mu)).sum(1)
 
 
-def _compact(z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-    """Support structures first (slot order kept), padded with copies of the first one.
+def _compact(z: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The slots ``keep`` first (slot order kept), padded with copies of the first one.
 
     Returns ``(structures (n, A, D), support (n, A) bool)``.
     """
-    order, support = support_slots(p > 0)
+    order, support = support_slots(keep)
     rows = torch.arange(z.shape[0], device=z.device).unsqueeze(1)
     return z[rows, order], support
 
@@ -454,28 +519,44 @@ def _kkt_factor(z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 class SparseMAPFunction(torch.autograd.Function):
     """Weights and ``mu`` of SparseMAP on a fixed support, differentiable in ``theta``.
 
-    Forward solves the KKT system of the support (use :func:`sparsemap`, which finds the
-    support first): ``p = argmin ||M^T p - theta||^2`` subject to ``sum(p) = 1``, with ``M`` the
-    support structures, and ``mu = M^T p``. Backward: ``dtheta = M^T S (dp + M dmu)`` with ``S``
-    the top-left block of the inverse bordered KKT matrix, reusing the forward's LU factors.
+    With ``M`` the support structures as rows (``A x D``), the forward solves the
+    equality-constrained least-squares problem on the support::
 
-    Inputs: ``theta (n, D)``, ``structures (n, A, D)`` (0/1, float), ``support (n, A)`` (bool;
-    slots outside get weight 0). Returns ``(weights (n, A), mu (n, D))`` in theta's dtype.
+        p = argmin_{p : sum(p) = 1} ||M^T p - theta||^2,    mu = M^T p
+
+    through its bordered KKT system ``[[M M^T, 1], [1^T, 0]] [p; nu] = [M theta; 1]``. When the
+    support is that of SparseMAP's solution (all its structures, see :func:`sparsemap`, which
+    finds it), ``mu`` is the projection of ``theta`` onto the convex hull of the structures and
+    ``p`` its weights; rounding is cleaned (weights at least 0, summing to 1). The backward is
+    ``dtheta = M^T S (dp + M dmu)`` with ``S`` the top-left block of the inverse KKT matrix,
+    so ``dmu/dtheta`` is the orthogonal projection onto the directions of the support's affine
+    hull. It factorizes the KKT matrices again, and only when ``theta`` needs a gradient.
+
+    Inputs: ``theta (n, D)`` (float32 or float64), ``structures (n, A, D)`` (0/1, float),
+    ``support (n, A)`` (bool; slots outside get weight 0; the support structures of a row must
+    be affinely independent). Returns ``(weights (n, A), mu (n, D))`` in theta's dtype,
+    computed in float64. Call it through :func:`sparsemap`, which checks the arguments.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, theta: Tensor, structures: Tensor, support: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(theta: Tensor, structures: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
         z = structures.double()
         lu, pivots = _kkt_factor(z, support)
         rhs = _kkt_rhs(z, support, theta.double())
         p = torch.linalg.lu_solve(lu, pivots, rhs)[:, : z.shape[1], 0] * support
+        # Rounding only: on the support of the solution the weights are positive and sum to 1
+        # (the normalization's derivative vanishes on the KKT solutions, whose sum is fixed).
+        p = p.clamp_min(0.0)
+        p = p / p.sum(1, keepdim=True)
         mu = torch.bmm(p.unsqueeze(1), z).squeeze(1)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(z, support, lu, pivots)
-        ctx.theta_dtype = theta.dtype
         return p.to(theta.dtype), mu.to(theta.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        theta, structures, support = inputs
+        ctx.theta_dtype = theta.dtype
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(structures, support)
 
     @staticmethod
     def backward(
@@ -483,7 +564,8 @@ class SparseMAPFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        z, support, lu, pivots = ctx.saved_tensors
+        structures, support = ctx.saved_tensors
+        z = structures.double()
         n, k, _ = z.shape
         v = z.new_zeros(n, k)
         if grad_p is not None:
@@ -491,10 +573,34 @@ class SparseMAPFunction(torch.autograd.Function):
         if grad_mu is not None:
             v = v + torch.bmm(grad_mu.double().unsqueeze(1), z.transpose(1, 2)).squeeze(1)
         v = v * support
+        lu, pivots = _kkt_factor(z, support)
         rhs = torch.cat([v, v.new_zeros(n, 1)], 1).unsqueeze(2)
         s_v = torch.linalg.lu_solve(lu, pivots, rhs)[:, :k, 0] * support
         grad_theta = torch.bmm(s_v.unsqueeze(1), z).squeeze(1)
         return grad_theta.to(ctx.theta_dtype), None, None
+
+
+#: Rounds of dropping the structures whose re-solved weight vanished, then solving again.
+_CLEAN_ROUNDS = 4
+
+
+def _weights_on_support(
+    theta: Tensor, structures: Tensor, support: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(structures, weights, mu)`` of :class:`SparseMAPFunction` on the support.
+
+    A structure whose weight the final solve puts at 0 (to rounding: at most ``_DROP``) is
+    taken out of the support and the rest solved again, so the support holds exactly the
+    structures of positive weight (a weight that is 0 in exact arithmetic can come out as
+    ``+-1e-17``, either sign, depending on the rounding).
+    """
+    for _ in range(_CLEAN_ROUNDS):
+        weights, mu = _apply(SparseMAPFunction, theta, structures, support)
+        vanished = support & (weights.detach() <= _DROP)
+        if not bool(vanished.any()):
+            break
+        structures, support = _compact(structures, support & ~vanished)
+    return structures, weights, mu
 
 
 # -- public entry point ---------------------------------------------------------------------------
@@ -504,12 +610,13 @@ def sparsemap(
     theta: Tensor,
     oracle: Oracle,
     *,
-    max_iter: int = 100,
+    max_iter: int | None = None,
     tol: float = 1e-6,
     warm_start: SparseMAPResult | None = None,
     max_active: int | None = None,
     strict: bool = False,
     method: str = "auto",
+    identify_face: bool = True,
 ) -> SparseMAPResult:
     """SparseMAP: project ``theta`` onto the convex hull of the oracle's structures.
 
@@ -520,28 +627,43 @@ def sparsemap(
 
     and returns ``mu*`` together with a sparse convex combination of structures
     ``mu* = sum_a weights_a structures_a``, found by a batched active-set method that only
-    needs the MAP ``oracle``. Since ``||mu - mu*||^2 <= gap``, a row with ``gap <= tol`` is
-    solved to ``sqrt(tol)`` in ``mu``. Rows that reach ``max_iter`` (or need more than
-    ``max_active`` structures) are reported in ``converged`` and ``gap`` rather than hidden.
-    ``weights`` and ``mu`` are differentiable in ``theta`` (through the KKT conditions of the
-    final support); the solver itself runs without gradient.
+    needs the MAP ``oracle``. The duality gap ``max_z <theta - mu, z - mu>`` is computed at the
+    returned ``mu``; since ``||mu - mu*||^2 <= gap``, a row with ``gap <= tol`` is solved to
+    ``sqrt(tol)`` in ``mu``. Rows that reach ``max_iter`` (or need more than ``max_active``
+    structures) are reported in ``converged`` and ``gap`` rather than hidden.
+
+    ``weights`` and ``mu`` are differentiable in ``theta`` through the KKT conditions of the
+    final support; the solver itself runs without gradient. The Jacobian of ``mu`` is that of
+    the projection only if the support spans the optimal face (the structures maximizing
+    ``<theta - mu*, z>``) that holds ``mu*``, including structures of tiny weight. So, with
+    ``identify_face`` (default), a row does not stop at ``gap <= tol``: it goes on until the
+    gap is at the rounding level of float64 or the oracle's best structure lies in the affine
+    hull of the support, admitting every structure of the face the solution needs. The weights
+    are then solved again on the final support; a structure whose weight comes out 0 (to
+    rounding) leaves it, so ``weights`` are positive on the support, 0 on padding, and sum to 1.
 
     Args:
         theta: scores, structure dimension last; finite (NaN and inf raise ``ValueError``).
         oracle: ``oracle(w)`` maps ``(N, D)`` scores to 0/1 indicators ``(N, D)`` of a
             maximizer of ``<w, z>`` (see :mod:`latentgrad.mappings.oracles`).
-        max_iter: the largest number of iterations per row.
-        tol: stop a row once its duality gap ``<theta - mu, z_new - mu>`` is ``<= tol``.
+        max_iter: the largest number of iterations per row (default ``100 + 2 D``).
+        tol: a row has converged when its duality gap is ``<= tol`` (a ``tol`` below the
+            rounding level of the gap, about ``1e-13 sqrt(D) (1 + max|theta|)^2``, counts as
+            that level).
         warm_start: a previous result for the same rows; its support is the initial active set.
         max_active: the largest active set per row (default ``D + 1``, which affinely
             independent active sets never exceed).
         strict: raise ``RuntimeError`` if some row did not converge.
         method: ``"active_set"`` runs the iterative solver; ``"auto"`` (default) first uses the
             oracle's closed form where it has one (a ``sparse_projection(theta)`` method
-            returning differentiable ``(structures, weights, mu)``, as
-            :class:`~latentgrad.mappings.oracles.FreeBits` does) and
-            ``max_active`` is not given; ``warm_start`` and ``max_iter`` are then unused and
-            ``iterations`` is 0. The weights are computed from the support either way.
+            returning differentiable ``(structures, weights, mu)``:
+            :class:`~latentgrad.mappings.oracles.FreeBits`, the clamp, and
+            :class:`~latentgrad.mappings.oracles.BudgetBits`, the capped-simplex projection)
+            and ``max_active`` is not given; ``warm_start``, ``max_iter`` and ``identify_face``
+            are then unused and ``iterations`` is 0.
+        identify_face: run the active set to the exact face (above); ``False`` stops every
+            row at ``gap <= tol``, which is faster but may leave out structures of tiny weight
+            and then give a wrong Jacobian.
 
     Returns:
         :class:`SparseMAPResult` ``(structures, weights, mu, gap, converged, iterations)``.
@@ -579,10 +701,12 @@ def sparsemap(
     theta = _check_theta(theta)
     d = theta.shape[-1]
     oracle = _check_oracle(oracle, d)
-    max_iter = _check_count(max_iter, "max_iter", 1)
+    max_iter = 100 + 2 * d if max_iter is None else _check_count(max_iter, "max_iter", 1)
     tol = _check_tol(tol)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    if not isinstance(identify_face, bool):
+        raise TypeError(f"identify_face must be a bool, got {type(identify_face).__name__}")
     if method not in ("auto", "active_set"):
         raise ValueError(f"method must be 'auto' or 'active_set', got {method!r}")
     closed_form = getattr(oracle, "sparse_projection", None)
@@ -596,19 +720,19 @@ def sparsemap(
     warm = None if warm_start is None else _warm_arrays(warm_start, n, d, max_active)
     if closed_form is None:
         with torch.no_grad():
-            sol = _active_set(th, oracle, max_iter, tol, max_active, warm)
-            structures, support = _compact(sol.z, sol.p)
-        gap, converged, iterations = sol.gap, sol.converged, sol.iterations
+            sol = _active_set(th, oracle, max_iter, tol, max_active, warm, identify_face)
+            structures, support = _compact(sol.z, sol.mask & (sol.p > _DROP))
+        iterations = sol.iterations
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-        weights, mu = _apply(SparseMAPFunction, compute, structures, support)
+        structures, weights, mu = _weights_on_support(compute, structures, support)
     else:
         # Differentiable formulas in float64; the gap certifies them like the solver's output.
         structures, weights, mu = closed_form(flat.double())
-        with torch.no_grad():
-            g = th - mu.detach()
-            gap = (g * (_call_oracle(oracle, g) - mu.detach())).sum(1)
-        converged = gap <= tol
         iterations = torch.zeros(n, dtype=torch.long, device=th.device)
+    with torch.no_grad():
+        # The gap of the returned point (in float64, as the solver works), never a stale one.
+        gap = duality_gap(th, mu.detach().double(), oracle)
+        converged = gap <= gap_floor(th).clamp_min(tol)
     if strict and not bool(converged.all()):
         bad = int((~converged).sum())
         raise RuntimeError(

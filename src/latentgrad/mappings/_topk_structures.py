@@ -28,44 +28,10 @@ import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_tensor
+from latentgrad._validation import check_finite_scores, check_int
 from latentgrad.mappings._sparsemax import sparsemax
 
 __all__ = ["TopKResult", "kbest_budget_bits", "kbest_free_bits", "topk_sparsemax"]
-
-
-# -- argument checks ------------------------------------------------------------------------------
-
-
-def _check_theta(theta: object) -> Tensor:
-    """A floating-point tensor ``(*, D)`` with ``D >= 1`` and only finite entries."""
-    t = check_tensor(theta, "theta", min_dim=1)
-    if t.shape[-1] == 0:
-        raise ValueError(f"theta must have a non-empty last dimension, got shape {tuple(t.shape)}")
-    if t.numel() and not bool(torch.isfinite(t).all()):
-        if bool(torch.isnan(t).any()):
-            raise ValueError("theta contains NaN")
-        raise ValueError("theta must be finite, got an infinite entry")
-    return t
-
-
-def _check_budget(budget: object) -> int:
-    if isinstance(budget, bool) or not isinstance(budget, int):
-        raise TypeError(f"budget must be an int, got {type(budget).__name__}")
-    if budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
-    return budget
-
-
-def _check_k(k: object, total: int, what: str) -> int:
-    """``1 <= k <= total``, ``total`` being the number of structures (``what`` describes them)."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k > total:
-        raise ValueError(f"k must be at most the number of {what} ({total}), got {k}")
-    return k
 
 
 def _budget_count(dim: int, budget: int) -> int:
@@ -288,9 +254,9 @@ def kbest_free_bits(theta: Tensor, k: int) -> tuple[Tensor, Tensor]:
         [1] Correia, Niculae, Aziz & Martins, "Efficient Marginalization of Discrete and
             Structured Latent Variables via Sparsity", NeurIPS 2020.
     """
-    theta = _check_theta(theta)
+    theta = check_finite_scores(theta, "theta")
     d = theta.shape[-1]
-    k = _check_k(k, 2**d, f"bit-vectors of length {d}")
+    k = check_int(k, "k", minimum=1, maximum=2**d, of=f"the number of bit-vectors of length {d}")
     with torch.no_grad():
         x = upcast(theta.detach()).reshape(-1, d)
         costs, perm = x.abs().sort(stable=True, dim=-1)
@@ -345,10 +311,12 @@ def kbest_budget_bits(theta: Tensor, k: int, budget: int) -> tuple[Tensor, Tenso
         [1] Correia, Niculae, Aziz & Martins, "Efficient Marginalization of Discrete and
             Structured Latent Variables via Sparsity", NeurIPS 2020.
     """
-    theta = _check_theta(theta)
-    budget = _check_budget(budget)
+    theta = check_finite_scores(theta, "theta")
+    budget = check_int(budget, "budget", minimum=0)
     d = theta.shape[-1]
-    k = _check_k(k, _budget_count(d, budget), f"bit-vectors of length {d} with <= {budget} ones")
+    total = _budget_count(d, budget)
+    of = f"the number of bit-vectors of length {d} with <= {budget} ones"
+    k = check_int(k, "k", minimum=1, maximum=total, of=of)
     with torch.no_grad():
         x = upcast(theta.detach()).reshape(-1, d)
         n = x.shape[0]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._validation import check_int
-from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
+from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
 
 
 class ArgminSplits(RecursiveAlgorithm):

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from latentgrad._validation import check_index, check_int
-from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
-from latentgrad.structured._core import run as _generic_run
+from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
+from latentgrad.structured.core import run as _generic_run
 
 
 def _jump_rounds(n: int) -> int:

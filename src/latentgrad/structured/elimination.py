@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from latentgrad._validation import check_int
-from latentgrad.structured import _core
-from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
+from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
+from latentgrad.structured.core import run as _generic_run
 
 ROUNDS_MIN_N = 20
 """From this ``n`` on, :meth:`Elimination.run` uses :meth:`Elimination.run_rounds`; below it the
@@ -92,7 +92,7 @@ class Elimination(RecursiveAlgorithm):
     def run(self, weights: Tensor, mask: Tensor) -> tuple[Tensor, Trace]:
         """The generic driver for ``n < ROUNDS_MIN_N``, :meth:`run_rounds` from there on."""
         if self.n < ROUNDS_MIN_N:
-            return _core.run(self, weights, mask)
+            return _generic_run(self, weights, mask)
         return self.run_rounds(weights, mask)
 
     def run_rounds(self, weights: Tensor, mask: Tensor) -> tuple[Tensor, Trace]:

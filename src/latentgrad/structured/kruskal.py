@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._validation import check_int
-from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
+from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
 
 
 def num_edges(n: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from latentgrad.structured._core import RecursiveAlgorithm, State, Trace
+from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
 
 
 class TopK(RecursiveAlgorithm):

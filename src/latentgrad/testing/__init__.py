@@ -1,5 +1,11 @@
 """Exact oracles and statistical assertions, shipped so users can test their own models."""
 
+from latentgrad.testing.brute_force import (
+    BruteForce,
+    brute_force_support,
+    probabilities_of,
+    register_brute_force,
+)
 from latentgrad.testing.exact import exact_expectation, exact_gradient, replicated_gradients
 from latentgrad.testing.mappings import reference_entmax, reference_entmax_threshold
 from latentgrad.testing.stats import (
@@ -15,16 +21,20 @@ from latentgrad.testing.stats import (
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "BruteForce",
     "UnbiasedCheck",
     "assert_unbiased",
     "bonferroni_z",
+    "brute_force_support",
     "check_unbiased",
     "chi_square_pvalue",
     "exact_expectation",
     "exact_gradient",
     "ks_critical_value",
     "ks_statistic",
+    "probabilities_of",
     "reference_entmax",
     "reference_entmax_threshold",
+    "register_brute_force",
     "replicated_gradients",
 ]

@@ -1,4 +1,4 @@
-"""Exact expectations and gradients by enumeration: the reference every estimator is tested on."""
+"""Exact expectations and gradients by brute-force enumeration: the reference for estimators."""
 
 from __future__ import annotations
 
@@ -8,13 +8,52 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from latentgrad.estimators._base import LossFn
-from latentgrad.estimators.marginalize import Marginalize
+from latentgrad.estimators import LossFn
+from latentgrad.testing.brute_force import brute_force_support
 
 
 def exact_expectation(dist: Distribution, loss_fn: LossFn, max_support: int = 2**20) -> Tensor:
-    """``E_q[loss(z)]`` summed over the whole support, shape ``batch_shape`` (differentiable)."""
-    return Marginalize(max_support=max_support)(dist, loss_fn).surrogate
+    """``E_q[loss(z)]`` by brute-force enumeration, shape ``batch_shape`` (differentiable).
+
+    The values and their probabilities come from
+    :func:`~latentgrad.testing.brute_force_support`, which shares no code with the family's
+    sampler, ``log_prob`` or ``support_probs`` (nor with :class:`~latentgrad.Marginalize`), so
+    it is an independent reference for every estimator. The loss is evaluated once on all
+    values, ``(S,) + batch_shape + event_shape``; values of probability exactly 0 do not enter
+    the sum (a NaN or infinite loss there is ignored).
+
+    Args:
+        dist: a family with a registered brute-force enumerator.
+        loss_fn: ``z -> loss`` as for an estimator.
+        max_support: refuse (``ValueError``) supports with more values than this.
+
+    Returns:
+        the expectation in the loss's dtype, shape ``batch_shape``, differentiable in the
+        distribution's and the loss's parameters.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.testing import exact_expectation
+        >>> q = lg.Bernoulli(logits=torch.zeros(2, dtype=torch.float64))
+        >>> exact_expectation(q, lambda z: z.sum(-1))
+        tensor(1., dtype=torch.float64)
+    """
+    if isinstance(max_support, bool) or not isinstance(max_support, int) or max_support < 1:
+        raise ValueError(f"max_support must be a positive int, got {max_support!r}")
+    values, probs = brute_force_support(dist)
+    if values.shape[0] > max_support:
+        raise ValueError(
+            f"the support has {values.shape[0]} values, more than max_support={max_support}"
+        )
+    losses = loss_fn(values)
+    if not isinstance(losses, Tensor) or losses.shape != probs.shape:
+        got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise ValueError(
+            f"loss_fn must return shape (S,) + batch_shape = {tuple(probs.shape)}, got {got}"
+        )
+    positive = probs > 0
+    safe = torch.where(positive, losses.to(torch.float64), torch.zeros_like(probs))
+    return (probs * safe).sum(0).to(losses.dtype)
 
 
 def exact_gradient(
@@ -23,15 +62,24 @@ def exact_gradient(
     params: Sequence[Tensor],
     max_support: int = 2**20,
 ) -> tuple[Tensor, ...]:
-    """Gradient of ``sum(E_q[loss(z)])`` w.r.t. ``params``, by enumeration.
+    """Gradient of ``sum(E_q[loss(z)])`` w.r.t. ``params``, by brute-force enumeration
+    (:func:`exact_expectation`).
 
     Args:
         dist_fn: builds the distribution from ``params`` (called once, with grad enabled).
         loss_fn: the loss, as for an estimator.
         params: tensors requiring grad.
+        max_support: as for :func:`exact_expectation`.
 
     Returns:
         one gradient per parameter (zeros where a parameter is unused).
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.testing import exact_gradient
+        >>> logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        >>> exact_gradient(lambda: lg.Categorical(logits=logits), lambda z: z[..., 0], [logits])
+        (tensor([ 0.2222, -0.1111, -0.1111], dtype=torch.float64),)
     """
     with torch.enable_grad():
         total = exact_expectation(dist_fn(), loss_fn, max_support).sum()

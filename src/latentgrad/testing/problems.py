@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from latentgrad.distributions import Bernoulli, Categorical
-from latentgrad.estimators._base import Estimate, LossFn
+from latentgrad.estimators import Estimate, LossFn
 from latentgrad.testing.exact import exact_gradient, replicated_gradients
 
 
@@ -298,7 +298,9 @@ def pathwise_only(estimator: EstimatorLike) -> EstimatorLike:
 
     def biased(dist: Distribution, loss_fn: LossFn, *, context: Tensor | None = None) -> Estimate:
         out = estimator(dist, loss_fn)
-        out.surrogate = out.extras["losses"].mean(0) + 0 * out.surrogate
+        if out.losses is None:
+            raise ValueError("pathwise_only needs an estimator that reports its losses")
+        out.surrogate = out.losses.mean(0) + 0 * out.surrogate
         return out
 
     return biased

@@ -7,6 +7,7 @@ from latentgrad.cli import main
 
 def test_run_two_estimators_and_report(tmp_path, capsys):
     pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
     for estimator in ("sf-loo", "st-gs"):
         code = main(
             [

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import latentgrad_tests_toy as toy  # loaded by conftest.py
 import pytest
 import torch
 
-from latentgrad.experiments.runner import RUN_FILES, RunConfigMismatch, default_run_dir, run
+from latentgrad.lab.registry import UnknownEstimator
+from latentgrad.lab.rundir import RUN_FILES, RunConfigMismatch, default_run_dir
+from latentgrad.lab.runner import run
 
 TIMING_KEYS = {"time_per_epoch", "total_time"}
 
@@ -23,8 +26,8 @@ def interrupted_at(experiment, step: int):
     """The experiment, with train_step raising once, on the ``step``-th call (1-based)."""
     armed = [True]
 
-    def build(config):
-        trainable = experiment.build(config)
+    def build(config, chosen):
+        trainable = experiment.build(config, chosen)
         original = trainable.train_step
         calls = [0]
 
@@ -57,6 +60,7 @@ def quick(run_dir: Path, experiment=None, config=None, **kwargs) -> dict:
 
 
 def test_run_directory_holds_config_env_metrics_checkpoint_results_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
     results = run(toy.EXPERIMENT, toy.ToyConfig(), tmp_path / "r", progress=False)
     files = {p.name for p in (tmp_path / "r").iterdir()}
     assert files == set(RUN_FILES)
@@ -139,9 +143,9 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_results(
 def test_a_finished_run_is_returned_without_training(tmp_path, capsys):
     builds = []
 
-    def build(config):
+    def build(config, chosen):
         builds.append(config)
-        return toy.ToyTrainable(config)
+        return toy.ToyTrainable(config, chosen)
 
     counted = dataclasses.replace(toy.EXPERIMENT, build=build)
     first = quick(tmp_path / "r", counted)
@@ -181,15 +185,15 @@ def test_progress_bar_and_epoch_lines_go_to_stderr(tmp_path, capsys):
 
 def test_bad_configs_and_trainables_are_errors(tmp_path):
     restricted = dataclasses.replace(toy.EXPERIMENT, estimators=("exact", "sf"))
-    with pytest.raises(ValueError, match="supported: exact, sf"):
+    with pytest.raises(UnknownEstimator, match=r"experiment .toy.; valid: exact, sf"):
         quick(tmp_path / "a", restricted)
     with pytest.raises(TypeError, match="ToyConfig"):
         quick(tmp_path / "b", config=toy.ExperimentConfig())
     with pytest.raises(ValueError, match="epochs"):
         quick(tmp_path / "c", config=toy.ToyConfig(epochs=0))
 
-    def no_loss_evals(config):
-        trainable = toy.ToyTrainable(config)
+    def no_loss_evals(config, chosen):
+        trainable = toy.ToyTrainable(config, chosen)
         step = trainable.train_step
         trainable.train_step = lambda batch: {"loss": step(batch)["loss"]}
         return trainable
@@ -197,3 +201,76 @@ def test_bad_configs_and_trainables_are_errors(tmp_path):
     broken = dataclasses.replace(toy.EXPERIMENT, build=no_loss_evals)
     with pytest.raises(KeyError, match="loss_evals"):
         quick(tmp_path / "d", broken)
+
+
+def test_a_rejected_run_leaves_nothing_and_the_corrected_one_runs(tmp_path):
+    def refuses(config, chosen):
+        raise ValueError("hidden widths do not fit")
+
+    picky = dataclasses.replace(toy.EXPERIMENT, build=refuses)
+    with pytest.raises(ValueError, match="do not fit"):
+        quick(tmp_path / "r", picky)
+    with pytest.raises(ValueError, match="batch_size"):
+        quick(tmp_path / "r", config=toy.ToyConfig(batch_size=0))
+    assert not (tmp_path / "r").exists()
+    assert quick(tmp_path / "r", config=toy.ToyConfig(epochs=1))["epochs"] == 1
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_is_discarded(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    failing = interrupted_at(toy.EXPERIMENT, step=2)
+    with pytest.raises(Interrupt):
+        quick(tmp_path / "r", failing, checkpoint_seconds=None)
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"notes.txt"}
+    # so another config is not refused as a mismatch
+    assert quick(tmp_path / "r", config=toy.ToyConfig(epochs=1, lr=0.01))["epochs"] == 1
+
+
+def test_a_run_after_its_first_checkpoint_is_kept_for_resuming(tmp_path):
+    with pytest.raises(Interrupt):
+        quick(tmp_path / "r", interrupted_at(toy.EXPERIMENT, step=6), checkpoint_seconds=None)
+    assert (tmp_path / "r" / "checkpoint.pt").exists()  # epoch 1 (4 steps) was saved
+    with pytest.raises(RunConfigMismatch):
+        quick(tmp_path / "r", config=toy.ToyConfig(lr=0.01))
+
+
+def test_without_matplotlib_the_results_are_written_and_the_plots_skipped(tmp_path, monkeypatch):
+    from latentgrad.lab.plots import MissingExtraWarning
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.warns(MissingExtraWarning, match=r"latentgrad\[experiments\]"):
+        results = quick(tmp_path / "r", config=toy.ToyConfig(epochs=1), plots=True)
+    assert json.loads((tmp_path / "r" / "results.json").read_text()) == results
+    assert not list((tmp_path / "r").glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"not a checkpoint",
+        "truncated",
+        "tensor",
+        "other format",
+    ],
+)
+def test_a_damaged_checkpoint_is_a_run_file_error_naming_it(tmp_path, damage):
+    from latentgrad.lab.rundir import RunFileError
+
+    config = toy.ToyConfig(epochs=1)
+    quick(tmp_path / "r", config=config)
+    (tmp_path / "r" / "results.json").unlink()
+    path = tmp_path / "r" / "checkpoint.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:500])
+    elif damage == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif damage == "other format":
+        torch.save({"format": 99}, path)
+    else:
+        path.write_bytes(damage)
+    with pytest.raises(RunFileError, match="checkpoint.pt") as info:
+        quick(tmp_path / "r", config=config)
+    assert "--no-resume" in str(info.value) and info.value.path == path
+    assert path.exists()  # a damaged checkpoint is the user's to delete, never removed

@@ -9,8 +9,8 @@ from pathlib import Path
 import latentgrad_tests_toy as toy  # loaded by conftest.py
 import pytest
 
-from latentgrad.experiments.report import find_runs, mean_std, report
-from latentgrad.experiments.runner import run
+from latentgrad.lab.report import find_runs, mean_std, report
+from latentgrad.lab.runner import run
 
 
 class Interrupt(Exception):
@@ -65,6 +65,7 @@ def test_table_aggregates_seeds_and_sorts_by_the_primary_metric(runs):
 
 
 def test_report_writes_markdown_and_figures(runs, tmp_path):
+    pytest.importorskip("matplotlib")
     root, _ = runs
     text = report([root / "toy"], out=tmp_path / "rep")
     assert (tmp_path / "rep" / "report.md").read_text() == text
@@ -85,8 +86,8 @@ def test_single_run_and_run_directories_given_directly(runs):
 
 
 def test_unfinished_runs_are_listed(tmp_path):
-    def build(config):
-        trainable = toy.ToyTrainable(config)
+    def build(config, chosen):
+        trainable = toy.ToyTrainable(config, chosen)
         step = trainable.train_step
         calls = [0]
 

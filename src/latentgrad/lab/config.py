@@ -1,6 +1,6 @@
 """Typed experiment configs on the command line and in JSON files.
 
-A config is a dataclass (an :class:`~latentgrad.experiments.base.ExperimentConfig` subclass)
+A config is a dataclass (an :class:`~latentgrad.lab.experiment.ExperimentConfig` subclass)
 whose annotations say how each field is parsed. :func:`add_config_arguments` turns every field
 into one ``--field-name VALUE`` option; :func:`resolve_config` layers the class defaults, an
 optional JSON override file and the flags given on the command line (the flags win);
@@ -50,6 +50,51 @@ _NONE = frozenset({"none", "null"})
 
 class ConfigError(ValueError):
     """A config file or value that does not fit the config class."""
+
+
+class InvalidConfigValue(ConfigError):
+    """A config value of the right type but outside the range its field allows.
+
+    Args:
+        field: the field's name.
+        requirement: what the value must be, as it reads after "must be".
+        value: the value given.
+
+    Example:
+        >>> str(InvalidConfigValue("batch_size", "a positive int", 0))
+        'batch_size must be a positive int, got 0'
+    """
+
+    def __init__(self, field: str, requirement: str, value: object) -> None:
+        super().__init__(f"{field} must be {requirement}, got {value!r}")
+        self.field = field
+        self.requirement = requirement
+        self.value = value
+
+    def __reduce__(self) -> tuple[type[InvalidConfigValue], tuple[str, str, object]]:
+        return type(self), (self.field, self.requirement, self.value)
+
+
+def require(ok: bool, field: str, requirement: str, value: object) -> None:
+    """Raise :class:`InvalidConfigValue` unless ``ok``.
+
+    Example:
+        >>> require(3 >= 1, "epochs", "an int >= 1", 3)  # passes silently
+    """
+    if not ok:
+        raise InvalidConfigValue(field, requirement, value)
+
+
+def is_positive_int(value: object, *, optional: bool = False) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``) >= 1, or ``None`` when ``optional``.
+
+    Example:
+        >>> is_positive_int(2), is_positive_int(0), is_positive_int(None, optional=True)
+        (True, False, True)
+    """
+    if value is None:
+        return optional
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def config_fields(config_class: type) -> dict[str, Any]:
@@ -214,7 +259,7 @@ def field_docs(config_class: type) -> dict[str, str]:
     docstrings of the class and its bases (a subclass's entry wins).
 
     Example:
-        >>> from latentgrad.experiments.base import ExperimentConfig
+        >>> from latentgrad.lab.experiment import ExperimentConfig
         >>> field_docs(ExperimentConfig)["epochs"]
         'number of passes over the training set.'
     """

@@ -2,7 +2,8 @@
 
 ``x -> logits -> z ~ Bernoulli(3 bits) -> y_hat = decoder(z)``, squared error against targets
 made by a fixed random teacher; every registered estimator applies. Loaded by the tests with
-importlib (the test folders are not packages).
+importlib (the test folders are not packages). Like every experiment, it gets its estimator
+built (``chosen``) and never sees the registry.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 import latentgrad as lg
-from latentgrad.experiments.base import Experiment, ExperimentConfig
-from latentgrad.experiments.registry import make_estimator
+from latentgrad.lab import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.schedules import Scheduled
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ToyConfig(ExperimentConfig):
 class ToyTrainable:
     """The toy model, data and steps."""
 
-    def __init__(self, config: ToyConfig) -> None:
+    def __init__(self, config: ToyConfig, chosen: ResolvedEstimator) -> None:
         self.config = config
         gen = torch.Generator().manual_seed(1234)  # the data set is fixed, not seeded
         x = torch.randn(112, 4, generator=gen)
@@ -61,12 +62,14 @@ class ToyTrainable:
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h
         layers.append(nn.Linear(width, config.latent))
-        self.estimator = make_estimator(config.estimator, context_features=4)
+        self.estimator = chosen.estimator
         self.modules = nn.ModuleDict(
-            {"encoder": nn.Sequential(*layers), "decoder": nn.Linear(config.latent, 1)}
+            {
+                "encoder": nn.Sequential(*layers),
+                "decoder": nn.Linear(config.latent, 1),
+                "estimator": self.estimator,
+            }
         )
-        if isinstance(self.estimator, nn.Module):
-            self.modules["estimator"] = self.estimator
         self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=config.lr)
 
     def _loss_fn(self, y: Tensor) -> Callable[[Tensor], Tensor]:
@@ -87,9 +90,9 @@ class ToyTrainable:
         out = self.estimator(q, self._loss_fn(y), context=x)
         out.surrogate.mean().backward()
         self.optimizer.step()
-        if hasattr(self.estimator, "step"):
+        if isinstance(self.estimator, Scheduled):
             self.estimator.step()
-        return {"loss": float(out.value.mean()), "loss_evals": out.extras["loss_evals"]}
+        return {"loss": float(out.value.mean()), "loss_evals": out.loss_evals}
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Mapping[str, float]:

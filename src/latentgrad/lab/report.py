@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentgrad.experiments.runner import new_figure, read_metrics
+from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, new_figure
+from latentgrad.lab.rundir import (
+    RESULTS_HINT,
+    RunFileError,
+    ensure_writable_directory,
+    read_json_file,
+    read_metrics,
+)
 
 
 @dataclass
@@ -46,10 +54,12 @@ class RunInfo:
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run directories among ``paths`` and below them (a run directory holds the
-    ``config.json`` written by :func:`~latentgrad.experiments.runner.run`).
+    ``config.json`` written by :func:`~latentgrad.lab.runner.run`).
 
     Raises:
         FileNotFoundError: if a path does not exist.
+        RunFileError: if the ``config.json`` of a run directory given directly, or of one with
+            the other files of a run beside it, cannot be read.
     """
     found: dict[Path, None] = {}
     for p in map(Path, paths):
@@ -58,25 +68,40 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         candidates = [p / "config.json"] if (p / "config.json").exists() else []
         candidates += sorted(p.rglob("*/config.json")) if p.is_dir() else []
         for c in candidates:
-            if _is_run_config(c):
+            strict = c.parent == p or any((c.parent / f).exists() for f in _RUN_MARKERS)
+            if _is_run_config(c, strict):
                 found[c.parent] = None
     return list(found)
 
 
-def _is_run_config(path: Path) -> bool:
+# Files only a run directory holds: a config.json beside them belongs to a run.
+_RUN_MARKERS = ("metrics.jsonl", "env.json", "checkpoint.pt")
+_CONFIG_HINT = "rerun the run with --no-resume, or leave its directory out of the report"
+
+
+def _is_run_config(path: Path, strict: bool) -> bool:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
+        if strict:
+            read_json_file(path, _CONFIG_HINT)  # raises RunFileError naming the file
         return False
     return isinstance(data, dict) and "experiment" in data and isinstance(data.get("config"), dict)
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
-    """Read the config, results (if any) and metrics of one run directory."""
+    """Read the config, results (if any) and metrics of one run directory.
+
+    Raises:
+        RunFileError: if one of its files cannot be read (naming it and what to do).
+    """
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
+    meta = read_json_file(run_dir / "config.json", _CONFIG_HINT)
     results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else None
+    results = read_json_file(results_path, RESULTS_HINT) if results_path.exists() else None
+    for path, value in ((run_dir / "config.json", meta), (results_path, results)):
+        if value is not None and not isinstance(value, dict):
+            raise RunFileError(f"{path} does not hold a JSON object; {RESULTS_HINT}", path)
     return RunInfo(
         path=run_dir,
         experiment=str(meta["experiment"]),
@@ -111,8 +136,12 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> str
     Returns:
         The markdown text.
 
+    Without matplotlib the figures are skipped with a
+    :class:`~latentgrad.lab.plots.MissingExtraWarning`; ``report.md`` is still written.
+
     Raises:
         FileNotFoundError: if a path does not exist or no run directory is found.
+        RunFileError: if a file of a run cannot be read, or ``out`` cannot be written.
     """
     paths = find_runs(run_dirs)
     if not paths:
@@ -129,12 +158,20 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> str
     figures: list[Path] = []
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_directory(out_dir, "the report", "choose another --out")
+    draw = out_dir is not None and matplotlib_available()
+    if out_dir is not None and not draw:
+        warnings.warn(
+            f"matplotlib is not installed, so {out_dir} gets report.md without figures; "
+            "pip install 'latentgrad[experiments]' for them",
+            MissingExtraWarning,
+            stacklevel=2,
+        )
     for name in sorted(by_experiment):
         exp_runs = by_experiment[name]
         groups = _groups([r for r in exp_runs if r.finished])
         sections.append(_section(name, groups, [r for r in exp_runs if not r.finished]))
-        if out_dir is not None and groups:
+        if out_dir is not None and draw and groups:
             figures += _figures(name, groups, out_dir)
     text = "\n\n".join(sections) + "\n"
     if out_dir is not None:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, Categorical
-from latentgrad.estimators._base import Estimate, Estimator, LatentDistribution
-from latentgrad.experiments.registry import EstimatorEntry
+from latentgrad.estimators import Estimate, Estimator, LatentDistribution
+from latentgrad.lab.registry import EstimatorEntry
 from latentgrad.testing import check_unbiased
 from latentgrad.testing.problems import (
     GradientProblem,
@@ -137,7 +137,7 @@ def evaluate(
 ) -> Row:
     """Bias (relative norm and max z-score), mean per-coordinate variance and cost."""
     warm_up(estimator, problem, warmup)
-    evals = int(run_once(estimator, problem, requires_grad=False).extras["loss_evals"])
+    evals = run_once(estimator, problem, requires_grad=False).loss_evals
     grads, exact = replicated_and_exact(problem, estimator, replicates, chunk_size=1000)
     mean = grads.mean(0)
     check = check_unbiased(grads, exact, alpha=alpha)
@@ -163,8 +163,8 @@ def compare(
     """Run every estimator on every problem.
 
     Args:
-        estimators: name -> registry entry (its constructor takes the context width, so learned
-            baselines can size their networks).
+        estimators: name -> registry entry (entries asking for another latent family than
+            the problems' softmax ones are left out).
         families: which problems to run.
         replicates: independent gradient estimates per estimator.
         seed: seeds the problems and the sampling.
@@ -186,8 +186,7 @@ def compare(
 
 def build_for(entry: EstimatorEntry, problem: GradientProblem) -> Estimator:
     """A fresh estimator from a registry entry, in the problem's dtype."""
-    features = 0 if problem.context is None else problem.context.shape[-1]
-    estimator = entry.build(features)
+    estimator = entry.build()
     if isinstance(estimator, nn.Module):
         estimator.to(problem.logits.dtype)
     return estimator
