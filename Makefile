@@ -9,7 +9,18 @@ STAMP := $(VENV)/.installed
 # comparison table (runs/demo/report.md, PNG figures).
 DEMO_ESTIMATORS := local-reparam sf sf-ma sf-loo nvil muprop st gs st-gs
 
-.PHONY: demo test docs lint bench clean
+# "The core needs torch alone", checked: a second environment with torch, pytest and hypothesis
+# only (the package without extras) runs the core's tests and doctests; a test there that needs
+# an optional package (numpy, networkx, entmax, ...) skips.
+CORE_VENV := .venv-core
+CORE_STAMP := $(CORE_VENV)/.installed
+CORE_TESTS := tests/distributions tests/mappings tests/structured tests/estimators tests/testing \
+	tests/test_schedules.py tests/test_validation.py tests/test_layers.py \
+	src/latentgrad/distributions src/latentgrad/mappings src/latentgrad/structured \
+	src/latentgrad/estimators src/latentgrad/testing src/latentgrad/schedules.py \
+	src/latentgrad/__init__.py src/latentgrad/_validation.py src/latentgrad/_numerics.py
+
+.PHONY: demo test test-core docs lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +35,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
+
+$(CORE_STAMP): pyproject.toml constraints.txt
+	test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CORE_VENV)/bin/python -m pip install --quiet -c constraints.txt torch pytest hypothesis
+	$(CORE_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(CORE_STAMP)
+
+# torch warns once at import that numpy is missing; that warning is not ours to turn into an error.
+test-core: $(CORE_STAMP)
+	$(CORE_VENV)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider \
+		-W "ignore:Failed to initialize NumPy:UserWarning" $(CORE_TESTS)
 
 # The documentation site (docs/, mkdocs.yml) into site/; any warning (a docstring griffe cannot
 # parse, a broken link or anchor, a page missing from the nav) fails the build.
@@ -44,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sparsemap.py
 
 clean:
-	rm -rf $(VENV) build site *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(CORE_VENV) build site *.egg-info src/*.egg-info

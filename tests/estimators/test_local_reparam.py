@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import latentgrad as lg
-from latentgrad.distributions._base import DiscreteDistribution
+from latentgrad.distributions import DiscreteDistribution
 from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.testing import assert_unbiased, check_unbiased, exact_gradient, replicated_gradients
 from latentgrad.testing.examples import FamilyExample, family_examples

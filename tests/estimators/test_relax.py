@@ -16,7 +16,7 @@ from latentgrad.distributions.categorical import Categorical
 from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.estimators import LossFn
 from latentgrad.estimators.relax import RELAX, MLPCritic
-from latentgrad.structured._core import conditional_noise, trace_log_prob
+from latentgrad.structured.core import conditional_noise, trace_log_prob
 from latentgrad.testing import assert_unbiased, check_unbiased
 from latentgrad.testing.problems import GradientProblem, replicated_and_exact
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from latentgrad.distributions._base import DiscreteDistribution
+from latentgrad.distributions import DiscreteDistribution
 from latentgrad.distributions.bernoulli import Bernoulli
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.estimators.relaxed import GumbelSoftmax, StraightThrough

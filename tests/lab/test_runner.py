@@ -270,7 +270,7 @@ def test_a_damaged_checkpoint_is_a_run_file_error_naming_it(tmp_path, damage):
         torch.save({"format": 99}, path)
     else:
         path.write_bytes(damage)
-    with pytest.raises(RunFileError, match="checkpoint.pt") as info:
+    with pytest.raises(RunFileError, match=r"checkpoint\.pt") as info:
         quick(tmp_path / "r", config=config)
     assert "--no-resume" in str(info.value) and info.value.path == path
     assert path.exists()  # a damaged checkpoint is the user's to delete, never removed

@@ -6,8 +6,19 @@ import pytest
 import torch
 from torch import Tensor
 
+import latentgrad as lg
+from latentgrad.mappings import SparseMAPFunction
+from latentgrad.mappings._capped_simplex import capped_simplex_projection
 from latentgrad.mappings._sparsemap import SparseMAPResult, sparsemap
-from latentgrad.mappings.oracles import BudgetBits, FreeBits
+from latentgrad.mappings.oracles import (
+    ArborescenceOracle,
+    BudgetBits,
+    FreeBits,
+    KSubsetOracle,
+    SequenceOracle,
+    SpanningTreeOracle,
+    StructureOracle,
+)
 
 DT = torch.float64
 
@@ -408,3 +419,213 @@ def test_small_instances() -> None:
         torch.testing.assert_close(
             out.mu, project_capped(theta, budget_of(oracle)), atol=1e-5, rtol=0
         )
+
+
+# -- weights at ties (issue 12.10) ----------------------------------------------------------------
+
+
+def _support(out: SparseMAPResult, row: int) -> dict[tuple[float, ...], float]:
+    keep = out.weights[row] > 0
+    return {
+        tuple(z.tolist()): float(w)
+        for z, w in zip(out.structures[row][keep], out.weights[row][keep], strict=True)
+    }
+
+
+def check_clean_weights(out: SparseMAPResult) -> None:
+    """Weights >= 0 summing to 1, and no structure of the support at weight 0."""
+    w, z = out.weights.detach(), out.structures
+    assert bool((w >= 0).all())
+    torch.testing.assert_close(w.sum(-1), torch.ones_like(w[..., 0]), atol=1e-12, rtol=0)
+    pad = w == 0
+    first = z[..., :1, :].expand_as(z)
+    assert torch.equal(z[pad], first[pad])  # zero weight only on padding (copies of slot 0)
+    assert bool((w[~pad] > 1e-13).all())
+
+
+def test_the_tied_example_of_the_issue_has_clean_weights_and_samples() -> None:
+    theta = torch.tensor([[0.61, 1.18, 1.12, 0.24, 0.9]], dtype=DT)
+    q = lg.SparseMAP(theta, KSubsetOracle(5, 3))
+    check_clean_weights(q.result)
+    _, probs = q.support_probs()
+    assert bool((probs >= 0).all())
+    assert q.sample((100,)).shape == (100, 5)
+
+
+TIED = [
+    (FreeBits(6), "active_set"),
+    (BudgetBits(6, 2), "active_set"),
+    (BudgetBits(7, 3), "active_set"),
+    (BudgetBits(7, 3), "auto"),
+    (KSubsetOracle(6, 3), "auto"),
+    (SpanningTreeOracle(4), "auto"),
+    (ArborescenceOracle(4), "auto"),
+    (SequenceOracle(3, 2), "auto"),
+]
+
+
+@pytest.mark.parametrize(("oracle", "method"), TIED, ids=lambda x: repr(x))
+def test_tied_integer_scores_give_clean_batch_independent_weights(
+    oracle: StructureOracle, method: str
+) -> None:
+    gen = torch.Generator().manual_seed(1)
+    theta = torch.randint(-2, 3, (50, oracle.dim), generator=gen).to(DT) / 2
+    out = sparsemap(theta, oracle, method=method, strict=True)
+    check_clean_weights(out)
+    # The same support and weights whichever rows share the batch.
+    for row in range(0, 50, 3):
+        alone = sparsemap(theta[row : row + 1], oracle, method=method)
+        check_clean_weights(alone)
+        a, b = _support(alone, 0), _support(out, row)
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) < 1e-12 for k in a)
+        pair = sparsemap(theta[[row, (row + 7) % 50]], oracle, method=method)
+        assert _support(pair, 0).keys() == b.keys()
+
+
+# -- exact gradients at realistic sizes (issue 12.11) ---------------------------------------------
+
+
+def _gradient(theta: Tensor, oracle: StructureOracle, c: Tensor) -> tuple[Tensor, SparseMAPResult]:
+    """``d <c, mu> / d theta`` per row with default settings, and the result."""
+    x = theta.clone().requires_grad_()
+    out = sparsemap(x, oracle, strict=True)
+    (grad,) = torch.autograd.grad((out.mu * c).sum(), x)
+    return grad, out
+
+
+def _rows_off_finite_differences(
+    theta: Tensor, oracle: StructureOracle, c: Tensor, grad: Tensor, directions: int
+) -> int:
+    """Rows whose directional derivatives differ from central differences by > 1e-4."""
+    gen = torch.Generator().manual_seed(11)
+    h = 1e-5
+    worst = torch.zeros(theta.shape[0], dtype=DT)
+    for _ in range(directions):
+        v = torch.randn(theta.shape, generator=gen, dtype=DT)
+        v = v / v.norm(dim=1, keepdim=True)
+        plus = (sparsemap(theta + h * v, oracle, strict=True).mu * c).sum(1)
+        minus = (sparsemap(theta - h * v, oracle, strict=True).mu * c).sum(1)
+        worst = torch.maximum(worst, ((grad * v).sum(1) - (plus - minus) / (2 * h)).abs())
+    return int((worst > 1e-4).sum())
+
+
+def _face_jacobian_times(out: SparseMAPResult, c: Tensor) -> Tensor:
+    """``P c`` with ``P`` the orthogonal projection onto the directions of the affine hull of
+    each row's support (by least squares, independently of the solver's KKT system)."""
+    rows = []
+    for w, z, cr in zip(out.weights.detach(), out.structures, c, strict=True):
+        s = z[w > 0].to(DT)
+        basis = (s[1:] - s[:1]).T  # (D, A - 1)
+        if basis.shape[1] == 0:
+            rows.append(torch.zeros_like(cr))
+            continue
+        coef = torch.linalg.lstsq(basis, cr.unsqueeze(1)).solution
+        rows.append((basis @ coef).squeeze(1))
+    return torch.stack(rows)
+
+
+def _budget_rows_off(batch: int, kind: str) -> tuple[int, int]:
+    oracle = BudgetBits(128, 32)
+    gen = torch.Generator().manual_seed(12)
+    theta = torch.randn(batch, 128, generator=gen, dtype=DT) * 0.5 + 0.3
+    if kind == "perturbed":
+        theta = theta + 0.01 * torch.randn(batch, 128, generator=gen, dtype=DT)
+    c = torch.randn(batch, 128, generator=gen, dtype=DT)
+    grad, out = _gradient(theta, oracle, c)
+    # The exact capped-simplex Jacobian, I_F - 1_F 1_F^T / |F| where the budget binds.
+    proj = capped_simplex_projection(theta, 32)
+    free = proj.free.to(DT)
+    mean = (c * free).sum(1, keepdim=True) / free.sum(1, keepdim=True)
+    exact = torch.where(proj.binding.unsqueeze(1), (c - mean) * free, c * free)
+    off_exact = int(((grad - exact).abs().amax(1) > 1e-4).sum())
+    return off_exact, _rows_off_finite_differences(theta, oracle, c, grad, 4)
+
+
+@pytest.mark.parametrize("kind", ["normal", "perturbed"])
+def test_budget_gradients_are_exact_at_128_bits(kind: str) -> None:
+    assert _budget_rows_off(64, kind) == (0, 0)
+
+
+def _arborescence_rows_off(n: int, batch: int, seed: int) -> tuple[int, int]:
+    oracle = ArborescenceOracle(n)
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(batch, oracle.dim, generator=gen, dtype=DT)
+    c = torch.randn(batch, oracle.dim, generator=gen, dtype=DT)
+    grad, out = _gradient(theta, oracle, c)
+    off_face = int(((grad - _face_jacobian_times(out, c)).abs().amax(1) > 1e-4).sum())
+    return off_face, _rows_off_finite_differences(theta, oracle, c, grad, 2)
+
+
+def test_arborescence_gradients_are_exact_at_n_30_small_batch() -> None:
+    assert _arborescence_rows_off(30, 3, 13) == (0, 0)
+
+
+@pytest.mark.slow
+def test_arborescence_gradients_are_exact_at_n_30() -> None:
+    assert _arborescence_rows_off(30, 64, 14) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [ArborescenceOracle(10), SequenceOracle(20, 5), BudgetBits(32, 8), BudgetBits(128, 32)],
+    ids=repr,
+)
+@pytest.mark.parametrize("method", ["auto", "active_set"])
+def test_defaults_converge_at_realistic_sizes(oracle: StructureOracle, method: str) -> None:
+    gen = torch.Generator().manual_seed(15)
+    theta = torch.randn(16, oracle.dim, generator=gen, dtype=DT)
+    for scores in (theta, theta + 0.01 * torch.randn(theta.shape, generator=gen, dtype=DT)):
+        out = sparsemap(scores, oracle, method=method, strict=True)  # raises if not converged
+        check_clean_weights(out)
+        assert bool((out.gap <= 1e-9).all())
+
+
+@pytest.mark.parametrize("tol", [1e-14, 0.0])
+@pytest.mark.parametrize("oracle", [SequenceOracle(6, 3), BudgetBits(24, 6)], ids=repr)
+def test_tiny_tol_neither_stalls_nor_raises(oracle: StructureOracle, tol: float) -> None:
+    theta = torch.randn(16, oracle.dim, generator=torch.Generator().manual_seed(16), dtype=DT)
+    out = sparsemap(theta, oracle, tol=tol, method="active_set", strict=True)
+    check_clean_weights(out)
+
+
+@pytest.mark.parametrize("method", ["auto", "active_set"])
+def test_gap_is_that_of_the_returned_point(method: str) -> None:
+    oracle = BudgetBits(8, 3)
+    theta = torch.randn(40, 8, generator=torch.Generator().manual_seed(17), dtype=DT)
+    for tol in (1e-2, 1e-6, 1e-14):
+        out = sparsemap(theta, oracle, tol=tol, method=method, identify_face=False)
+        g = theta - out.mu
+        brute = (g @ oracle.enumerate().to(DT).T).amax(1) - (g * out.mu).sum(1)
+        torch.testing.assert_close(out.gap, brute, atol=1e-12, rtol=0)
+        assert torch.equal(out.converged, out.gap <= max(tol, 1e-12))
+
+
+def test_without_face_identification_rows_stop_at_tol() -> None:
+    oracle = ArborescenceOracle(8)
+    theta = torch.randn(8, oracle.dim, generator=torch.Generator().manual_seed(18), dtype=DT)
+    fast = sparsemap(theta, oracle, tol=1e-3, identify_face=False)
+    full = sparsemap(theta, oracle, tol=1e-3)
+    assert bool(fast.converged.all()) and bool((fast.gap <= 1e-3).all())
+    assert bool((full.gap <= 1e-12).all())
+    assert int(fast.iterations.sum()) < int(full.iterations.sum())
+    with pytest.raises(TypeError, match="identify_face must be a bool"):
+        sparsemap(theta, oracle, identify_face=1)  # type: ignore[arg-type]
+
+
+# -- SparseMAPFunction ----------------------------------------------------------------------------
+
+
+def test_sparsemap_function_is_new_style_with_gradcheck() -> None:
+    assert "ctx" not in SparseMAPFunction.forward.__code__.co_varnames[:1]
+    assert SparseMAPFunction.setup_context is not torch.autograd.Function.setup_context
+    gen = torch.Generator().manual_seed(19)
+    theta = torch.randn(4, 6, generator=gen, dtype=DT)
+    out = sparsemap(theta, BudgetBits(6, 2), method="active_set")
+    structures, support = out.structures, out.weights > 0
+    x = theta.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: SparseMAPFunction.apply(t, structures, support), (x,))
+    # Without a gradient to compute, no graph and nothing saved.
+    p, mu = SparseMAPFunction.apply(theta, structures, support)
+    assert not p.requires_grad and not mu.requires_grad
+    torch.testing.assert_close(p, out.weights)

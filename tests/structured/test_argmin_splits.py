@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.distributions import StructuredDistribution
 from latentgrad.distributions.binary_tree import BinaryTree, parents_to_adjacency
 from latentgrad.structured import core
 from latentgrad.structured.argmin_splits import ArgminSplits

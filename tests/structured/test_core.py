@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import latentgrad as lg
-from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.distributions import StructuredDistribution
 from latentgrad.distributions.ksubset import KSubset, PlackettLuce
 from latentgrad.structured import (
     TopK,

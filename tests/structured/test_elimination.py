@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from latentgrad.distributions import StructuredDistribution
 from latentgrad.distributions import matching as matching_module
-from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.distributions.matching import MAX_MATCHING_DP, Matching
 from latentgrad.structured import core
 from latentgrad.structured.core import enumerate_traces, trace_log_prob

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from latentgrad.distributions._structured import StructuredDistribution
+from latentgrad.distributions import StructuredDistribution
 from latentgrad.distributions.spanning_tree import (
     SpanningTree,
     all_spanning_trees,

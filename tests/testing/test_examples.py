@@ -83,20 +83,7 @@ def test_family_shapes(example: FamilyExample) -> None:
     assert bool(torch.isfinite(q.log_prob(z)).all())
 
 
-# latentgrad's Independent subclasses torch's with its own __init__ but no expand() (a known
-# gap, reported): torch refuses to expand it.
-_EXPAND = [
-    pytest.param(
-        f,
-        marks=pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="no expand()"),
-    )
-    if f.family.startswith("independent")
-    else f
-    for f in FAMILY_EXAMPLES
-]
-
-
-@pytest.mark.parametrize("example", _EXPAND, ids=lambda x: x.name)
+@pytest.mark.parametrize("example", FAMILY_EXAMPLES, ids=lambda x: x.name)
 def test_family_expand(example: FamilyExample) -> None:
     torch.manual_seed(0)
     q = example.dist()

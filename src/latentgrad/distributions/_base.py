@@ -333,6 +333,23 @@ class Independent(torch.distributions.Independent):
     def to_event(self, reinterpreted_batch_ndims: int = 1) -> Independent:
         return Independent(self, reinterpreted_batch_ndims)
 
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Independent:
+        """The same units with the batch broadcast to ``batch_shape`` (a view of the parameters).
+
+        Example:
+            >>> import torch, latentgrad as lg
+            >>> q = lg.Categorical(logits=torch.zeros(1, 3, 4)).to_event(1)
+            >>> q.expand((5,)).batch_shape, q.expand((5,)).event_shape
+            (torch.Size([5]), torch.Size([3, 4]))
+        """
+        base = self.base_dist
+        units = base.batch_shape[len(base.batch_shape) - self._n :]
+        expanded = base.expand(torch.Size(batch_shape) + units)
+        new = Independent.__new__(type(self)) if _instance is None else _instance
+        Independent.__init__(new, expanded, self._n, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
     def batch_row(self, index: int) -> Independent:
         """The distribution of element ``index`` of the leading batch dim, reinterpreted the
         same way (see :meth:`DiscreteDistribution.batch_row`)."""

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import safe_log, upcast
+from latentgrad._validation import check_in_support, check_sample, resolve_validate_args
 from latentgrad.distributions._base import DiscreteDistribution
 from latentgrad.structured import core
 from latentgrad.structured.core import RecursiveAlgorithm, Trace
@@ -76,9 +77,31 @@ class StructuredDistribution(DiscreteDistribution):
 
     # -- construction ----------------------------------------------------------------------
 
-    def _init_batch(self, event_shape: torch.Size | tuple[int, ...]) -> None:
+    def _init_batch(
+        self, event_shape: torch.Size | tuple[int, ...], validate_args: bool | None = None
+    ) -> None:
+        """Set the shapes, and whether :meth:`log_prob` checks its values (``validate_args``,
+        torch's default when ``None``; the parameters are always checked)."""
         batch = self.scores.shape[: self.scores.dim() - self._score_event_dims]
         DiscreteDistribution.__init__(self, batch, torch.Size(event_shape), validate_args=False)
+        self._validate_args = resolve_validate_args(validate_args)
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        """Whether each value is a structure of the family (present items or not), bool
+        ``sample_shape + batch_shape``."""
+        raise NotImplementedError
+
+    def _support_text(self) -> str:
+        """The support in words, for the error of :meth:`log_prob`."""
+        raise NotImplementedError
+
+    def _check_value(self, value: Tensor, ok: Tensor | None = None) -> torch.Size:
+        """Check a value to score (type, device, shape; its support unless
+        ``validate_args=False``) and return its ``sample_shape + batch_shape``."""
+        sample_batch = check_sample(value, self.batch_shape, self.event_shape, self.scores)
+        if self._validate_args:
+            check_in_support(self, value, ok=ok)
+        return sample_batch
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
         self._copy_settings(new)
@@ -220,10 +243,12 @@ class StructuredDistribution(DiscreteDistribution):
         """``log q(value)`` by summing the probabilities of its traces (small sizes only).
 
         Families with a closed form override this. Shape: ``sample_shape + batch_shape``.
+        ``-inf`` for a structure of probability 0 (one that uses an absent item); a value that is
+        not a structure at all raises ``ValueError`` unless ``validate_args=False``.
         """
+        sample_batch = self._check_value(value)
         self._check_enumerable("log_prob")
         values, probs = self.support_probs()
-        sample_batch = self._sample_batch_shape(value)
         n_event = len(self.event_shape)
         lead = len(sample_batch) - len(self.batch_shape)
         v = values.reshape(values.shape[:1] + (1,) * lead + values.shape[1:])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from latentgrad._validation import check_structure_scores
+from latentgrad._validation import check_index, check_structure_scores, is_meta
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
 
@@ -65,8 +65,10 @@ class Arborescence(StructuredDistribution):
             edge. NaN and ``+inf`` are rejected, and every vertex must be reachable from
             ``root`` through present edges in every batch element.
         root: the root vertex, an int in ``[0, n)``.
-        validate_args: kept for ``torch.distributions`` compatibility; argument checks always
-            run.
+        validate_args: whether :meth:`log_prob` checks that its value is the adjacency matrix
+            of an arborescence rooted at ``root`` (``None``: torch's default, on unless
+            ``Distribution.set_default_validate_args(False)``); the parameters are always
+            checked.
 
     Shape:
         ``batch_shape = scores.shape[:-2]``, ``event_shape = (n, n)``; a value is the adjacency
@@ -119,21 +121,21 @@ class Arborescence(StructuredDistribution):
         if n < 2:
             raise ValueError(f"scores must have n >= 2 vertices, got shape {tuple(scores.shape)}")
         self.scores = scores
-        self.root = root
+        self.root = root = check_index(root, "root", n)
         self._algorithm = ChuLiuEdmonds(n, root)
         absent = torch.eye(n, dtype=torch.bool, device=scores.device)
         absent[:, root] = True
         self._absent = absent
         present = torch.isfinite(scores.detach()) & ~absent
-        bad = _unreachable_rows(present.reshape(-1, n, n), root)
-        if bool(bad.any()):
+        bad = None if is_meta(scores) else _unreachable_rows(present.reshape(-1, n, n), root)
+        if bad is not None and bool(bad.any()):
             index = tuple(torch.unravel_index(bad.nonzero()[0, 0], scores.shape[:-2]))
             where = f" (batch index {tuple(int(i) for i in index)})" if index else ""
             raise ValueError(
                 f"scores leaves some vertex unreachable from root={root} through edges of "
                 f"finite score{where}"
             )
-        self._init_batch((n, n))
+        self._init_batch((n, n), validate_args)
 
     @property
     def num_vertices(self) -> int:
@@ -183,6 +185,29 @@ class Arborescence(StructuredDistribution):
 
     def _repr_settings(self) -> str:
         return f", root={self.root}"
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        n = self.num_vertices
+        lead = value.shape[:-2]
+        adj = value.reshape(-1, n, n)
+        ones = adj == 1
+        parents = ones.sum(-2)  # (M, n): the parents of each vertex
+        not_root = torch.arange(n, device=value.device) != self.root
+        well_formed = (
+            ((adj == 0) | ones).flatten(1).all(-1)
+            & ~ones.diagonal(dim1=-2, dim2=-1).any(-1)
+            & (parents == not_root.long()).all(-1)
+        )
+        # One parent each and every vertex reached from the root: no cycle.
+        ok = well_formed & ~_unreachable_rows(ones, self.root)
+        return ok.reshape(lead)
+
+    def _support_text(self) -> str:
+        return (
+            f"0/1 adjacency matrices of the arborescences of {self.num_vertices} vertices rooted "
+            f"at root = {self.root}: one parent for every vertex but the root, none for the "
+            "root, every vertex reached from the root"
+        )
 
 
 __all__ = ["Arborescence"]

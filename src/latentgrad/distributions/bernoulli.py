@@ -10,7 +10,15 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import logistic_noise, upcast, xlogx_safe
-from latentgrad._validation import check_bernoulli_logits, check_positive, check_tensor
+from latentgrad._validation import (
+    check_bernoulli_logits,
+    check_in_support,
+    check_positive,
+    check_sample,
+    check_tensor,
+    is_meta,
+    resolve_validate_args,
+)
 from latentgrad.distributions._base import DiscreteDistribution, LocalVariants
 from latentgrad.structured.bits import MAX_BITS, bit_vectors
 
@@ -31,7 +39,10 @@ class Bernoulli(DiscreteDistribution):
     Args:
         logits: log-odds ``a``, shape ``batch_shape + (D,)``.
         probs: probabilities instead of logits (not both).
-        validate_args: kept for ``torch.distributions`` compatibility.
+        validate_args: whether :meth:`log_prob` checks that its value is a 0/1 vector
+            (``None``: torch's default, on unless
+            ``Distribution.set_default_validate_args(False)``); the parameter checks always
+            run.
 
     Shape:
         ``batch_shape = logits.shape[:-1]``, ``event_shape = (D,)``.
@@ -73,11 +84,12 @@ class Bernoulli(DiscreteDistribution):
             raise ValueError("pass exactly one of logits and probs")
         if probs is not None:
             probs = check_tensor(probs, "probs", min_dim=1)
-            if torch.isnan(probs).any() or (probs < 0).any() or (probs > 1).any():
-                raise ValueError("probs must be in [0, 1]")
+            if not is_meta(probs) and not bool(((probs >= 0) & (probs <= 1)).all()):
+                raise ValueError("probs must be in [0, 1] (and not NaN)")
             logits = torch.logit(probs)
         self.logits = check_bernoulli_logits(logits, "logits")
         super().__init__(self.logits.shape[:-1], self.logits.shape[-1:], validate_args=False)
+        self._validate_args = resolve_validate_args(validate_args)
 
     @property
     def num_bits(self) -> int:
@@ -100,9 +112,21 @@ class Bernoulli(DiscreteDistribution):
         a = upcast(self.logits)
         return torch.where(value > 0.5, F.logsigmoid(a), F.logsigmoid(-a))
 
+    def _in_support(self, value: Tensor) -> Tensor:
+        return ((value == 0) | (value == 1)).all(-1)
+
+    def _support_text(self) -> str:
+        return f"0/1 vectors of length {self.num_bits}"
+
     def log_prob(self, value: Tensor) -> Tensor:
-        """Log-probability of bit-vectors, shape ``sample_shape + batch_shape``."""
-        self._sample_batch_shape(value)
+        """Log-probability of bit-vectors, shape ``sample_shape + batch_shape``.
+
+        A value with an entry other than 0 or 1 raises ``ValueError`` unless the distribution
+        was built with ``validate_args=False``.
+        """
+        check_sample(value, self.batch_shape, self.event_shape, self.logits)
+        if self._validate_args:
+            check_in_support(self, value)
         return self._bit_log_probs(value).sum(-1).to(self.logits.dtype)
 
     def entropy(self) -> Tensor:
@@ -156,4 +180,4 @@ class Bernoulli(DiscreteDistribution):
 
     def with_logits(self, logits: Tensor) -> Bernoulli:
         """The same family with other logits (e.g. ``slope * logits`` for slope annealing)."""
-        return Bernoulli(logits=logits)
+        return Bernoulli(logits=logits, validate_args=self._validate_args)

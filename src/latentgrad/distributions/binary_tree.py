@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_finite_scores
+from latentgrad._validation import check_finite_scores, check_in_support, check_sample
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured.argmin_splits import ArgminSplits
 
@@ -33,6 +33,9 @@ class BinaryTree(StructuredDistribution):
         scores: log-rates of the positions, shape ``batch_shape + (n,)``, ``n >= 1``, finite
             (a position of a sequence cannot be left out, so ``-inf`` is rejected as well as NaN
             and ``+inf``).
+        validate_args: whether :meth:`log_prob` checks that its value is the adjacency matrix
+            of a binary tree with in-order ``0 .. n-1`` (``None``: torch's default); the
+            parameters are always checked.
 
     Shape:
         ``batch_shape = scores.shape[:-1]``; a value is the adjacency matrix ``A`` of the tree,
@@ -66,7 +69,7 @@ class BinaryTree(StructuredDistribution):
             scores, "scores", 1, "every position of the sequence is in the tree"
         )
         n = self.scores.shape[-1]
-        self._init_batch((n, n))
+        self._init_batch((n, n), validate_args)
 
     @property
     def algorithm(self) -> ArgminSplits:
@@ -92,23 +95,36 @@ class BinaryTree(StructuredDistribution):
         """
         return super().mode()
 
+    def _in_support(self, value: Tensor) -> Tensor:
+        return _descendants(value)[1]
+
+    def _support_text(self) -> str:
+        n = self.scores.shape[-1]
+        return (
+            f"0/1 adjacency matrices of the binary trees with in-order 0, ..., {n - 1}: one "
+            "root, one parent for every other node, at most one child on each side, every "
+            "subtree an interval"
+        )
+
     def log_prob(self, value: Tensor) -> Tensor:
         """Exact ``log q(tree) = sum_v [scores_v - logsumexp_{u in span(v)} scores_u]``.
 
         The spans come from the descendant relation (the transitive closure of ``A``, by
         ``ceil(log2 n)`` boolean squarings). A value that is not the adjacency matrix of a binary
         tree with in-order ``0 .. n-1`` (entries not 0/1, several roots, a cycle, a span that is
-        not an interval, two children on one side) has probability 0: ``-inf``, with a zero
-        gradient.
+        not an interval, two children on one side) raises ``ValueError``; with
+        ``validate_args=False`` it gets ``-inf``, with a zero gradient.
 
         Shape:
             ``value``: ``sample_shape + batch_shape + (n, n)``; returns
             ``sample_shape + batch_shape`` in the dtype of ``scores``.
         """
-        sample_batch = self._sample_batch_shape(value)
+        sample_batch = check_sample(value, self.batch_shape, self.event_shape, self.scores)
         n = self.scores.shape[-1]
         theta = upcast(self.scores).expand(*sample_batch, n)
         desc, valid = _descendants(value)
+        if self._validate_args:
+            check_in_support(self, value, ok=valid)
         neg_inf = torch.full_like(theta, -torch.inf)
         span_lse = torch.logsumexp(
             torch.where(desc, theta.unsqueeze(-2), neg_inf.unsqueeze(-2)), -1

@@ -9,7 +9,15 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import gumbel_noise, safe_log, upcast, xlogx_safe
-from latentgrad._validation import check_positive, check_scores, check_tensor
+from latentgrad._validation import (
+    check_in_support,
+    check_positive,
+    check_sample,
+    check_scores,
+    check_tensor,
+    is_meta,
+    resolve_validate_args,
+)
 from latentgrad.distributions._base import DiscreteDistribution, LocalVariants
 
 
@@ -66,12 +74,26 @@ class _OneHotFamily(DiscreteDistribution):
         p = self.probs
         return p * (1 - p)
 
+    def _in_support(self, value: Tensor) -> Tensor:
+        if value.dtype == torch.bool:
+            return value.sum(-1) == 1
+        # Entries >= 0 with largest 1 and sum 1: exactly one 1 and zeros (one pass for both).
+        low, high = torch.aminmax(value, dim=-1)
+        return (low >= 0) & (high == 1) & (value.sum(-1) == 1)
+
+    def _support_text(self) -> str:
+        return f"one-hot vectors of length {self.num_categories}"
+
     def log_prob(self, value: Tensor) -> Tensor:
         """Log-probability of one-hot values, shape ``sample_shape + batch_shape``.
 
-        ``-inf`` for values of probability 0; the gradient is finite everywhere.
+        ``-inf`` for values of probability 0; the gradient is finite everywhere. A value that is
+        not one-hot raises ``ValueError`` unless the distribution was built with
+        ``validate_args=False`` (then the result is meaningless).
         """
-        sample_batch = self._sample_batch_shape(value)
+        sample_batch = check_sample(value, self.batch_shape, self.event_shape, self._source)
+        if self._validate_args:
+            check_in_support(self, value)
         index = value.argmax(-1, keepdim=True)
         log_probs = self.log_probs.expand((*sample_batch, self.num_categories))
         return log_probs.gather(-1, index).squeeze(-1)
@@ -145,7 +167,9 @@ class Categorical(_OneHotFamily):
         logits: unnormalized log-probabilities, shape ``batch_shape + (K,)``; ``-inf`` allowed
             (but not for every category), NaN and ``+inf`` are rejected.
         probs: probabilities instead of logits (not both); need not be normalized.
-        validate_args: kept for ``torch.distributions`` compatibility; argument checks always run.
+        validate_args: whether :meth:`log_prob` checks that its value is one-hot (``None``:
+            torch's default, on unless ``Distribution.set_default_validate_args(False)``);
+            the parameter checks always run.
 
     Shape:
         ``batch_shape = logits.shape[:-1]``, ``event_shape = (K,)``.
@@ -177,13 +201,15 @@ class Categorical(_OneHotFamily):
             raise ValueError("pass exactly one of logits and probs")
         if probs is not None:
             probs = check_tensor(probs, "probs", min_dim=1)
-            if torch.isnan(probs).any() or (probs < 0).any():
-                raise ValueError("probs must be non-negative and not NaN")
-            if (probs.sum(-1) <= 0).any():
-                raise ValueError("probs must have a positive entry in every row")
+            if not is_meta(probs):
+                if bool(torch.isnan(probs).any()) or bool((probs < 0).any()):
+                    raise ValueError("probs must be non-negative and not NaN")
+                if bool((probs.sum(-1) <= 0).any()):
+                    raise ValueError("probs must have a positive entry in every row")
             logits = safe_log(probs)
         self.logits = check_scores(logits, "logits")
         super().__init__(self.logits.shape[:-1], self.logits.shape[-1:], validate_args=False)
+        self._validate_args = resolve_validate_args(validate_args)
 
     @property
     def _source(self) -> Tensor:
@@ -209,4 +235,4 @@ class Categorical(_OneHotFamily):
 
     def with_logits(self, logits: Tensor) -> Categorical:
         """The same family with other logits (e.g. ``slope * logits`` for slope annealing)."""
-        return Categorical(logits=logits)
+        return Categorical(logits=logits, validate_args=self._validate_args)

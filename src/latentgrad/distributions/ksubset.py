@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_k, check_structure_scores
+from latentgrad._validation import check_finite_scores, check_k, check_structure_scores, is_meta
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured import TopK, bit_vectors, subset_layers
 
@@ -27,6 +27,10 @@ class KSubset(StructuredDistribution):
         scores: log-weights, shape ``batch_shape + (n,)``; ``-inf`` excludes an item (at least
             ``k`` items per row must remain). NaN and ``+inf`` are rejected.
         k: subset size, ``1 <= k <= n``.
+        validate_args: whether :meth:`log_prob` checks that its value is a 0/1 vector with
+            ``k`` ones (``None``: torch's default, on unless
+            ``Distribution.set_default_validate_args(False)``); the parameters are always
+            checked.
 
     Shape:
         ``batch_shape = scores.shape[:-1]``; values are 0/1 indicator vectors,
@@ -58,10 +62,13 @@ class KSubset(StructuredDistribution):
         self.scores = check_structure_scores(scores, "scores", 1)
         n = self.scores.shape[-1]
         self.k = check_k(k, n, of="n (the last dim of scores)")
-        present = torch.isfinite(self.scores).sum(-1)
-        if bool((present < self.k).any()):
-            raise ValueError(f"scores must have at least k = {k} entries above -inf in every row")
-        self._init_batch((n,))
+        if not is_meta(self.scores):
+            present = torch.isfinite(self.scores).sum(-1)
+            if bool((present < self.k).any()):
+                raise ValueError(
+                    f"scores must have at least k = {k} entries above -inf in every row"
+                )
+        self._init_batch((n,), validate_args)
 
     @property
     def algorithm(self) -> TopK:
@@ -83,6 +90,13 @@ class KSubset(StructuredDistribution):
     def support_size(self) -> int:
         return math.comb(self.scores.shape[-1], self.k)
 
+    def _in_support(self, value: Tensor) -> Tensor:
+        return ((value == 0) | (value == 1)).all(-1) & (value.sum(-1) == self.k)
+
+    def _support_text(self) -> str:
+        n = self.scores.shape[-1]
+        return f"0/1 vectors of length {n} with exactly k = {self.k} ones"
+
     def log_prob(self, value: Tensor) -> Tensor:
         """Exact ``log q(S)``: a sum over the ``k!`` orders of ``S`` by dynamic programming over
         its ``2^k`` sub-subsets (``k <= 16``), in log space.
@@ -90,10 +104,13 @@ class KSubset(StructuredDistribution):
         Shape:
             ``value``: ``sample_shape + batch_shape + (n,)`` indicators; returns
             ``sample_shape + batch_shape``.
+
+        ``-inf`` for a subset with an absent item; a value that is not a 0/1 vector with ``k``
+        ones raises ``ValueError`` (unless ``validate_args=False``).
         """
         if self.k > MAX_SUBSET_DP:
             return super().log_prob(value)
-        sample_batch = self._sample_batch_shape(value)
+        sample_batch = self._check_value(value)
         theta = upcast(self.scores).expand(*sample_batch, self.scores.shape[-1])
         index = value.topk(self.k, dim=-1).indices
         return _subset_log_prob(theta, index).to(self.scores.dtype)
@@ -130,6 +147,8 @@ class PlackettLuce(StructuredDistribution):
 
     Args:
         scores: log-weights, shape ``batch_shape + (n,)``, finite.
+        validate_args: whether :meth:`log_prob` checks that its value is a permutation of
+            ``0 .. n-1`` (``None``: torch's default); the parameters are always checked.
 
     Shape:
         ``batch_shape = scores.shape[:-1]``; a value is the ordering, long ``(n,)``: ``o[r]``
@@ -152,13 +171,10 @@ class PlackettLuce(StructuredDistribution):
     """
 
     def __init__(self, scores: Tensor, validate_args: bool | None = None) -> None:
-        self.scores = check_structure_scores(scores, "scores", 1)
-        if not bool(torch.isfinite(self.scores).all()):
-            raise ValueError(
-                "scores must be finite for PlackettLuce (every item is ranked); use KSubset "
-                "to choose among some items only"
-            )
-        self._init_batch((self.scores.shape[-1],))
+        self.scores = check_finite_scores(
+            scores, "scores", 1, "every item is ranked; use KSubset to choose among some items"
+        )
+        self._init_batch((self.scores.shape[-1],), validate_args)
 
     @property
     def algorithm(self) -> TopK:
@@ -171,9 +187,22 @@ class PlackettLuce(StructuredDistribution):
     def support_size(self) -> int:
         return math.factorial(self.scores.shape[-1])
 
+    def _in_support(self, value: Tensor) -> Tensor:
+        n = self.scores.shape[-1]
+        ranks = torch.arange(n, device=value.device)
+        return (torch.sort(value, -1).values == ranks).all(-1)
+
+    def _support_text(self) -> str:
+        n = self.scores.shape[-1]
+        return f"orderings of the {n} items: permutations of 0, ..., {n - 1}"
+
     def log_prob(self, value: Tensor) -> Tensor:
-        """``sum_r [s_{o_r} - logsumexp_{j >= r} s_{o_j}]``; shape ``sample_shape + batch_shape``."""
-        sample_batch = self._sample_batch_shape(value)
+        """``sum_r [s_{o_r} - logsumexp_{j >= r} s_{o_j}]``; shape ``sample_shape + batch_shape``.
+
+        A value that is not a permutation of ``0 .. n-1`` raises ``ValueError`` (unless
+        ``validate_args=False``).
+        """
+        sample_batch = self._check_value(value)
         theta = upcast(self.scores).expand(*sample_batch, self.scores.shape[-1])
         ranked = theta.gather(-1, value.long())
         tail = torch.logcumsumexp(ranked.flip(-1), -1).flip(-1)

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_finite_scores
+from latentgrad._validation import check_finite_scores, check_in_support, check_sample
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured import Elimination, bit_vectors, subset_layers
 
@@ -42,6 +42,8 @@ class Matching(StructuredDistribution):
         scores: log-rates of the entries, shape ``batch_shape + (n, n)``, ``n >= 1``, finite
             (``-inf`` is rejected: elimination could reach free rows and columns with no entry
             left between them; NaN and ``+inf`` are rejected too).
+        validate_args: whether :meth:`log_prob` checks that its value is a permutation matrix
+            (``None``: torch's default); the parameters are always checked.
 
     Shape:
         ``batch_shape = scores.shape[:-2]``; a value is a permutation matrix,
@@ -84,7 +86,7 @@ class Matching(StructuredDistribution):
             )
         self.scores = t
         n = t.shape[-1]
-        self._init_batch((n, n))
+        self._init_batch((n, n), validate_args)
 
     @property
     def algorithm(self) -> Elimination:
@@ -113,6 +115,15 @@ class Matching(StructuredDistribution):
         """
         return super().mode()
 
+    def _in_support(self, value: Tensor) -> Tensor:
+        binary = ((value == 0) | (value == 1)).flatten(-2).all(-1)
+        ones = value == 1
+        return binary & (ones.sum(-1) == 1).all(-1) & (ones.sum(-2) == 1).all(-1)
+
+    def _support_text(self) -> str:
+        n = self.scores.shape[-1]
+        return f"{n} x {n} permutation matrices (one 1 in every row and every column)"
+
     def log_prob(self, value: Tensor) -> Tensor:
         """Exact ``log q(M)`` by dynamic programming over the subsets of the ``n`` pairs of ``M``.
 
@@ -120,7 +131,8 @@ class Matching(StructuredDistribution):
         columns are those of the other pairs, so ``f(S) = sum_{k in S} f(S - k)
         exp(scores_k) / Z(S - k)`` with ``Z(S)`` the total rate of the free rows x free columns;
         ``log q(M) = log f(all pairs)``. ``O(2^n n)`` time and memory per row, in log space.
-        A value that is not a permutation matrix has probability 0 (``-inf``).
+        A value that is not a permutation matrix raises ``ValueError`` (with
+        ``validate_args=False`` it gets ``-inf``).
 
         Shape:
             ``value``: ``sample_shape + batch_shape + (n, n)``; returns
@@ -135,10 +147,11 @@ class Matching(StructuredDistribution):
                 f"Matching.log_prob sums over 2^n subsets, n = {n} > {MAX_MATCHING_DP}; use "
                 "trace_log_prob (or noise_log_prob) instead"
             )
-        sample_batch = self._sample_batch_shape(value)
-        binary = ((value == 0) | (value == 1)).flatten(-2).all(-1)
+        sample_batch = check_sample(value, self.batch_shape, self.event_shape, self.scores)
+        valid = self._in_support(value)
+        if self._validate_args:
+            check_in_support(self, value, ok=valid)
         ones = value == 1
-        valid = binary & (ones.sum(-1) == 1).all(-1) & (ones.sum(-2) == 1).all(-1)
         sigma = ones.to(torch.int8).argmax(-1)  # column of each row
         theta = upcast(self.scores).expand(*sample_batch, n, n)
         logp = _matching_log_prob(theta.reshape(-1, n, n), sigma.reshape(-1, n))

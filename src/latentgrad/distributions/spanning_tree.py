@@ -10,7 +10,13 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_tensor
+from latentgrad._validation import (
+    check_in_support,
+    check_sample,
+    check_tensor,
+    is_meta,
+    own_samples,
+)
 from latentgrad.distributions._structured import StructuredDistribution
 from latentgrad.structured import Kruskal, SubsetLayer, all_spanning_trees, subset_layers
 from latentgrad.structured.kruskal import (
@@ -63,9 +69,13 @@ class SpanningTree(StructuredDistribution):
         scores: edge scores ``theta``, shape ``batch_shape + (n, n)`` with ``n >= 2``. The score
             of edge ``{u, v}`` is ``scores[..., u, v]`` with ``u < v`` (the upper triangle); the
             diagonal and the lower triangle are ignored. ``-inf`` marks an absent edge; the
-            present edges of every batch element must connect all ``n`` vertices. NaN and
-            ``+inf`` are rejected. float16/bfloat16 scores are computed in float32.
-        validate_args: kept for ``torch.distributions`` compatibility; argument checks always run.
+            present edges of every batch element must connect all ``n`` vertices. NaN anywhere
+            (below the diagonal too) and ``+inf`` above the diagonal are rejected.
+            float16/bfloat16 scores are computed in float32.
+        validate_args: whether :meth:`log_prob` checks that its value is the adjacency matrix
+            of a spanning tree (``None``: torch's default, on unless
+            ``Distribution.set_default_validate_args(False)``); the parameters are always
+            checked.
 
     Shape:
         ``batch_shape = scores.shape[:-2]``, ``event_shape = (n, n)``: a value is the symmetric
@@ -113,10 +123,13 @@ class SpanningTree(StructuredDistribution):
             raise ValueError(f"scores must be square, (..., n, n), got shape {tuple(scores.shape)}")
         if n < 2:
             raise ValueError(f"scores must have n >= 2 vertices, got shape {tuple(scores.shape)}")
-        _check_edges(adjacency_to_edges(scores), n, "scores")
+        if not is_meta(scores):
+            if bool(torch.isnan(scores).any()):
+                raise ValueError("scores contains NaN (NaN is rejected in every entry)")
+            _check_edges(adjacency_to_edges(scores), n, "scores")
         self.scores = scores
         self._algorithm = Kruskal(n)
-        self._init_batch((n, n))
+        self._init_batch((n, n), validate_args)
 
     @property
     def algorithm(self) -> Kruskal:
@@ -150,8 +163,10 @@ class SpanningTree(StructuredDistribution):
         Kruskal's candidate set depends only on the *set* of edges taken so far, so the sum over
         the ``(n-1)!`` orders of a tree's edges is a dynamic program over the ``2^(n-1)``
         subsets of its edges (for ``n <= 16``; larger ``n`` falls back to enumeration, which
-        raises ``TypeError``). ``-inf`` for a value that is not a spanning tree of the present
-        edges (given as a symmetric 0/1 matrix with zero diagonal); gradients are finite.
+        raises ``TypeError``). ``-inf`` for a spanning tree that uses an absent edge; gradients
+        are finite. A value that is not the adjacency matrix of a spanning tree (symmetric, 0/1,
+        zero diagonal, ``n - 1`` edges, connected) raises ``ValueError`` unless
+        ``validate_args=False`` (then it gets ``-inf``).
 
         Shape:
             ``value``: ``sample_shape + batch_shape + (n, n)``; returns
@@ -160,23 +175,14 @@ class SpanningTree(StructuredDistribution):
         n = self.num_vertices
         if n > MAX_DP_VERTICES:
             return super().log_prob(value)
-        sample_batch = self._sample_batch_shape(value)
+        sample_batch = check_sample(value, self.batch_shape, self.event_shape, self.scores)
         d = self.num_items
         theta = self.item_scores().expand(*sample_batch, d).reshape(-1, d)
-        adj = value.reshape(-1, n, n)
-        edges = adjacency_to_edges(adj) != 0
-        well_formed = (
-            ((adj == 0) | (adj == 1)).flatten(1).all(-1)
-            & (adj == adj.mT).flatten(1).all(-1)
-            & (adj.diagonal(dim1=-2, dim2=-1) == 0).all(-1)
-        )
+        edges, spanning = _spanning_trees(value.expand(*sample_batch, n, n).reshape(-1, n, n))
+        if self._validate_args:
+            check_in_support(self, value, ok=spanning.reshape(sample_batch))
         present = torch.isfinite(theta)
-        tree = (
-            well_formed
-            & (edges.sum(-1) == n - 1)
-            & ~(edges & ~present).any(-1)
-            & connected(edges_to_adjacency(edges))
-        )
+        tree = spanning & ~(edges & ~present).any(-1)
         logp = _tree_log_prob(theta, edges, tree, n)
         logp = torch.where(tree, logp, torch.full_like(logp, -torch.inf))
         return logp.reshape(sample_batch).to(self.scores.dtype)
@@ -199,16 +205,44 @@ class SpanningTree(StructuredDistribution):
         edges = all_spanning_trees(n, self.scores.device)  # (S, D) bool
         present = torch.isfinite(self.item_scores().detach()).reshape(-1, self.num_items)
         uses_absent = (edges.unsqueeze(1) & ~present.unsqueeze(0)).any(-1)  # (S, B)
-        edges = edges[(~uses_absent).any(-1)]
+        if uses_absent.shape[1]:  # an empty batch keeps every tree
+            edges = edges[(~uses_absent).any(-1)]
         s = edges.shape[0]
         values = edges_to_adjacency(edges.to(self.scores.dtype))
         values = values.reshape(s, *(1,) * len(self.batch_shape), n, n)
         values = values.expand(s, *self.batch_shape, n, n)
-        probs = self.log_prob(values).exp()
+        with own_samples():
+            probs = self.log_prob(values).exp()
         return values, probs
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        n = self.num_vertices
+        lead = value.shape[:-2]
+        return _spanning_trees(value.reshape(-1, n, n))[1].reshape(lead)
+
+    def _support_text(self) -> str:
+        n = self.num_vertices
+        return (
+            f"symmetric 0/1 adjacency matrices of the spanning trees of {n} vertices: zero "
+            f"diagonal, {n - 1} edges, connected"
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _spanning_trees(adj: Tensor) -> tuple[Tensor, Tensor]:
+    """The edges (bool ``(M, D)``) of adjacency matrices ``(M, n, n)`` and whether each is a
+    spanning tree: 0/1, symmetric, zero diagonal, ``n - 1`` edges, connected."""
+    n = adj.shape[-1]
+    edges = adjacency_to_edges(adj) != 0
+    well_formed = (
+        ((adj == 0) | (adj == 1)).flatten(1).all(-1)
+        & (adj == adj.mT).flatten(1).all(-1)
+        & (adj.diagonal(dim1=-2, dim2=-1) == 0).all(-1)
+    )
+    tree = well_formed & (edges.sum(-1) == n - 1) & connected(edges_to_adjacency(edges))
+    return edges, tree
 
 
 def _check_edges(edges: Tensor, n: int, name: str) -> None:

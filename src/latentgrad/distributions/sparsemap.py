@@ -10,7 +10,12 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import safe_log, upcast, xlogx_safe
-from latentgrad._validation import check_finite_scores, check_int, check_tensor
+from latentgrad._validation import (
+    check_finite_scores,
+    check_int,
+    check_optional_int,
+    check_tensor,
+)
 from latentgrad.distributions._base import DiscreteDistribution
 from latentgrad.mappings import SparseMAPResult, TopKResult, sparsemap, topk_sparsemax
 
@@ -117,7 +122,9 @@ class _SparseStructures(DiscreteDistribution):
             values, probs = self.support_probs()
             shape = torch.Size(sample_shape)
             flat = probs.reshape(probs.shape[0], -1).T  # (B, A)
-            idx = torch.multinomial(upcast(flat), max(shape.numel(), 1), replacement=True)
+            # (The weights are >= 0 already; the clamp only guards the sampler against rounding.)
+            weights = upcast(flat).clamp_min(0.0)
+            idx = torch.multinomial(weights, max(shape.numel(), 1), replacement=True)
             idx = idx.T.reshape(*shape, *self.batch_shape)
             v = values.reshape(values.shape[0], -1, *self.event_shape)
             b = torch.arange(v.shape[1], device=v.device).expand_as(idx.reshape(-1, v.shape[1]))
@@ -140,11 +147,13 @@ class SparseMAP(_SparseStructures):
         scores: part scores, ``batch_shape + (D,)``, finite.
         oracle: the structures' MAP oracle (``dim == D``); its ``to_value`` (when it has one)
             gives the values' form, otherwise values are the flat 0/1 indicators.
-        max_iter, tol: passed to :func:`~latentgrad.mappings.sparsemap`.
+        max_iter, tol: passed to :func:`~latentgrad.mappings.sparsemap` (``max_iter=None``:
+            its default, which grows with ``D``).
         strict: raise ``RuntimeError`` when some row does not converge (default). With
             ``strict=False`` check :attr:`result` (``converged``, ``gap``).
         method: ``"auto"`` uses the oracle's closed form where it has one (free bit-vectors:
-            the nested decomposition of the clamp), ``"active_set"`` always runs the
+            the nested decomposition of the clamp; budgeted ones: the capped-simplex
+            projection, decomposed by systematic sampling), ``"active_set"`` always runs the
             iterative solver; see :func:`~latentgrad.mappings.sparsemap`.
 
     Shape:
@@ -157,8 +166,8 @@ class SparseMAP(_SparseStructures):
         >>> scores = torch.tensor([[0.9, 0.6, -0.2, 0.1]], requires_grad=True)
         >>> q = lg.SparseMAP(scores, BudgetBits(4, budget=2))
         >>> values, probs = q.support_probs()
-        >>> values.shape[0], round(probs.sum().item(), 6)
-        (3, 1.0)
+        >>> values.shape[0], round(probs.sum().item(), 6)  # mu* has 3 coordinates in (0, 1)
+        (4, 1.0)
         >>> out = lg.Marginalize()(q, lambda z: (z * torch.arange(4.0)).sum(-1))
         >>> out.surrogate.sum().backward()  # exact gradient of sum_z p_z loss(z)
 
@@ -174,7 +183,7 @@ class SparseMAP(_SparseStructures):
         scores: Tensor,
         oracle: Any,
         *,
-        max_iter: int = 100,
+        max_iter: int | None = None,
         tol: float = 1e-6,
         strict: bool = True,
         method: str = "auto",
@@ -183,7 +192,7 @@ class SparseMAP(_SparseStructures):
         if not callable(oracle):
             raise TypeError(f"oracle must be callable, got {type(oracle).__name__}")
         self.oracle = oracle
-        self.max_iter = check_int(max_iter, "max_iter", minimum=1)
+        self.max_iter = check_optional_int(max_iter, "max_iter", minimum=1)
         self.tol = tol
         self.strict = strict
         if method not in ("auto", "active_set"):

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from latentgrad._numerics import safe_log, upcast
-from latentgrad._validation import check_optional_int, check_scores
+from latentgrad._validation import check_optional_int, check_scores, resolve_validate_args
 from latentgrad.distributions._base import DiscreteDistribution
 from latentgrad.distributions.categorical import _OneHotFamily, one_hot_like
 from latentgrad.mappings import sparsemax
@@ -35,7 +35,8 @@ class SparsemaxCategorical(_OneHotFamily):
         scores: unnormalized scores, shape ``batch_shape + (K,)``; NaN and ``+inf`` are rejected,
             and so is a row that is ``-inf`` everywhere.
         k: partial sorting hint passed to :func:`~latentgrad.mappings.sparsemax`.
-        validate_args: kept for ``torch.distributions`` compatibility; argument checks always run.
+        validate_args: whether :meth:`log_prob` checks that its value is one-hot (``None``:
+            torch's default); the parameter checks always run.
 
     Shape:
         ``batch_shape = scores.shape[:-1]``, ``event_shape = (K,)``.
@@ -67,6 +68,7 @@ class SparsemaxCategorical(_OneHotFamily):
         self.scores = check_scores(scores, "scores")
         self.k = check_optional_int(k, "k", minimum=1)
         super().__init__(self.scores.shape[:-1], self.scores.shape[-1:], validate_args=False)
+        self._validate_args = resolve_validate_args(validate_args)
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
         new.k = self.k  # type: ignore[attr-defined]

@@ -357,6 +357,16 @@ def structure_support(
     """
     batch = theta.shape[:-1]
     d = theta.shape[-1]
+    if batch.numel() == 0:
+        # An empty batch: the structures of one row with every item present, no probabilities.
+        one = torch.zeros((1, d), dtype=theta.dtype, device=theta.device)
+        values, probs = structure_support(alg, one, canonical=canonical, max_traces=max_traces)
+        empty = 0 * upcast(theta).sum()  # keeps the result on the graph of theta
+        s = values.shape[0]
+        return (
+            values[:, :0].reshape(s, *batch, *values.shape[2:]),
+            (probs[:, :0] + empty).reshape(s, *batch),
+        )
     flat = upcast(theta).reshape(-1, d)
     n = flat.shape[0]
     mask = torch.isfinite(flat)
