@@ -6,7 +6,8 @@ row at a time (a Python loop of calls with ``N = 1``). One timing is the solve p
 of a loss of both ``mu`` and the weights. The table also gives the mean support size.
 
 Part 1 runs the iterative active-set solver on every problem (``method="active_set"``), then
-the closed form that ``sparsemap`` uses by default for free bits.
+the closed forms that ``sparsemap`` uses by default for free bits (the clamp) and budgeted bits
+(the capped-simplex projection).
 
 Part 2: one training step of a bit-vector VAE (batch 64, D = 32, linear encoder 784 -> 32 and
 linear decoder 32 -> 784, synthetic binary images drawn from random 32-bit codes): SparseMAP
@@ -192,7 +193,7 @@ def main() -> None:
     )
     cases = [
         (oracle, "active_set") for d in (32, 128) for oracle in (FreeBits(d), BudgetBits(d, d // 4))
-    ] + [(FreeBits(32), "auto"), (FreeBits(128), "auto")]
+    ] + [(oracle, "auto") for d in (32, 128) for oracle in (FreeBits(d), BudgetBits(d, d // 4))]
     for oracle, method in cases:
         steps, support = solver_steps(oracle, args.batch, gen, method)
         times = interleaved(steps, args.seconds, args.min_rounds)

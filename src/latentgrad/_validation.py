@@ -137,6 +137,16 @@ def check_positive(x: object, name: str) -> float:
     return value
 
 
+def check_nonnegative(x: object, name: str) -> float:
+    """Check a finite real number ``>= 0`` (tolerances)."""
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    value = float(x)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {x!r}")
+    return value
+
+
 def check_int(
     x: object, name: str, *, minimum: int, maximum: int | None = None, of: str = ""
 ) -> int:
@@ -332,8 +342,9 @@ def check_in_support(
     n = len(dist.event_shape)
     event = value.shape[value.dim() - n :]
     shown = value.expand(*ok.shape, *event)[bad]
+    got = f"got {shown.tolist()}" if shown.numel() <= 32 else "got a value outside it"
     where = f" at index {bad}" if bad else ""
     raise ValueError(
         f"{name} must be in the support of {type(dist).__name__} ({dist._support_text()}); "
-        f"got {shown.tolist()}{where}"
+        f"{got}{where}"
     )

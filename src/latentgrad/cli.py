@@ -431,7 +431,8 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """Warnings of the command as one line each on stderr."""
-    print(f"latentgrad: warning: {message}", file=file or sys.stderr)
+    text = " ".join(str(message).split())
+    print(f"latentgrad: warning: {text}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -236,3 +236,12 @@ def test_batch_row_selects_the_leading_batch_element() -> None:
     )
     with pytest.raises(ValueError, match="no batch dim"):
         lg.Bernoulli(logits=torch.zeros(3)).batch_row(0)
+
+
+def test_ksubset_bounds_what_its_enumeration_walks() -> None:
+    # support_probs walks the ordered top-k traces (16!/8! ~ 5e8), not the C(16, 8) = 12870 sets.
+    big = lg.KSubset(torch.zeros(16), k=8)
+    assert big.support_size() == 12870 and not big.can_enumerate_support()
+    with pytest.raises(ValueError, match="support"):
+        lg.Marginalize()(big, lambda z: z.sum(-1))
+    assert lg.KSubset(torch.zeros(16), k=4).can_enumerate_support()

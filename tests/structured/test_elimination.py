@@ -181,7 +181,10 @@ def test_invalid_values_have_log_prob_minus_inf() -> None:
     two_in_a_row[0, 1] = 1
     swapped = eye[[0, 0, 2]]  # column 1 empty, column 0 twice
     values = torch.stack([eye, two_in_a_row, swapped, eye * 0.5, torch.zeros(3, 3, dtype=F64)])
-    lp = q.log_prob(values)
+    for value in values[1:]:
+        with pytest.raises(ValueError, match="value must be in the support of Matching"):
+            q.log_prob(value)
+    lp = Matching(q.scores, validate_args=False).log_prob(values)
     assert bool(torch.isfinite(lp[0])) and bool(torch.isneginf(lp[1:]).all())
 
 

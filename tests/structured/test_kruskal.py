@@ -236,8 +236,11 @@ def test_log_prob_of_non_trees_and_broadcasting():
         2 * uses_absent,  # not 0/1
         torch.triu(uses_absent),  # not symmetric
     ]
+    unchecked = SpanningTree(q.scores, validate_args=False)
     for value in bad:
-        assert bool(torch.isneginf(q.log_prob(value.expand(2, 5, 5))).all())
+        with pytest.raises(ValueError, match="value must be in the support of SpanningTree"):
+            q.log_prob(value.expand(2, 5, 5))
+        assert bool(torch.isneginf(unchecked.log_prob(value.expand(2, 5, 5))).all())
     with pytest.raises(ValueError, match="event shape"):
         q.log_prob(torch.zeros(2, 4, 4, dtype=F64))
 
@@ -335,11 +338,16 @@ def test_argument_errors_name_scores():
         SpanningTree(scores)
     scores[1, 0, 2, 3] = 0.0  # one edge reconnects it
     SpanningTree(scores)
-    # the lower triangle and the diagonal are ignored, NaN included
+    # the lower triangle and the diagonal are ignored, but NaN and +inf raise anywhere
     ignored = torch.zeros(3, 3)
-    ignored[2, 0] = float("nan")
-    ignored[1, 1] = torch.inf
+    ignored[2, 0] = -torch.inf
+    ignored[1, 1] = 5.0
     assert SpanningTree(ignored).sample().shape == (3, 3)
+    for bad in (float("nan"), torch.inf):
+        below = torch.zeros(3, 3)
+        below[2, 0] = bad
+        with pytest.raises(ValueError, match=r"scores contains (NaN|\+inf)"):
+            SpanningTree(below)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])

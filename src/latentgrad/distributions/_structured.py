@@ -246,8 +246,8 @@ class StructuredDistribution(DiscreteDistribution):
         ``-inf`` for a structure of probability 0 (one that uses an absent item); a value that is
         not a structure at all raises ``ValueError`` unless ``validate_args=False``.
         """
-        sample_batch = self._check_value(value)
         self._check_enumerable("log_prob")
+        sample_batch = self._check_value(value)
         values, probs = self.support_probs()
         n_event = len(self.event_shape)
         lead = len(sample_batch) - len(self.batch_shape)

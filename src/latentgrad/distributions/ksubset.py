@@ -90,6 +90,11 @@ class KSubset(StructuredDistribution):
     def support_size(self) -> int:
         return math.comb(self.scores.shape[-1], self.k)
 
+    def can_enumerate_support(self) -> bool:
+        """Whether :meth:`support_probs` can run: it walks the ordered top-k traces,
+        ``n! / (n - k)!`` of them (not the ``C(n, k)`` sets), so that count is what is bounded."""
+        return math.perm(self.scores.shape[-1], self.k) <= self.max_support_size
+
     def _in_support(self, value: Tensor) -> Tensor:
         return ((value == 0) | (value == 1)).all(-1) & (value.sum(-1) == self.k)
 

@@ -32,7 +32,15 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from latentgrad._numerics import gumbel_noise, logistic_noise, upcast
-from latentgrad._validation import check_bernoulli_logits, check_positive, check_scores
+from latentgrad._validation import (
+    check_bernoulli_logits,
+    check_in_support,
+    check_positive,
+    check_sample,
+    check_scores,
+    is_meta,
+    resolve_validate_args,
+)
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
 
@@ -137,6 +145,7 @@ class _Relaxed(Distribution):
         self.tau = check_positive(tau, "tau")
         self._last = _LastSample()
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+        self._validate_args = resolve_validate_args(validate_args)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> _Relaxed:
         batch_shape = torch.Size(batch_shape)
@@ -145,6 +154,7 @@ class _Relaxed(Distribution):
         new.tau = self.tau
         new._last = _LastSample()
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
         return new
 
     def sample(self, sample_shape: _Shape = ()) -> Tensor:
@@ -152,15 +162,22 @@ class _Relaxed(Distribution):
             return self.rsample(sample_shape)
 
     def _check_value(self, value: Tensor, name: str = "value") -> Tensor:
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor")
-        n = len(self.event_shape)
-        if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
-            raise ValueError(
-                f"{name} must end with the event shape {tuple(self.event_shape)}, "
-                f"got shape {tuple(value.shape)}"
-            )
+        check_sample(value, self.batch_shape, self.event_shape, self.logits, name)
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
         return value
+
+    def _check_support(self, value: Tensor) -> None:
+        """The support check of :meth:`log_prob` (``validate_args``), for values that are not
+        this distribution's own last sample."""
+        if self._validate_args:
+            check_in_support(self, value)
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _support_text(self) -> str:
+        raise NotImplementedError
 
     def _log_density_out(self, x: Tensor) -> Tensor:
         # A log-density beyond float16's range saturates instead of becoming -inf.
@@ -204,7 +221,10 @@ class RelaxedCategorical(_Relaxed):
     Args:
         logits: unnormalized log-probabilities, shape ``batch_shape + (K,)``, finite.
         tau: temperature, a positive float.
-        validate_args: kept for ``torch.distributions`` compatibility.
+        validate_args: whether :meth:`log_prob` checks that its value is on the simplex
+            (``None``: torch's default, on unless
+            ``Distribution.set_default_validate_args(False)``); the parameters are always
+            checked.
 
     Shape:
         ``batch_shape = logits.shape[:-1]``, ``event_shape = (K,)``; samples
@@ -235,7 +255,19 @@ class RelaxedCategorical(_Relaxed):
     support = constraints.simplex
 
     def __init__(self, logits: Tensor, tau: float, validate_args: bool | None = None) -> None:
-        super().__init__(check_scores(logits, "logits", allow_neg_inf=False), tau)
+        super().__init__(check_scores(logits, "logits", allow_neg_inf=False), tau, validate_args)
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        # Normalizing in log space and rounding each coordinate move the sum off 1 by a few
+        # eps times the scale of the scores, and K eps / 2: sqrt(eps) + K eps covers both. At
+        # least float32's eps: float64 values are often upcast float32 samples.
+        eps = max(torch.finfo(value.dtype).eps, torch.finfo(torch.float32).eps)
+        tol = math.sqrt(eps) + self.event_shape[0] * eps
+        inside = ((value >= 0) & (value <= 1)).all(-1)
+        return inside & ((value.sum(-1) - 1).abs() <= tol)
+
+    def _support_text(self) -> str:
+        return f"the probability simplex: {self.event_shape[0]} entries >= 0 summing to 1"
 
     def _scores(self, sample_shape: _Shape) -> Tensor:
         noise = gumbel_noise(self._noise_shape(sample_shape), self.logits)
@@ -275,6 +307,7 @@ class RelaxedCategorical(_Relaxed):
             y = upcast(value.detach())
             log_y = _value_with_gradient_of(y.log(), x, y > 0)
         else:
+            self._check_support(value)
             y_min = self._y_min(value.dtype)
             log_y = _log_floored(upcast(value), y_min, _smallest_positive(value.dtype))
         return self._log_density_out(self._log_prob_log(log_y) - log_y.sum(-1))
@@ -310,7 +343,8 @@ class RelaxedBernoulli(_Relaxed):
     Args:
         logits: log-odds ``a``, shape ``batch_shape + (D,)``, finite.
         tau: temperature, a positive float.
-        validate_args: kept for ``torch.distributions`` compatibility.
+        validate_args: whether :meth:`log_prob` checks that its value is in ``[0, 1]^D``
+            (``None``: torch's default); the parameters are always checked.
 
     Shape:
         ``batch_shape = logits.shape[:-1]``, ``event_shape = (D,)``; samples
@@ -336,9 +370,15 @@ class RelaxedBernoulli(_Relaxed):
 
     def __init__(self, logits: Tensor, tau: float, validate_args: bool | None = None) -> None:
         logits = check_bernoulli_logits(logits, "logits")
-        if torch.isinf(logits).any():
+        if not is_meta(logits) and bool(torch.isinf(logits).any()):
             raise ValueError("logits must be finite (the relaxed density is degenerate at ±inf)")
-        super().__init__(logits, tau)
+        super().__init__(logits, tau, validate_args)
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        return ((value >= 0) & (value <= 1)).all(-1)
+
+    def _support_text(self) -> str:
+        return f"[0, 1]^{self.event_shape[0]}: every entry in [0, 1]"
 
     def _logit(self, sample_shape: _Shape) -> Tensor:
         noise = logistic_noise(self._noise_shape(sample_shape), self.logits)
@@ -377,6 +417,7 @@ class RelaxedBernoulli(_Relaxed):
             # -log y - log(1 - y) = softplus(-logit) + softplus(logit)
             out = self._unit_log_prob_logit(logit) + F.softplus(logit) + F.softplus(-logit)
             return self._log_density_out(out.sum(-1))
+        self._check_support(value)
         info = torch.finfo(value.dtype)
         # As for RelaxedCategorical: the gradient w.r.t. y is at most (tau + 2) / y in size, and
         # (tau + 2) / (1 - y) near 1, in y's dtype. Capped at 1/4 for absurd tau.

@@ -69,8 +69,8 @@ class SpanningTree(StructuredDistribution):
         scores: edge scores ``theta``, shape ``batch_shape + (n, n)`` with ``n >= 2``. The score
             of edge ``{u, v}`` is ``scores[..., u, v]`` with ``u < v`` (the upper triangle); the
             diagonal and the lower triangle are ignored. ``-inf`` marks an absent edge; the
-            present edges of every batch element must connect all ``n`` vertices. NaN anywhere
-            (below the diagonal too) and ``+inf`` above the diagonal are rejected.
+            present edges of every batch element must connect all ``n`` vertices. NaN and
+            ``+inf`` are rejected in every entry (below the diagonal too).
             float16/bfloat16 scores are computed in float32.
         validate_args: whether :meth:`log_prob` checks that its value is the adjacency matrix
             of a spanning tree (``None``: torch's default, on unless
@@ -124,8 +124,11 @@ class SpanningTree(StructuredDistribution):
         if n < 2:
             raise ValueError(f"scores must have n >= 2 vertices, got shape {tuple(scores.shape)}")
         if not is_meta(scores):
+            # NaN or +inf anywhere is an upstream bug, even in the ignored lower triangle.
             if bool(torch.isnan(scores).any()):
-                raise ValueError("scores contains NaN (NaN is rejected in every entry)")
+                raise ValueError("scores contains NaN (it is rejected in every entry)")
+            if bool(torch.isposinf(scores).any()):
+                raise ValueError("scores contains +inf (it is rejected in every entry)")
             _check_edges(adjacency_to_edges(scores), n, "scores")
         self.scores = scores
         self._algorithm = Kruskal(n)

@@ -12,9 +12,14 @@ from torch.distributions import constraints
 from latentgrad._numerics import safe_log, upcast, xlogx_safe
 from latentgrad._validation import (
     check_finite_scores,
+    check_in_support,
     check_int,
+    check_nonnegative,
     check_optional_int,
+    check_sample,
     check_tensor,
+    is_meta,
+    resolve_validate_args,
 )
 from latentgrad.distributions._base import DiscreteDistribution
 from latentgrad.mappings import SparseMAPResult, TopKResult, sparsemap, topk_sparsemax
@@ -42,13 +47,26 @@ class _SparseStructures(DiscreteDistribution):
     scores: Tensor
     _to_value_fn: Callable[[Tensor], Tensor] | None = None
 
-    def _setup(self, scores: object, event_shape: torch.Size | None = None) -> None:
+    def _setup(
+        self,
+        scores: object,
+        event_shape: torch.Size | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         t = check_finite_scores(scores, "scores")
         self.scores = t
         self._cache: tuple[Tensor, Tensor] | None = None
         if event_shape is None:
             event_shape = torch.Size((t.shape[-1],))
         DiscreteDistribution.__init__(self, t.shape[:-1], event_shape, validate_args=False)
+        self._validate_args = resolve_validate_args(validate_args)
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        """0/1 values (subclasses narrow this to their structures)."""
+        return ((value == 0) | (value == 1)).flatten(value.dim() - len(self.event_shape)).all(-1)
+
+    def _support_text(self) -> str:
+        return f"0/1 values of shape {tuple(self.event_shape)}"
 
     def _copy_extra_state(self, new: DiscreteDistribution) -> None:
         self._copy_settings(new)
@@ -94,16 +112,19 @@ class _SparseStructures(DiscreteDistribution):
 
     def _match(self, value: Tensor) -> Tensor:
         """``(A,) + sample_batch`` mask of the support structures equal to ``value``."""
+        sample_batch = check_sample(value, self.batch_shape, self.event_shape, self.scores)
+        if self._validate_args:
+            check_in_support(self, value)
         values, _ = self.support_probs()
-        sample_batch = self._sample_batch_shape(value)
         lead = len(sample_batch) - len(self.batch_shape)
         v = values.reshape(values.shape[:1] + (1,) * lead + values.shape[1:])
         n_event = len(self.event_shape)
         return (v == value.unsqueeze(0)).flatten(v.dim() - n_event).all(-1)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log`` of the weight of ``value`` (``-inf`` off the support), shape
-        ``sample_shape + batch_shape``; differentiable with finite gradients."""
+        """``log`` of the weight of ``value`` (``-inf`` for a structure of weight 0), shape
+        ``sample_shape + batch_shape``; differentiable with finite gradients. A value that is not
+        a structure raises ``ValueError`` (unless ``validate_args=False``)."""
         same = self._match(value)
         _, probs = self.support_probs()
         lead = same.dim() - probs.dim()
@@ -122,10 +143,12 @@ class _SparseStructures(DiscreteDistribution):
             values, probs = self.support_probs()
             shape = torch.Size(sample_shape)
             flat = probs.reshape(probs.shape[0], -1).T  # (B, A)
+            if flat.shape[0] == 0:  # an empty batch
+                return values.new_zeros(shape + self.batch_shape + self.event_shape)
             # (The weights are >= 0 already; the clamp only guards the sampler against rounding.)
             weights = upcast(flat).clamp_min(0.0)
             idx = torch.multinomial(weights, max(shape.numel(), 1), replacement=True)
-            idx = idx.T.reshape(*shape, *self.batch_shape)
+            idx = idx.T.reshape(shape + self.batch_shape)
             v = values.reshape(values.shape[0], -1, *self.event_shape)
             b = torch.arange(v.shape[1], device=v.device).expand_as(idx.reshape(-1, v.shape[1]))
             out = v[idx.reshape(-1, v.shape[1]), b]
@@ -193,17 +216,23 @@ class SparseMAP(_SparseStructures):
             raise TypeError(f"oracle must be callable, got {type(oracle).__name__}")
         self.oracle = oracle
         self.max_iter = check_optional_int(max_iter, "max_iter", minimum=1)
-        self.tol = tol
+        self.tol = check_nonnegative(tol, "tol")
         self.strict = strict
         if method not in ("auto", "active_set"):
             raise ValueError(f"method must be 'auto' or 'active_set', got {method!r}")
         self.method = method
         self._to_value_fn = getattr(oracle, "to_value", None)
-        scores = check_tensor(scores, "scores", min_dim=1)
+        scores = check_finite_scores(scores, "scores")
+        dim = getattr(oracle, "dim", None)
+        if isinstance(dim, int) and dim != scores.shape[-1]:
+            raise ValueError(
+                f"oracle has dim {dim} but scores has D = {scores.shape[-1]} parts (its last "
+                f"dimension, shape {tuple(scores.shape)})"
+            )
         event = None
         if self._to_value_fn is not None:
             event = self._to_value_fn(torch.zeros(1, scores.shape[-1])).shape[1:]
-        self._setup(scores, event)
+        self._setup(scores, event, validate_args)
         self._result: SparseMAPResult | None = None
 
     def _compute(self) -> tuple[Tensor, Tensor]:
@@ -228,6 +257,21 @@ class SparseMAP(_SparseStructures):
     def mean(self) -> Tensor:
         """``mu*``, the marginals of the parts, ``batch_shape + (D,)``."""
         return self.result.mu
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        binary = super()._in_support(value)
+        from_value = getattr(self.oracle, "from_value", None)
+        if from_value is None and self._to_value_fn is not None:
+            return binary  # no way back to the parts: only the 0/1 check
+        flat = value if from_value is None else from_value(value)
+        flat = flat.reshape(-1, flat.shape[-1]).to(self.scores.dtype)
+        # A 0/1 vector z is a structure iff it is the unique maximizer of <2 z - 1, z'>.
+        scores = torch.where(binary.reshape(-1, 1), 2 * flat - 1, torch.zeros_like(flat))
+        found = self.oracle(scores)
+        return binary & (found == flat).all(-1).reshape(binary.shape)
+
+    def _support_text(self) -> str:
+        return f"0/1 values of shape {tuple(self.event_shape)} that are structures of {self.oracle!r}"
 
     def mode(self) -> Tensor:  # type: ignore[override]
         """The MAP structure ``argmax_z <scores, z>`` (the oracle on the scores)."""
@@ -284,9 +328,22 @@ class TopKSparsemax(_SparseStructures):
         self.k = check_int(k, "k", minimum=1)
         self.structures = structures
         self.budget = budget
-        self._setup(scores)
+        self._setup(scores, validate_args=validate_args)
         self._result: TopKResult | None = None
-        self._compute()  # validates k, structures and budget now
+        if not is_meta(self.scores):
+            self._compute()  # validates k, structures and budget now
+
+    def _in_support(self, value: Tensor) -> Tensor:
+        binary = super()._in_support(value)
+        if self.structures == "budget" and self.budget is not None:
+            return binary & (value.sum(-1) <= self.budget)
+        return binary
+
+    def _support_text(self) -> str:
+        d = self.event_shape[0]
+        if self.structures == "budget":
+            return f"0/1 vectors of length {d} with at most budget = {self.budget} ones"
+        return f"0/1 vectors of length {d}"
 
     def _compute(self) -> tuple[Tensor, Tensor]:
         self._result = topk_sparsemax(

@@ -260,8 +260,8 @@ def check_support_size(dist: LatentDistribution, max_support: int) -> int:
         raise ValueError(f"the support has {size} values, more than max_support={max_support}")
     if not dist.can_enumerate_support():
         raise ValueError(
-            f"the support has {size} values, more than {type(dist).__name__} enumerates "
-            f"(max_support_size={dist.max_support_size})"
+            f"{type(dist).__name__} cannot enumerate this support of {size} values "
+            f"(max_support_size={dist.max_support_size}; see can_enumerate_support())"
         )
     return size
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_int
+from latentgrad._validation import check_int, own_samples
 from latentgrad.estimators._base import (
     Estimate,
     Estimator,
@@ -199,7 +199,8 @@ class DARN(Estimator):
         ex = _expand_loss(loss_fn, point, z, dist.batch_shape)
         n = len(dist.event_shape)
         signal = _event_sum(upcast(ex.point_grad) * (upcast(z) - upcast(point)), n)
-        logp = upcast(dist.log_prob(z))
+        with own_samples():  # z was just drawn from dist: no support check
+            logp = upcast(dist.log_prob(z))
         losses = ex.losses
         per_sample = losses + score_term(logp, signal).to(losses.dtype)
         return Estimate.from_terms(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_int
+from latentgrad._validation import check_int, own_samples
 from latentgrad.distributions import Capability
 from latentgrad.estimators._base import (
     Estimate,
@@ -131,7 +131,8 @@ class ScoreFunction(Estimator):
             return dist.trace_log_prob(aux)  # type: ignore[union-attr]
         if self.score == "noise":
             return dist.noise_log_prob(aux)  # type: ignore[union-attr]
-        return dist.log_prob(z)
+        with own_samples():  # z was just drawn from dist: no support check
+            return dist.log_prob(z)
 
     def _estimate(
         self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None

@@ -65,7 +65,7 @@ class CappedSimplexProjection(NamedTuple):
 
 def _threshold(theta: Tensor, budget: int, equality: bool) -> Tensor:
     """The root ``tau`` of ``sum_i clamp(theta_i - tau, 0, 1) = budget`` (no gradient)."""
-    n, d = theta.shape
+    d = theta.shape[1]
     breaks = torch.cat([theta, theta - 1.0], 1)
     top = torch.cat([torch.ones_like(theta), torch.zeros_like(theta)], 1)
     b, order = breaks.sort(dim=1, descending=True, stable=True)
@@ -160,7 +160,6 @@ def capped_simplex_decomposition(
                  [0, 1, 1, 0]]], dtype=torch.int32), tensor([[0.5500, 0.4500]]))
     """
     proj = capped_simplex_projection(theta, budget, equality=equality)
-    d = theta.shape[1]
     # The ranges of t are differences of running sums: float64 keeps them clean.
     x = torch.where(proj.free, proj.mu, torch.zeros_like(proj.mu)).double()
     # Where the budget binds the free coordinates fill [0, B - |ones|) exactly: rescale away the

@@ -274,7 +274,9 @@ def _grow_border(v: Tensor, k: int) -> Tensor:
 _REFINE = 2
 
 
-def _refine(p_hat: Tensor, rhs: Tensor, kinv: Tensor, z: Tensor, theta: Tensor, mask: Tensor) -> Tensor:
+def _refine(
+    p_hat: Tensor, rhs: Tensor, kinv: Tensor, z: Tensor, theta: Tensor, mask: Tensor
+) -> Tensor:
     """The minimizer on the active set, ``p_hat`` improved by iterative refinement.
 
     The face phase compares duality gaps far below the error of a solve with an inverse that
@@ -313,10 +315,13 @@ def _active_set(
     the active set. Entering and leaving structures change the inverse by a rank-one term (the
     bordering formulas), so an iteration costs ``O(cap^2)`` per row instead of a factorization.
 
-    A row stops at a gap of ``tol``, or, with ``identify_face``, only once the gap is at the
-    rounding floor (:func:`gap_floor`) or the oracle's structure lies in the affine hull of the
-    active set: every structure of the optimal face that the exact solution needs has then
-    entered, however small its weight, so the active set spans the face that holds ``mu*`` and
+    The oracle first sees ``theta - mu`` on a coarse grid (stable paths at ties); a row is done
+    with that phase at a gap of ``tol`` or when the oracle's structure lies in the affine hull
+    of the active set. With ``identify_face`` it then goes on in the face-identification phase:
+    the oracle sees ``theta - mu`` itself, the minimizer on the active set is refined, and the
+    row stops only at the rounding floor of the gap (:func:`gap_floor`) or on a dependent
+    structure. The structures of the optimal face that the exact solution needs, however small
+    their weights, have then entered, so the active set spans the face that holds ``mu*`` and
     the KKT system on it has the Jacobian of the projection.
 
     Rows that finish stay in the working arrays (masked) until half of them have finished;
@@ -343,7 +348,6 @@ def _active_set(
     grid = (theta.abs().amax(1, keepdim=True) + 1.0).mul_(_GRID)
     floor = gap_floor(theta)
     loose = floor.clamp_min(tol)  # a row whose gap is below this has converged
-    stop = floor if identify_face else loose  # ... and stops below this
     fine = torch.zeros(n, dtype=torch.bool, device=dev)  # in the face-identification phase
     score = torch.bmm(theta.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
     w_iter = iterations.clone()
@@ -407,24 +411,26 @@ def _active_set(
             z_new[idx] = _call_oracle(oracle, g_round[idx])
         gap_i = (g * (z_new - mu)).sum(1)
         settled = live & ~shrunk  # rows at the minimizer on their active set
-        small = gap_i <= stop
+        # On the grid a row stops at gap <= tol; in the face phase at the rounding floor.
+        small = gap_i <= torch.where(fine, floor, loose)
         candidate = settled & ~small
         # The entering structure's border b = [M z; 1], u = K^-1 b, and its Schur complement:
         # its squared distance to the affine hull of the active set.
         inner = torch.bmm(z_new.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * new_mask
-        b = torch.cat([inner, torch.ones_like(inner[:, :1])], 1) * settled.unsqueeze(1)
+        b = torch.cat([inner, torch.ones_like(inner[:, :1])], 1) * candidate.unsqueeze(1)
         u = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)
         schur = z_new.sum(1) - (b * u).sum(1)
+        # A structure in the affine hull of the active set has gap 0 at the minimizer on it (in
+        # exact arithmetic): nothing better is in sight, the row is done with this phase.
         dependent = candidate & (schur <= _DEPENDENT)
         add = candidate & ~dependent
-        done = settled & (small | (dependent & (gap_i <= loose)))
+        done = settled & (small | dependent)
         if identify_face:
             # A row done on the grid starts the face-identification phase instead.
             finish = done & fine
             fine = fine | done
             done = finish
-        # A dependent structure with a large gap means the inverse has drifted: recompute it.
-        refresh = bool((dependent & ~done).any())
+        refresh = False
         count = new_mask.sum(1)
         full = add & (count >= cap)
         if bool(full.any()):
@@ -482,7 +488,7 @@ def _active_set(
                 p[keep],
                 mask[keep],
             )
-            stop, loose, fine = stop[keep], loose[keep], fine[keep]
+            floor, loose, fine = floor[keep], loose[keep], fine[keep]
             score, kinv, live = score[keep], kinv[keep], live[keep]
             w_iter = w_iter[keep]
     if rows.numel():

@@ -179,6 +179,8 @@ def sparsemax_threshold(x: Tensor, k: int | None = None) -> tuple[Tensor, Tensor
         >>> tau
         tensor([[0.2500]])
     """
+    x = check_tensor(x, "x", min_dim=1)
+    check_dim(-1, x)
     z, tau, _ = _threshold(x, check_optional_int(k, "k", minimum=1))
     return z, tau
 

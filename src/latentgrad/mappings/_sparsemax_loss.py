@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_dim, check_tensor
+from latentgrad._validation import check_scores
 from latentgrad.mappings._shared import apply_function, cast
 from latentgrad.mappings._sparsemax import sparsemax_threshold
 
@@ -96,8 +96,7 @@ def sparsemax_loss(scores: Tensor, target: Tensor) -> Tensor:
         [1] Martins & Astudillo, "From Softmax to Sparsemax: A Sparse Model of Attention and
             Multi-Label Classification", ICML 2016.
     """
-    scores = check_tensor(scores, "scores", min_dim=1)
-    check_dim(-1, scores, "the class dimension")
+    scores = check_scores(scores, "scores")
     target = _check_target(target, scores)
     loss, _ = apply_function(SparsemaxLossFunction, scores, target)
     return loss

@@ -205,11 +205,16 @@ def _value_cases(entry: str, dist: Callable[[], Any], bad: Sequence[tuple[str, A
     cases += [
         case("type-list", lambda: dist().sample().tolist()),
         case("shape-event", lambda: dist().sample()[..., :-1]),
-        case("shape-batch", lambda: dist().sample().expand(3, *dist().sample().shape)[:, :1]
-             .repeat_interleave(3, 1)),
+        BadInput(f"{name}/shape-batch", name, "shape",
+                 lambda: dist().expand((2,)).log_prob(_lead(dist().sample(), 3, 3)), "value"),
         case("device-meta", lambda: dist().sample().to("meta")),
     ]  # fmt: skip
     return cases
+
+
+def _lead(value: Tensor, *sizes: int) -> Tensor:
+    """``value`` repeated along new leading dims of ``sizes``."""
+    return value.reshape((1,) * len(sizes) + value.shape).expand(*sizes, *value.shape)
 
 
 def _support_cases() -> list[BadInput]:
@@ -275,7 +280,8 @@ def _support_cases() -> list[BadInput]:
     cases += _value_cases(
         "SparseMAP",
         lambda: d.SparseMAP(t([0.9, 0.6, -0.2, 0.1]), o.BudgetBits(4, 2)),
-        [("support-fraction", t([0.5, 1.0, 0.0, 0.0])), ("support-over-budget", t([1.0, 1, 1, 0]))],
+        [("support-fraction", t([0.5, 1.0, 0.0, 0.0])),
+         ("support-over-budget", t([1.0, 1, 1, 0]))],
     )  # fmt: skip
     cases += _value_cases(
         "TopKSparsemax",
@@ -460,12 +466,9 @@ def _mapping_cases() -> list[BadInput]:
         ("Sparsemax", lambda t: m.Sparsemax()(t), "x"),
         ("Entmax15", lambda t: m.Entmax15()(t), "x"),
         ("sparsemax_threshold", lambda t: m.sparsemax_threshold(t), "x"),
-        ("sparsemax_loss", lambda t: m.sparsemax_loss(t, target[: t.shape[0]] if t.dim() > 1
-                                                      else target), "scores"),
-        ("SparsemaxLoss", lambda t: m.SparsemaxLoss()(t, target[: t.shape[0]] if t.dim() > 1
-                                                      else target), "scores"),
-        ("sparsemap", lambda t: m.sparsemap(t, o.FreeBits(t.shape[-1] if t.dim() else 1)),
-         "theta"),
+        ("sparsemax_loss", lambda t: m.sparsemax_loss(t, target), "scores"),
+        ("SparsemaxLoss", lambda t: m.SparsemaxLoss()(t, target), "scores"),
+        ("sparsemap", lambda t: m.sparsemap(t, o.FreeBits(3)), "theta"),
         ("topk_sparsemax", lambda t: m.topk_sparsemax(t, 2), "theta"),
         ("kbest_free_bits", lambda t: m.kbest_free_bits(t, 2), "theta"),
         ("kbest_budget_bits", lambda t: m.kbest_budget_bits(t, 2, 1), "theta"),
