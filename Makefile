@@ -20,12 +20,12 @@ CORE_TESTS := tests/distributions tests/mappings tests/structured tests/estimato
 	src/latentgrad/estimators src/latentgrad/testing src/latentgrad/schedules.py \
 	src/latentgrad/__init__.py src/latentgrad/_validation.py src/latentgrad/_numerics.py
 
-.PHONY: demo test test-core docs lint bench clean
+.PHONY: demo test test-core docs lint bench clean tables
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,experiments,docs]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,experiments,docs,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -65,6 +65,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_estimators.py
 	$(BIN)/python benchmarks/bench_structured.py
 	$(BIN)/python benchmarks/bench_sparsemap.py
+
+# The result tables of README.md and docs/*.md, regenerated from the records in results/.
+tables: $(STAMP)
+	$(BIN)/latentgrad report --update-readme
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) build site *.egg-info src/*.egg-info

@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/bench_mappings.py                 # the default shapes
     python benchmarks/bench_mappings.py --seconds 2 --shapes 1024x10 64x10000
+    python benchmarks/bench_mappings.py --device cuda  # the GPU column (synchronized timings)
 """
 
 from __future__ import annotations
@@ -71,11 +72,17 @@ POOL_SIZE = 64
 class Inputs:
     """Scores for successive calls: a pool of distinct inputs, one after another."""
 
-    def __init__(self, shape: tuple[int, int], same: bool) -> None:
-        gen = torch.Generator().manual_seed(0)
+    def __init__(
+        self, shape: tuple[int, int], same: bool, device: str | torch.device = "cpu"
+    ) -> None:
+        gen = torch.Generator().manual_seed(0)  # the same scores on every device
         count = 1 if same else max(2, min(POOL_SIZE, POOL_ENTRIES // (shape[0] * shape[1])))
-        self.pool = [torch.randn(shape, generator=gen).requires_grad_(True) for _ in range(count)]
-        self.grad = torch.randn(shape, generator=gen)
+        self.pool = [
+            torch.randn(shape, generator=gen).to(device).requires_grad_(True) for _ in range(count)
+        ]
+        self.grad = torch.randn(shape, generator=gen).to(device)
+        cuda = torch.device(device).type == "cuda"
+        self.sync = torch.cuda.synchronize if cuda else (lambda: None)
         self.calls = 0
 
     def next(self) -> torch.Tensor:
@@ -90,8 +97,10 @@ def _once(fn: Mapping, inputs: Inputs, inner: int = 1) -> float:
     total = 0.0
     for _ in range(inner):
         x = inputs.next()
+        inputs.sync()
         start = time.perf_counter()
         fn(x).backward(inputs.grad)
+        inputs.sync()
         total += time.perf_counter() - start
     return total / inner
 
@@ -103,9 +112,10 @@ def bench_shape(
     min_rounds: int,
     inner: int = 1,
     same_input: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, list[float]]:
     """Interleaved timings (seconds) of every contender at one shape."""
-    inputs = Inputs(shape, same_input)
+    inputs = Inputs(shape, same_input, device)
     names = list(contenders)
     # Same outputs before timing anything (softmax is the floor, not a competitor).
     for x in inputs.pool[:4]:
@@ -154,12 +164,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="time every call on the same scores (flatters sorting, see above)",
     )
+    parser.add_argument("--device", default="cpu", help="where to time (cpu, cuda)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     torch.set_num_threads(1)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
 
     print(
-        f"torch {torch.__version__}, 1 thread, float32, forward + backward, "
+        f"torch {torch.__version__}, device {device}, 1 thread, float32, forward + backward, "
         f"{args.inner} call(s) per contender and round, "
         f"{'the same scores' if args.same_input else 'new scores'} every call; "
         "median [IQR] in ms"
@@ -179,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.min_rounds,
                 args.inner,
                 args.same_input,
+                device,
             )
             stats = {name: _summary(times[name]) for name in names}
             cells = [f"{stats[n][0]:.3f} [{stats[n][1]:.3f}]" for n in names]

@@ -79,3 +79,58 @@ def test_scores(bad: float, structure_error: str | None, finite_error: str) -> N
         check_finite_scores(x, "s", why="no holes")
     with pytest.raises(ValueError, match="s must have non-empty event dims"):
         check_finite_scores(torch.zeros(2, 0, 3), "s", event_dims=2)
+
+
+def test_meta_tensors_skip_the_data_checks() -> None:
+    from latentgrad._validation import check_bernoulli_logits, check_scores, is_meta
+
+    meta = torch.zeros(2, 3, device="meta")
+    assert is_meta(meta) and not is_meta(torch.zeros(2)) and not is_meta([1.0])
+    for check in (
+        check_scores,
+        check_structure_scores,
+        check_finite_scores,
+        check_bernoulli_logits,
+    ):
+        assert check(meta, "scores") is meta
+    with pytest.raises(TypeError, match="scores"):  # metadata is still checked
+        check_scores(torch.zeros(2, dtype=torch.long, device="meta"), "scores")
+    with pytest.raises(ValueError, match="non-empty"):
+        check_finite_scores(torch.zeros(2, 0, device="meta"), "scores")
+
+
+def test_check_sample_and_validate_args() -> None:
+    from torch.distributions import Distribution
+
+    from latentgrad._validation import check_nonnegative, check_sample, resolve_validate_args
+
+    like = torch.zeros(())
+    batch, event = torch.Size([2]), torch.Size([3])
+    assert check_sample(torch.zeros(4, 2, 3), batch, event, like) == (4, 2)
+    assert check_sample(torch.zeros(4, 1, 3), batch, event, like) == (4, 1)  # broadcasts
+    with pytest.raises(TypeError, match=r"value must be a torch\.Tensor"):
+        check_sample([0.0], batch, event, like)
+    with pytest.raises(ValueError, match="value must end with the event shape"):
+        check_sample(torch.zeros(2, 4), batch, event, like)
+    with pytest.raises(ValueError, match="value must have shape sample_shape"):
+        check_sample(torch.zeros(3, 3), batch, event, like)
+    with pytest.raises(ValueError, match="value is on device meta"):
+        check_sample(torch.zeros(2, 3, device="meta"), batch, event, like)
+    assert resolve_validate_args(None) is bool(Distribution._validate_args)
+    assert resolve_validate_args(False) is False
+    with pytest.raises(TypeError, match="validate_args"):
+        resolve_validate_args(1)
+    assert check_nonnegative(0, "tol") == 0.0
+    with pytest.raises(ValueError, match="tol must be finite and >= 0"):
+        check_nonnegative(-1e-3, "tol")
+    with pytest.raises(TypeError, match="tol"):
+        check_nonnegative("1", "tol")
+
+
+def test_check_dim_names_the_tensor() -> None:
+    with pytest.raises(
+        ValueError, match=r"dim=1 is an empty dimension of scores \(shape \(2, 0\)\)"
+    ):
+        check_dim(1, torch.zeros(2, 0), of="scores")
+    with pytest.raises(ValueError, match="out of range for x"):
+        check_dim(5, torch.zeros(2, 3))

@@ -285,7 +285,8 @@ def check_sample(
         )
     lead = value.shape[: value.dim() - n]
     tail = lead[max(0, len(lead) - len(batch_shape)) :]
-    if any(a != b and a != 1 for a, b in zip(reversed(tail), reversed(batch_shape))):
+    batch_tail = batch_shape[len(batch_shape) - len(tail) :]
+    if any(a != b and a != 1 for a, b in zip(tail, batch_tail, strict=True)):
         raise ValueError(
             f"{name} must have shape sample_shape + batch_shape + event_shape with batch_shape "
             f"{tuple(batch_shape)}, got shape {tuple(value.shape)}"

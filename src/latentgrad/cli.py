@@ -4,10 +4,18 @@
 * ``latentgrad run EXPERIMENT [--estimator NAME] [--FIELD VALUE ...] [--config FILE]
   [--run-dir DIR | --out ROOT] [--no-resume] [--quiet]`` trains and evaluates one experiment
   into a run directory (resumable; see :mod:`latentgrad.lab.runner`); every field of the
-  experiment's config is an option (``latentgrad run EXPERIMENT --help`` lists them with their
-  defaults).
-* ``latentgrad report RUN_DIR... [--out DIR]`` prints a markdown comparison of finished runs
-  (and writes it with figures to ``DIR``).
+  experiment's config is an option, and so is every option of the chosen estimator
+  (``latentgrad run EXPERIMENT --estimator NAME --help`` lists them with their defaults).
+* ``latentgrad sweep EXPERIMENT --grid KEY=V1,V2... [--grid-file FILE] [--FIELD VALUE ...]
+  [--out ROOT] [--workers N] [--threads N] [--ray [ADDRESS]]`` runs the cartesian product of a
+  grid, one resumable run per point, on a local process pool or as Ray tasks (see
+  :mod:`latentgrad.lab.sweep`); exit status 1 if a run failed.
+* ``latentgrad report RUN_DIR_OR_RECORDS... [--select KEY... --by valid.METRIC] [--format
+  md,csv,tex] [--out DIR]`` prints a comparison of finished runs (mean ± std over seeds, 95%
+  intervals; with ``--select``, the setting with the best mean validation metric per row), and
+  writes it as markdown, CSV and LaTeX with figures to ``DIR``; ``latentgrad report
+  --update-readme`` regenerates the tables of the README and docs from ``results/``.
+* ``latentgrad record RUN_DIR... --to results/TABLE/`` writes the results records of runs.
 * ``latentgrad compare`` runs every estimator on small problems with exact gradients and
   prints bias, variance and cost as a table.
 
@@ -46,7 +54,7 @@ from latentgrad.lab.registry import (
 )
 
 if TYPE_CHECKING:
-    from latentgrad.lab.experiment import Experiment
+    from latentgrad.lab.experiment import Experiment, ExperimentConfig
 
 _RUN_USAGE = "latentgrad run EXPERIMENT [--estimator NAME] [--FIELD VALUE ...] [options]"
 _DEBUG_ENV = "LATENTGRAD_DEBUG"
@@ -107,28 +115,56 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for name, exp in experiments.items():
             print(f"  {name:<{width}}  {exp.description}")
         print()
+    from latentgrad.lab.registry import describe_options
+
     width = max(len(n) for n in ESTIMATORS)
-    print("estimators (--estimator NAME):")
+    print("estimators (--estimator NAME), with their options and defaults (--OPTION VALUE):")
     for name in ESTIMATORS:
         print(f"  {name:<{width}}  {describe(name)}")
+        print(f"  {'':<{width}}    {describe_options(name)}")
     return 0
 
 
-def build_run_parser(experiment: Experiment) -> argparse.ArgumentParser:
-    """The options of ``latentgrad run EXPERIMENT``: one per config field, then run options."""
-    from latentgrad.lab.config import add_config_arguments
+def build_run_parser(
+    experiment: Experiment, estimator: str | None = None
+) -> argparse.ArgumentParser:
+    """The options of ``latentgrad run EXPERIMENT``: one per config field, one per option of
+    ``estimator`` (default: the config's default estimator), then run options.
+
+    Raises:
+        UnknownEstimator: (a ``ValueError``) if ``experiment`` does not support ``estimator``.
+        ValueError: if an estimator option has the name of a config field.
+    """
+    from latentgrad.lab.config import add_config_arguments, config_fields
 
     estimators = supported_estimators(experiment)
+    if estimator is None:
+        estimator = experiment.config_class().estimator
+    entry = estimator_entry(estimator, experiment)
+    clash = set(config_fields(type(entry.options))) & set(config_fields(experiment.config_class))
+    if clash:
+        raise ValueError(
+            f"estimator {estimator!r} has options named like config fields of experiment "
+            f"{experiment.name!r}: {', '.join(sorted(clash))}"
+        )
     parser = _Parser(
         prog=f"latentgrad run {experiment.name}",
         description=f"{experiment.description}. Trains and evaluates into a run directory "
         "(resumed when it exists). Values come from the config's defaults, then --config, "
         "then the flags.",
-        epilog="estimators: " + ", ".join(estimators),
+        epilog="estimators: " + ", ".join(estimators) + ". `--estimator NAME --help` lists "
+        'the options of NAME; a config file sets them in an "estimator_options" object.',
     )
     add_config_arguments(
         parser.add_argument_group(f"config ({experiment.config_class.__name__})"),
         experiment.config_class,
+    )
+    add_config_arguments(
+        parser.add_argument_group(
+            f"options of estimator {estimator} (another's: --estimator NAME --help)"
+        ),
+        type(entry.options),
+        defaults=entry.options,
     )
     opts = parser.add_argument_group("run options")
     opts.add_argument(
@@ -142,7 +178,8 @@ def build_run_parser(experiment: Experiment) -> argparse.ArgumentParser:
     where.add_argument(
         "--run-dir",
         metavar="DIR",
-        help="run directory (default: ROOT/EXPERIMENT/ESTIMATOR-seedSEED)",
+        help="run directory (default: ROOT/EXPERIMENT/ESTIMATOR[-HASH]-seedSEED, HASH naming "
+        "the estimator options that differ from their defaults)",
     )
     where.add_argument(
         "--out", metavar="ROOT", default="runs", help="root of run directories (default: runs)"
@@ -171,6 +208,45 @@ def build_run_parser(experiment: Experiment) -> argparse.ArgumentParser:
     return parser
 
 
+def _estimator_and_file_options(
+    experiment: Experiment, argv: Sequence[str]
+) -> tuple[str, dict[str, Any]]:
+    """The estimator a ``run`` command line asks for (``--estimator``, else the ``--config``
+    file's, else the config's default) and the file's estimator options that apply to it."""
+    from latentgrad.lab.config import load_config_file
+
+    pre = _Parser(prog=f"latentgrad run {experiment.name}", add_help=False)
+    pre.add_argument("--estimator")
+    pre.add_argument("--config", dest="config_file")
+    known, _ = pre.parse_known_args(list(argv))
+    values = (
+        load_config_file(experiment.config_class, known.config_file) if known.config_file else {}
+    )
+    estimator = known.estimator or values.get("estimator") or experiment.config_class().estimator
+    options = dict(values.get("estimator_options") or {})
+    if "estimator" in values and values["estimator"] != estimator:
+        options = {}  # the file's options are those of another estimator
+    return estimator, options
+
+
+def _with_options(
+    experiment: Experiment,
+    config: ExperimentConfig,
+    file_options: dict[str, Any],
+    opts: argparse.Namespace,
+) -> ExperimentConfig:
+    """``config`` with its full estimator options: defaults, the file's, then the flags."""
+    import dataclasses
+
+    from latentgrad.lab.config import cli_overrides
+    from latentgrad.lab.registry import options_to_dict, resolve_options
+
+    entry = estimator_entry(config.estimator, experiment)
+    given = {**file_options, **cli_overrides(opts, type(entry.options))}
+    options = resolve_options(config.estimator, given)
+    return dataclasses.replace(config, estimator_options=options_to_dict(options))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from latentgrad.lab.config import cli_overrides, resolve_config
 
@@ -185,12 +261,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"unknown experiment {name!r}; known: {', '.join(experiments)} (see `latentgrad list`)"
         )
     experiment = experiments[name]
-    opts = build_run_parser(experiment).parse_args(args.options)
+    estimator, file_options = _estimator_and_file_options(experiment, args.options)
+    parser = build_run_parser(experiment, estimator)
+    opts = parser.parse_args(args.options)
     config = resolve_config(
         experiment.config_class,
         file=opts.config_file,
         overrides=cli_overrides(opts, experiment.config_class),
     )
+    config = _with_options(experiment, config, file_options, opts)
     config.validate()
 
     from latentgrad.lab import runner
@@ -227,13 +306,198 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+_SWEEP_USAGE = (
+    "latentgrad sweep EXPERIMENT --grid KEY=V1,V2... [--grid-file FILE] [--FIELD VALUE ...] "
+    "[options]"
+)
+
+
+def build_sweep_parser(experiment: Experiment) -> argparse.ArgumentParser:
+    """The options of ``latentgrad sweep EXPERIMENT``: the grid, fixed config values (one flag
+    per config field, as ``run``), and where and how the runs go."""
+    from latentgrad.lab.config import add_config_arguments
+
+    parser = _Parser(
+        prog=f"latentgrad sweep {experiment.name}",
+        usage=_SWEEP_USAGE,
+        description=f"{experiment.description}. Runs the cartesian product of the grid, one "
+        "resumable run per point, on a local process pool (or Ray with --ray). Finished runs "
+        "are skipped, killed ones resume, a failed run is reported and the others go on; the "
+        "exit status is 1 if any run failed.",
+        epilog="grid keys: estimator, config fields (lr, seed, ...) and estimator options "
+        "(num_samples, ...); estimators: " + ", ".join(supported_estimators(experiment)),
+    )
+    grid = parser.add_argument_group("grid")
+    grid.add_argument(
+        "--grid",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="values of a key, e.g. estimator=gs,st-gs lr=1e-3,3e-4 seed=0..4 (a..b: the ints "
+        "from a to b; tuples in brackets: hidden=[300,200],[200]); these win over --grid-file",
+    )
+    grid.add_argument(
+        "--grid-file",
+        metavar="FILE",
+        help="JSON (or YAML, with pyyaml) object of key: values, or a list of them (their union)",
+    )
+    add_config_arguments(
+        parser.add_argument_group(
+            f"fixed config values for every run ({experiment.config_class.__name__})"
+        ),
+        experiment.config_class,
+    )
+    opts = parser.add_argument_group("sweep options")
+    opts.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="JSON file of config values for every run (the flags and the grid override it)",
+    )
+    opts.add_argument(
+        "--out",
+        metavar="ROOT",
+        default="runs",
+        help="root of the run directories: ROOT/EXPERIMENT/[GRID FIELDS/]ESTIMATOR-seedSEED "
+        "(default: runs)",
+    )
+    opts.add_argument(
+        "--workers", type=_positive_int, default=1, metavar="N", help="runs at a time (default 1)"
+    )
+    opts.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="torch threads per run, and the CPUs each Ray task asks for (default 1)",
+    )
+    opts.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="one Ray task per run: join the cluster at ADDRESS (e.g. auto), or start a local "
+        "Ray runtime with WORKERS*THREADS CPUs (needs pip install 'latentgrad[ray]')",
+    )
+    opts.add_argument(
+        "--checkpoint-every",
+        type=_number(float, 0, "a number of seconds >= 0"),
+        default=300.0,
+        metavar="SECONDS",
+        help="also checkpoint inside an epoch this often (0: every step; default: 300)",
+    )
+    opts.add_argument("--quiet", action="store_true", help="no progress bar")
+    opts.add_argument(
+        "--dry-run", action="store_true", help="print the planned run directories, and exit"
+    )
+    return parser
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from latentgrad.lab import sweep
+    from latentgrad.lab.config import cli_overrides
+
+    experiments = _experiments()
+    name = args.experiment
+    if name is None:
+        raise CommandError(
+            f"name an experiment: {_SWEEP_USAGE}; experiments: {', '.join(experiments)}"
+        )
+    if name not in experiments:
+        raise CommandError(
+            f"unknown experiment {name!r}; known: {', '.join(experiments)} (see `latentgrad list`)"
+        )
+    experiment = experiments[name]
+    opts = build_sweep_parser(experiment).parse_args(args.options)
+    grids = sweep.load_grid_file(opts.grid_file) if opts.grid_file else [{}]
+    command_line = sweep.parse_grid(opts.grid)
+    grids = [{**g, **command_line} for g in grids]
+    if not any(grids):
+        raise CommandError("give the grid: --grid KEY=V1,V2 ... or --grid-file FILE")
+    if opts.ray is not None:
+        sweep.import_ray()  # missing ray: one line now, not after planning
+    runs = sweep.plan_sweep(
+        experiment,
+        grids,
+        out=opts.out,
+        config_file=opts.config_file,
+        fixed=cli_overrides(opts, experiment.config_class),
+    )
+    if opts.dry_run:
+        for run in runs:
+            print(run.run_dir)
+        print(f"{len(runs)} runs")
+        return 0
+    try:
+        outcomes = sweep.run_sweep(
+            experiment,
+            runs,
+            workers=opts.workers,
+            threads=opts.threads,
+            ray=opts.ray is not None,
+            ray_address=opts.ray or None,
+            progress=not opts.quiet,
+            checkpoint_seconds=opts.checkpoint_every,
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted; the same command resumes the sweep", file=sys.stderr)
+        return 130
+    print(sweep.format_summary(outcomes, experiment.primary_metric), end="")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    from latentgrad.lab.records import markdown_files, update_blocks
     from latentgrad.lab.report import report
 
-    text = report(args.run_dirs, args.out)
-    print(text, end="")
+    if args.update_readme:
+        if args.run_dirs:
+            raise CommandError("--update-readme takes no RUN_DIR: the commands are in the tables")
+        changed = update_blocks(markdown_files("."))
+        for path in changed:
+            print(f"updated {path}")
+        if not changed:
+            print("the generated tables are up to date")
+        return 0
+    if not args.run_dirs:
+        raise CommandError("name run directories or results records (or give --update-readme)")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("md", "csv", "tex")]
+    if bad or not formats:
+        raise CommandError(f"--format takes md, csv, tex (comma-separated), got {args.format!r}")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
+    texts = [
+        report(
+            args.run_dirs,
+            args.out if i == 0 else None,
+            select_keys=args.select or (),
+            by=args.by,
+            maximize=args.maximize,
+            metrics=metrics,
+            pivot=args.pivot,
+            columns=columns,
+            paper=args.paper,
+            fmt=fmt,
+            table_only=args.table_only,
+        )
+        for i, fmt in enumerate(formats)
+    ]
+    print("\n".join(texts), end="")
     if args.out:
-        print(f"wrote {Path(args.out) / 'report.md'}", file=sys.stderr)
+        print(f"wrote {Path(args.out) / 'report.md'} (.csv, .tex)", file=sys.stderr)
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from latentgrad.lab.records import write_records
+
+    written = write_records(args.run_dirs, args.to)
+    for path in written:
+        print(path)
+    print(f"{len(written)} record(s) in {args.to}", file=sys.stderr)
     return 0
 
 
@@ -305,19 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p_run.set_defaults(func=_cmd_run)
 
-    p_report = sub.add_parser(
-        "report",
-        help="markdown comparison of run directories (and figures with --out)",
-        description="Compare finished runs: one table per experiment, one row per estimator "
-        "and config (mean ± std over seeds), sorted by the primary test metric.",
+    p_sweep = sub.add_parser(
+        "sweep",
+        help="a grid of runs on a local process pool or on Ray",
+        usage=_SWEEP_USAGE,
+        description="Run a grid of runs of EXPERIMENT (the cartesian product of --grid). "
+        "`latentgrad sweep EXPERIMENT --help` lists its options.",
     )
-    p_report.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders of them"
-    )
-    p_report.add_argument(
-        "--out", metavar="DIR", help="write report.md and comparison figures (PNG) here"
-    )
-    p_report.set_defaults(func=_cmd_report)
+    p_sweep.add_argument("experiment", nargs="?", metavar="EXPERIMENT")
+    p_sweep.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p_sweep.set_defaults(func=_cmd_sweep)
+
+    _add_report_parser(sub)
+    _add_record_parser(sub)
 
     p_cmp = sub.add_parser(
         "compare",
@@ -347,6 +611,86 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--quiet", action="store_true", help="no progress messages")
     p_cmp.set_defaults(func=_cmd_compare)
     return parser
+
+
+def _add_report_parser(sub: Any) -> None:
+    from latentgrad.lab.report import COLUMNS
+
+    p = sub.add_parser(
+        "report",
+        help="tables of run directories or results records (model selection, seed statistics)",
+        description="Compare finished runs (run directories or results records): one table per "
+        "experiment, one row per estimator and config, every cell mean ± std (n=seeds), a 95%% "
+        "confidence interval (t-distribution), sorted by the primary test metric. With --select, "
+        "each row shows the setting of those keys with the best mean validation metric (--by) "
+        "and its test metrics.",
+    )
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run directories, results records, or folders of them",
+    )
+    p.add_argument(
+        "--select",
+        nargs="+",
+        metavar="KEY",
+        help="config fields or estimator options chosen per row by --by (e.g. lr)",
+    )
+    p.add_argument(
+        "--by",
+        metavar="SECTION.METRIC",
+        help="selection metric: valid.M (last evaluation), valid_best.M, test.M "
+        "(default: valid.<primary metric>)",
+    )
+    p.add_argument("--maximize", action="store_true", help="a larger --by is better")
+    p.add_argument("--metrics", metavar="M,...", help="test metrics shown (default: primary)")
+    p.add_argument("--pivot", metavar="KEY", help="one group of columns per value of KEY")
+    p.add_argument(
+        "--columns",
+        default=",".join(COLUMNS),
+        metavar="C,...",
+        help=f"columns shown, of {','.join(COLUMNS)} (default: all)",
+    )
+    p.add_argument("--paper", metavar="FILE", help="JSON of published values for the paper column")
+    p.add_argument(
+        "--format",
+        default="md",
+        metavar="md,csv,tex",
+        help="what is printed: markdown, CSV, LaTeX, or several comma-separated (default: md)",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only the tables (no headings or notes), as the README's generated blocks hold them",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.md, report.csv, report.tex and comparison figures (PNG) here",
+    )
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="regenerate the tables of README.md and docs/*.md from their commands (run in the "
+        "repository root)",
+    )
+    p.set_defaults(func=_cmd_report)
+
+
+def _add_record_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "record",
+        help="write results records (small JSON) of finished runs",
+        description="Write one results record per finished run (resolved config, environment, "
+        "final metrics, per-epoch curves; no checkpoint) into a folder such as results/TABLE/, "
+        "named from the run's identity. Unfinished runs are skipped with a warning.",
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders of them"
+    )
+    p.add_argument("--to", required=True, metavar="DIR", help="the records folder")
+    p.set_defaults(func=_cmd_record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -149,7 +149,7 @@ def test_sparsemap_over_structures_is_certified_by_brute_force(oracle) -> None:
     theta = torch.randn(8, o.dim, generator=g, dtype=F64)
     theta[0] = 0.0  # degenerate: every structure ties
     result = lg.SparseMAP(theta, o, tol=1e-12).result
-    vertices = o.enumerate().to(F64)  # (S, D)
+    vertices = o.enumerate(device=theta.device).to(F64)  # (S, D)
     r = theta - result.mu
     gap = (r @ vertices.T).amax(-1) - (r * result.mu).sum(-1)
     assert float(gap.max()) < 1e-10

@@ -215,7 +215,10 @@ def test_sum_and_sample_of_the_whole_support_is_marginalize() -> None:
 
 def test_support_too_large_for_the_family_is_refused() -> None:
     q = lg.Bernoulli(logits=torch.zeros(1, 21))
-    with pytest.raises(ValueError, match=r"Bernoulli cannot enumerate this support of \d+ values \(max_support_size="):
+    with pytest.raises(
+        ValueError,
+        match=r"Bernoulli cannot enumerate this support of \d+ values \(max_support_size=",
+    ):
         lg.Marginalize(max_support=2**30)(q, lambda z: z.sum(-1))
     with pytest.raises(ValueError, match="more than max_support=65536"):
         lg.SumAndSample()(q, lambda z: z.sum(-1))

@@ -17,6 +17,13 @@ class Interrupt(Exception):
     pass
 
 
+def parse_stat(cell: str) -> tuple[str, str, int]:
+    """``mean ± std (n=N)`` -> (mean, std, N); std is "" for one value."""
+    value, _, n = cell.rpartition(" (n=")
+    mean, _, std = value.partition(" ± ")
+    return mean, std, int(n.rstrip(")"))
+
+
 def table_rows(text: str) -> list[list[str]]:
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     return [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
@@ -54,13 +61,17 @@ def test_table_aggregates_seeds_and_sorts_by_the_primary_metric(runs):
         means[estimator] = statistics.mean(tests)
         row = next(r for r in rows if r[0] == estimator)
         assert row[1] == "0, 1"
-        mean, std = row[2].split(" ± ")
+        mean, std, n = parse_stat(row[2])
+        assert n == 2
         half_unit = 0.5 * 10.0 ** -len(std.partition(".")[2]) + 1e-12  # shown to std's digits
         assert abs(float(mean) - statistics.mean(tests)) <= half_unit
         assert abs(float(std) - statistics.stdev(tests)) <= half_unit
-        assert "±" in row[3]
-        assert row[5] == {"exact": "8", "sf": "1"}[estimator]  # 2**3 configurations, 1 sample
-        assert row[6] == "2"
+        low, high = (float(x) for x in row[3].strip("[]").split(", "))
+        assert low < float(mean) < high  # the 95% interval of the test metric
+        assert "±" in row[4]
+        evals = {"exact": "8 (n=2)", "sf": "1 (n=2)"}[estimator]  # 2**3 configurations, 1 sample
+        assert row[6] == evals
+        assert row[7] == "2 (n=2)"
     assert [r[0] for r in rows] == sorted(means, key=means.get)
 
 
@@ -79,8 +90,8 @@ def test_single_run_and_run_directories_given_directly(runs):
     text = report([root / "toy" / "sf-seed1", root / "toy" / "exact-seed0"])
     rows = table_rows(text)
     assert {r[0]: r[1] for r in rows} == {"sf": "1", "exact": "0"}
-    assert "±" not in rows[0][2]
-    assert float(rows[0][2]) == pytest.approx(
+    assert "±" not in rows[0][2] and rows[0][3] == "–"
+    assert float(parse_stat(rows[0][2])[0]) == pytest.approx(
         results[rows[0][0], int(rows[0][1])]["test"]["mse"], rel=1e-3
     )
 

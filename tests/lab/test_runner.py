@@ -66,7 +66,10 @@ def test_run_directory_holds_config_env_metrics_checkpoint_results_and_plots(tmp
     assert files == set(RUN_FILES)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["experiment"] == "toy" and config["primary_metric"] == "mse"
-    assert config["config"] == {**dataclasses.asdict(toy.ToyConfig()), "hidden": [8]}
+    options = {"num_samples": 4, "baseline": "leave-one-out", "baseline_decay": 0.8}
+    options |= {"baseline_samples": 1, "nvil_hidden": 100}  # all of sf-loo's, resolved
+    expected = {**dataclasses.asdict(toy.ToyConfig()), "hidden": [8], "estimator_options": options}
+    assert config["config"] == expected
     env = json.loads((tmp_path / "r" / "env.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__ and env["resumed"] == []
     for key in ("python", "numpy", "latentgrad", "git", "platform", "command", "start_time"):

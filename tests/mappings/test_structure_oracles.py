@@ -90,8 +90,8 @@ def check_valid(oracle: StructureOracle, z: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("oracle", INSTANCES, ids=IDS)
-def test_enumerate_lists_every_valid_structure_once(oracle):
-    structures = oracle.enumerate()
+def test_enumerate_lists_every_valid_structure_once(oracle, device):
+    structures = oracle.enumerate(device=device)
     assert structures.shape == (oracle.num_structures, oracle.dim)
     assert structures.dtype == torch.float32
     assert torch.unique(structures, dim=0).shape[0] == oracle.num_structures
@@ -109,8 +109,8 @@ def test_structure_counts():
 
 
 @pytest.mark.parametrize("oracle", INSTANCES, ids=IDS)
-def test_value_roundtrip(oracle):
-    structures = oracle.enumerate()
+def test_value_roundtrip(oracle, device):
+    structures = oracle.enumerate(device=device)
     value = oracle.to_value(structures)
     back = oracle.from_value(value)
     assert torch.equal(back, structures)
@@ -122,9 +122,9 @@ def test_value_roundtrip(oracle):
 
 
 @pytest.mark.parametrize("oracle", INSTANCES, ids=IDS)
-def test_argmax_matches_brute_force_random(oracle):
+def test_argmax_matches_brute_force_random(oracle, device):
     g = torch.Generator().manual_seed(0)
-    structures = oracle.enumerate()
+    structures = oracle.enumerate(device=device)
     w = torch.randn(64, oracle.dim, generator=g, dtype=torch.float64) * 3
     z = oracle(w)
     assert z.shape == w.shape and z.dtype == w.dtype
@@ -140,9 +140,9 @@ def test_argmax_matches_brute_force_random(oracle):
 
 
 @pytest.mark.parametrize("oracle", INSTANCES, ids=IDS)
-def test_argmax_with_ties_integer_scores(oracle):
+def test_argmax_with_ties_integer_scores(oracle, device):
     g = torch.Generator().manual_seed(1)
-    structures = oracle.enumerate()
+    structures = oracle.enumerate(device=device)
     for low, high in ((-2, 3), (0, 2)):
         w = torch.randint(low, high, (64, oracle.dim), generator=g).double()
         z = oracle(w)
@@ -220,9 +220,9 @@ def test_permutation_solve_permutation():
     assert torch.equal(oracle.to_value(oracle(w)).argmax(-1), sigma)
 
 
-def test_permutation_six_brute_force():
+def test_permutation_six_brute_force(device):
     oracle = PermutationOracle(6)
-    structures = oracle.enumerate()
+    structures = oracle.enumerate(device=device)
     g = torch.Generator().manual_seed(7)
     w = torch.cat(
         [
@@ -251,7 +251,7 @@ def test_permutation_matches_scipy(n):
     check_valid(PermutationOracle(n), z)
     ours = (w * z).sum(-1)
     for i in range(len(w)):
-        matrix = w[i].reshape(n, n).numpy()
+        matrix = w[i].reshape(n, n).cpu().numpy()
         r, c = optimize.linear_sum_assignment(matrix, maximize=True)
         best = float(matrix[r, c].sum())
         assert math.isclose(float(ours[i]), best, rel_tol=1e-12, abs_tol=1e-9)

@@ -35,8 +35,8 @@ def test_bit_vectors_refuse_too_many_bits() -> None:
 
 
 @pytest.mark.parametrize("m", [1, 2, 4, 6])
-def test_subset_layers_link_each_subset_to_its_smaller_ones(m: int) -> None:
-    layers = subset_layers(m)
+def test_subset_layers_link_each_subset_to_its_smaller_ones(m: int, device: torch.device) -> None:
+    layers = subset_layers(m, device)
     assert len(layers) == m
     previous = torch.tensor([0])  # the empty set
     for k, layer in enumerate(layers, start=1):
@@ -51,8 +51,8 @@ def test_subset_layers_link_each_subset_to_its_smaller_ones(m: int) -> None:
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
-def test_all_spanning_trees_are_the_cayley_trees(n: int) -> None:
-    trees = all_spanning_trees(n)
+def test_all_spanning_trees_are_the_cayley_trees(n: int, device: torch.device) -> None:
+    trees = all_spanning_trees(n, device)
     assert trees.shape == (n ** (n - 2), n * (n - 1) // 2)
     assert len({tuple(t) for t in trees.tolist()}) == trees.shape[0]  # all distinct
     assert bool((trees.sum(-1) == n - 1).all())
@@ -63,11 +63,13 @@ def test_all_spanning_trees_are_the_cayley_trees(n: int) -> None:
 
 
 @pytest.mark.parametrize(("n", "root"), [(2, 1), (4, 0), (5, 3)])
-def test_orient_trees_hangs_every_tree_from_the_root(n: int, root: int) -> None:
-    trees = all_spanning_trees(n)
+def test_orient_trees_hangs_every_tree_from_the_root(
+    n: int, root: int, device: torch.device
+) -> None:
+    trees = all_spanning_trees(n, device)
     parent = orient_trees(trees, root)
     assert bool((parent[:, root] == -1).all())
-    u, v = edge_index(n)
+    u, v = edge_index(n, device)
     child = torch.arange(n).expand_as(parent)
     has_parent = parent >= 0
     assert int(has_parent.sum(-1).min()) == n - 1

@@ -64,13 +64,13 @@ def _same_run(alg: Kruskal, weights: torch.Tensor, mask: torch.Tensor) -> None:
 # -- the algorithm -------------------------------------------------------------------------
 
 
-def test_edge_numbering_and_conversions():
+def test_edge_numbering_and_conversions(device):
     assert edge_index(4).tolist() == [[0, 0, 0, 1, 1, 2], [1, 2, 3, 2, 3, 3]]
     assert num_vertices(num_edges(7)) == 7
     with pytest.raises(ValueError):
         num_vertices(4)
-    ids = edge_id_matrix(5)
-    u, v = edge_index(5)
+    ids = edge_id_matrix(5, device)
+    u, v = edge_index(5, device)
     assert torch.equal(ids[u, v], torch.arange(10)) and torch.equal(ids[v, u], torch.arange(10))
     x = torch.randn(3, 2, 10, dtype=F64, requires_grad=True)
     adj = edges_to_adjacency(x)
@@ -175,7 +175,7 @@ def test_mode_is_the_maximum_spanning_tree():
             assert torch.equal(mode[r], _brute_force_max_tree(theta[r], n))
 
 
-def test_complete_graph_on_four_vertices_has_cayley_many_trees():
+def test_complete_graph_on_four_vertices_has_cayley_many_trees(device):
     q = SpanningTree(torch.randn(4, 4, dtype=F64))
     enum = enumerate_traces(q.algorithm, torch.ones(1, 6, dtype=torch.bool))
     assert enum.row.shape[0] == 16 * 6  # 16 trees, 3! orders each
@@ -184,7 +184,7 @@ def test_complete_graph_on_four_vertices_has_cayley_many_trees():
     torch.testing.assert_close(probs.sum(0), torch.tensor(1.0, dtype=F64), rtol=0, atol=1e-12)
     assert q.support_size() == 16
     for n in range(2, 7):
-        trees = all_spanning_trees(n)
+        trees = all_spanning_trees(n, device)
         assert trees.shape == (n ** (n - 2), num_edges(n))
         assert torch.unique(trees, dim=0).shape[0] == trees.shape[0]
         assert bool((trees.sum(-1) == n - 1).all())

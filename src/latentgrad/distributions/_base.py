@@ -409,6 +409,14 @@ class Independent(torch.distributions.Independent):
     def _sum_units(self, x: Tensor) -> Tensor:
         return x.sum(tuple(range(-self._n, 0))) if self._n else x
 
+    # torch's Independent sums by reshaping to (..., -1), which fails on empty batches.
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self._sum_units(self.base_dist.log_prob(value))
+
+    def entropy(self) -> Tensor:
+        return self._sum_units(self.base_dist.entropy())
+
     def sample_with_trace(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Any:
         return self._traced_base("sample_with_trace").sample_with_trace(sample_shape)
 

@@ -271,7 +271,9 @@ class SparseMAP(_SparseStructures):
         return binary & (found == flat).all(-1).reshape(binary.shape)
 
     def _support_text(self) -> str:
-        return f"0/1 values of shape {tuple(self.event_shape)} that are structures of {self.oracle!r}"
+        return (
+            f"0/1 values of shape {tuple(self.event_shape)} that are structures of {self.oracle!r}"
+        )
 
     def mode(self) -> Tensor:  # type: ignore[override]
         """The MAP structure ``argmax_z <scores, z>`` (the oracle on the scores)."""

@@ -144,7 +144,7 @@ def _ema(buffer: Tensor, new: Tensor, decay: float, initialized: Tensor) -> None
     Starting from the first batch statistic instead of 0 avoids the start-up bias of an
     exponential average.
     """
-    new = new.to(buffer.dtype)
+    new = new.to(buffer)  # dtype and device: the buffer may sit on another device
     if bool(initialized):
         buffer.mul_(decay).add_(new, alpha=1 - decay)
     else:
@@ -200,8 +200,8 @@ class MovingAverage(nn.Module):
 
     def forward(self, samples: Tensor, losses: Tensor, context: Tensor | None) -> BaselineOutput:
         # clone: the in-place update below must not change the value already handed out
-        value = self.average.to(losses.dtype).clone().expand_as(losses)
-        if self.training:
+        value = self.average.to(losses).clone().expand_as(losses)
+        if self.training and losses.numel():  # an empty batch has no statistic to average
             with torch.no_grad():
                 _ema(self.average, losses.float().mean(), self.decay, self.initialized)
                 self.initialized.fill_(True)
@@ -378,13 +378,14 @@ class NVIL(nn.Module):
             f"batch_shape {tuple(batch_shape)} or batch_shape + (1,)",
         )
         prediction = out.to(losses.dtype)
-        center = self.center.to(losses.dtype).clone()
-        own_loss = (losses - center - prediction).pow(2).mean()
+        center = self.center.to(losses).clone()
+        residual2 = (losses - center - prediction).pow(2)
+        own_loss = residual2.mean() if residual2.numel() else residual2.sum()  # empty batch: 0
         value = (center + prediction.detach()).expand_as(losses)
         scale = None
         if self.variance_normalization:
-            scale = self.variance.to(losses.dtype).sqrt().clamp_min(1.0).clone()
-        if self.training:
+            scale = self.variance.to(losses).sqrt().clamp_min(1.0).clone()
+        if self.training and losses.numel():  # an empty batch has no statistic to average
             with torch.no_grad():
                 residual = (losses - prediction).float()
                 _ema(self.center, residual.mean(), self.decay, self.initialized)

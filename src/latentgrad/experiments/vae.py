@@ -36,7 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical
-from latentgrad.estimators import Estimator, LatentDistribution, Marginalize, SumAndSample
+from latentgrad.estimators import (
+    Estimator,
+    GumbelSoftmax,
+    LatentDistribution,
+    Marginalize,
+    SumAndSample,
+)
 from latentgrad.lab.config import is_positive_int, require
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 from latentgrad.schedules import Scheduled
@@ -333,6 +339,13 @@ def _check_enumerable(name: str, estimator: Estimator, model: DiscreteVAE) -> No
         )
 
 
+def _relaxed_value(estimator: Estimator) -> bool:
+    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples."""
+    return (
+        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
+    )
+
+
 class VAETrainable:
     """The discrete VAE, its estimator and optimizer, as the runner drives them.
 
@@ -400,7 +413,12 @@ class VAETrainable:
             yield train[order[i * size : (i + 1) * size]]
 
     def train_step(self, batch: Tensor) -> Mapping[str, float]:
-        """One optimizer step on the negative ELBO; the estimator's schedule advances after it."""
+        """One optimizer step on the negative ELBO; the estimator's schedule advances after it.
+
+        Reports ``loss`` (the negative ELBO at the discrete samples), ``loss_evals`` and ``kl``.
+        A Gumbel-Softmax without ``honest_value`` evaluates the loss at relaxed samples only:
+        then ``relaxed_loss`` is that relaxed objective and ``loss`` is NaN (not measured).
+        """
         x = self._binarize(batch)
         self.modules.train()  # learned baselines update their running statistics in training mode
         self.optimizer.zero_grad(set_to_none=True)
@@ -412,11 +430,11 @@ class VAETrainable:
         if isinstance(self.estimator, Scheduled):
             self.estimator.step()
         kl = kl.detach()
-        return {
-            "loss": float((out.value + kl).mean()),
-            "loss_evals": float(out.loss_evals),
-            "kl": float(kl.mean()),
-        }
+        loss = float((out.value + kl).mean())
+        metrics = {"loss": loss, "loss_evals": float(out.loss_evals), "kl": float(kl.mean())}
+        if _relaxed_value(self.estimator):
+            metrics.update(loss=math.nan, relaxed_loss=loss)
+        return metrics
 
     def _eval_data(self, split: str) -> Tensor:
         """The (fixed, binarized) evaluation examples of ``split``, at most ``max_eval_examples``."""

@@ -9,7 +9,9 @@ uses to record and check its config.
 
 Supported field types: ``int``, ``float``, ``str``, ``bool`` (``--flag``, ``--no-flag`` or
 ``--flag true``), ``X | None`` (``none`` on the command line, ``null`` in JSON), ``Literal``
-of strings or ints, and tuples (``tuple[int, ...]`` or fixed length, written ``1,2,3``).
+of strings or ints, tuples (``tuple[int, ...]`` or fixed length, written ``1,2,3``), and
+``dict[str, Any]``: a JSON object of scalars (no flag of its own; ``estimator_options`` has
+typed flags per estimator, see :mod:`latentgrad.lab.registry`).
 
 Example:
     >>> import argparse
@@ -129,6 +131,8 @@ def _check_supported(tp: Any, name: str) -> None:
         a in (int, float, str) or a is Ellipsis for a in typing.get_args(tp)
     ):
         return
+    if _is_mapping(tp):
+        return
     raise TypeError(f"config field {name!r} has an unsupported type {tp!r}")
 
 
@@ -140,6 +144,11 @@ def _optional_inner(tp: Any) -> Any | None:
             return args[0]
         raise TypeError(f"only `X | None` unions are supported, got {tp!r}")
     return None
+
+
+def _is_mapping(tp: Any) -> bool:
+    """Whether ``tp`` is ``dict[str, Any]`` (a JSON object of scalars)."""
+    return typing.get_origin(tp) is dict and typing.get_args(tp)[:1] == (str,)
 
 
 def _tuple_item_types(tp: Any, length: int) -> list[Any] | None:
@@ -154,6 +163,8 @@ def _describe_type(tp: Any) -> str:
     inner = _optional_inner(tp)
     if inner is not None:
         return f"{_describe_type(inner)} or none"
+    if _is_mapping(tp):
+        return "a JSON object"
     if typing.get_origin(tp) is typing.Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
@@ -241,6 +252,15 @@ def coerce_value(tp: Any, value: object) -> Any:
             if type(choice) is type(value) and choice == value:
                 return choice
         raise bad
+    if _is_mapping(tp):
+        scalar = (str, int, float, bool, type(None))
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, scalar) for k, v in value.items()
+        ):
+            raise ValueError(
+                f"expected a JSON object of numbers, strings and booleans, got {value!r}"
+            )
+        return dict(value)
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -323,6 +343,8 @@ def add_config_arguments(
     docs = field_docs(config_class)
     shown = _default_values(config_class) if defaults is None else config_to_dict(defaults)
     for name, tp in config_fields(config_class).items():
+        if _is_mapping(tp):
+            continue  # no flag: a nested object (estimator_options has flags of its own)
         help_text = docs.get(name, "").replace("``", "").rstrip()
         default = _as_text(shown[name]) if name in shown else "required"
         help_text = f"{help_text} ({_describe_type(tp)}; default: {default})".strip()
@@ -414,6 +436,8 @@ def cli_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
     return value
 
 

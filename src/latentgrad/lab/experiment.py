@@ -53,6 +53,10 @@ class ExperimentConfig:
     Attributes:
         estimator: name of the estimator (see ``latentgrad list``); the runner resolves it
             once, builds the estimator and hands it to the experiment's ``build``.
+        estimator_options: the estimator's options by name (``num_samples``, ``baseline``,
+            ``tau_initial``, ...; see ``latentgrad run EXPERIMENT --estimator NAME --help``).
+            Options not given take the estimator's defaults: the runner records all of them
+            in ``config.json``, and those that differ from the defaults name the run directory.
         seed: seeds torch (and numpy) at the start; a run is deterministic given its seed.
         epochs: number of passes over the training set.
         batch_size: training batch size.
@@ -68,6 +72,7 @@ class ExperimentConfig:
     """
 
     estimator: str = "sf-loo"
+    estimator_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     epochs: int = 10
     batch_size: int = 100
@@ -105,6 +110,8 @@ class ExperimentConfig:
         ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
         require(ok and lr > 0, "lr", "a positive finite number", lr)
         require(bool(self.estimator), "estimator", "an estimator name", self.estimator)
+        options = self.estimator_options
+        require(isinstance(options, dict), "estimator_options", "a dict of options", options)
         require(bool(self.dataset), "dataset", "a data set name", self.dataset)
 
 

@@ -1,10 +1,15 @@
-"""Estimator names used by the command line and configs, mapped to constructors.
+"""Estimator names used by the command line and configs, mapped to typed options and constructors.
 
 The library's estimators take typed arguments and never parse strings; this table is the one
 place where a name such as ``"sf-loo"`` becomes ``ScoreFunction(4, LeaveOneOut())``, and
 :func:`estimator_entry` is the one place where a name is checked (against the registry and the
-experiment's list of supported estimators). The runner resolves ``config.estimator`` with it
-once and hands the experiment a built estimator (:class:`~latentgrad.lab.experiment.ResolvedEstimator`).
+experiment's list of supported estimators). Each entry has typed options (a frozen
+:class:`EstimatorOptions` dataclass whose defaults are the paper settings): the number of
+samples, the baseline, temperature and slope schedules, ``hard``, ``k``, ...;
+:func:`resolve_options` checks overrides of them (from ``--num-samples 8`` or the
+``"estimator_options"`` object of a config file) and returns the full options. The runner
+resolves ``config.estimator`` and ``config.estimator_options`` once and hands the experiment a
+built estimator (:class:`~latentgrad.lab.experiment.ResolvedEstimator`).
 
 Networks inside estimators (NVIL's baseline) size their input on first use
 (:class:`torch.nn.LazyLinear`), so an entry builds without knowing the experiment's data.
@@ -15,12 +20,22 @@ Example:
     'score function, 4 samples, leave-one-out baseline'
     >>> entry.build().num_samples, entry.latent
     (4, 'softmax')
+    >>> options = resolve_options("sf-loo", {"num_samples": 8})
+    >>> options.num_samples, entry.build(options).num_samples
+    (8, 8)
+    >>> options_differences("sf-loo", options)
+    {'num_samples': 8}
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 from torch import nn
 
@@ -39,7 +54,22 @@ from latentgrad.estimators import (
     StraightThrough,
     SumAndSample,
 )
-from latentgrad.lab.experiment import Experiment, LatentFamily, ResolvedEstimator
+from latentgrad.lab.config import (
+    ConfigError,
+    InvalidConfigValue,
+    coerce_value,
+    config_fields,
+    config_to_dict,
+    is_positive_int,
+    parse_text,
+    require,
+)
+from latentgrad.lab.experiment import (
+    Experiment,
+    ExperimentConfig,
+    LatentFamily,
+    ResolvedEstimator,
+)
 from latentgrad.schedules import ExponentialDecay, LinearGrowth
 
 
@@ -47,30 +77,287 @@ class UnknownEstimator(ValueError):
     """An estimator name that is not registered, or that the experiment does not support."""
 
 
+class UnknownOption(ConfigError):
+    """An estimator option that the estimator does not have (a ``ValueError``)."""
+
+
 @dataclass(frozen=True)
-class EstimatorEntry:
-    """A named estimator: a one-line description and a constructor.
+class EstimatorOptions:
+    """Base of the typed options of a registry entry: one frozen dataclass per kind of estimator.
+
+    Each field is a constructor argument a paper varies; its type says how it is parsed (the
+    types of :mod:`latentgrad.lab.config`), its ``Attributes:`` entry is its help text. An
+    entry's defaults (the paper settings) are an instance, :attr:`EstimatorEntry.options`.
+    Option names never collide with experiment config fields: both are flags of
+    ``latentgrad run`` and keys of ``latentgrad sweep`` grids.
+    """
+
+    def validate(self) -> None:
+        """Check the ranges of the values (types are checked when they are parsed).
+
+        Raises:
+            InvalidConfigValue: (a ``ValueError``) naming the first option out of range.
+        """
+
+
+def _check_positive_ints(options: EstimatorOptions, *names: str) -> None:
+    for name in names:
+        value = getattr(options, name)
+        require(is_positive_int(value), name, "a positive int", value)
+
+
+def _check_positive_numbers(options: EstimatorOptions, *names: str, zero: bool = False) -> None:
+    for name in names:
+        value = getattr(options, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value >= 0 if zero else value > 0)
+        require(ok, name, "a finite number >= 0" if zero else "a positive finite number", value)
+
+
+def _check_unused(options: EstimatorOptions, used: bool, name: str, switch: str) -> None:
+    """An option that only matters under ``switch`` keeps its class default otherwise.
+
+    So two spellings of one estimator never get two run identities.
+    """
+    default = next(f.default for f in dataclasses.fields(options) if f.name == name)
+    value = getattr(options, name)
+    if not used and value != default:
+        raise InvalidConfigValue(name, f"left at {default!r} unless {switch}", value)
+
+
+@dataclass(frozen=True)
+class SupportOptions(EstimatorOptions):
+    """Options of estimators that sum over the support exactly (``Marginalize``).
+
+    Attributes:
+        max_support: largest support summed; a larger latent is refused when the run starts.
+    """
+
+    max_support: int = 2**16
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "max_support")
+
+
+@dataclass(frozen=True)
+class SamplesOptions(EstimatorOptions):
+    """Options of sampling estimators whose only setting is the number of samples.
+
+    Attributes:
+        num_samples: samples per example and step.
+    """
+
+    num_samples: int = 1
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples")
+
+
+Baseline = Literal["none", "moving-average", "leave-one-out", "independent-sample", "nvil"]
+
+
+@dataclass(frozen=True)
+class ScoreFunctionOptions(EstimatorOptions):
+    """Options of the score function (REINFORCE) estimator and its baselines.
+
+    Attributes:
+        num_samples: scored samples per example and step.
+        baseline: the control variate: none, moving-average (of the loss), leave-one-out (the
+            mean loss of the other samples; needs num_samples >= 2), independent-sample (the
+            loss of extra samples, SFE+) or nvil (a learned input-dependent network, Mnih &
+            Gregor 2014).
+        baseline_decay: decay of the running mean of the moving-average and nvil baselines.
+        baseline_samples: extra samples of the independent-sample baseline.
+        nvil_hidden: hidden units of the nvil baseline network (one tanh layer).
+    """
+
+    num_samples: int = 1
+    baseline: Baseline = "none"
+    baseline_decay: float = 0.8
+    baseline_samples: int = 1
+    nvil_hidden: int = 100
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples", "baseline_samples", "nvil_hidden")
+        decay = self.baseline_decay
+        ok = isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 <= decay <= 1
+        require(ok, "baseline_decay", "a number in [0, 1]", decay)
+        if self.baseline == "leave-one-out":
+            require(
+                self.num_samples >= 2,
+                "num_samples",
+                "at least 2 with the leave-one-out baseline",
+                self.num_samples,
+            )
+        decayed = self.baseline in ("moving-average", "nvil")
+        _check_unused(self, decayed, "baseline_decay", "baseline is moving-average or nvil")
+        extra = self.baseline == "independent-sample"
+        _check_unused(self, extra, "baseline_samples", "baseline is independent-sample")
+        _check_unused(self, self.baseline == "nvil", "nvil_hidden", "baseline is nvil")
+
+
+@dataclass(frozen=True)
+class GumbelSoftmaxOptions(EstimatorOptions):
+    """Options of Gumbel-Softmax: ``tau = max(tau_minimum, tau_initial exp(-tau_rate t))``,
+    ``t`` the step count rounded down to a multiple of ``tau_every`` (Jang et al. 2017).
+
+    Attributes:
+        tau_initial: temperature at step 0.
+        tau_rate: decay rate per step (0: a constant temperature tau_initial).
+        tau_every: steps between temperature updates.
+        tau_minimum: the temperature never goes below it (at most tau_initial).
+        hard: straight-through Gumbel-Softmax: the loss sees the discrete sample.
+        num_samples: samples per example and step.
+        honest_value: with hard false, also evaluate the loss at the discrete sample (a second
+            loss pass, 1.1-1.5x the time of a VAE step) so that the step's reported loss is
+            the true loss; false skips it, and an experiment then reports no honest training
+            loss (the VAE: loss NaN, relaxed_loss the relaxed objective). Validation and test
+            metrics are the same either way.
+    """
+
+    tau_initial: float = 1.0
+    tau_rate: float = 1e-4
+    tau_every: int = 1000
+    tau_minimum: float = 0.5
+    hard: bool = False
+    num_samples: int = 1
+    honest_value: bool = True
+
+    def validate(self) -> None:
+        _check_positive_numbers(self, "tau_initial", "tau_minimum")
+        _check_positive_numbers(self, "tau_rate", zero=True)
+        _check_positive_ints(self, "tau_every", "num_samples")
+        require(
+            self.tau_minimum <= self.tau_initial,
+            "tau_minimum",
+            f"at most tau_initial ({self.tau_initial})",
+            self.tau_minimum,
+        )
+        _check_unused(self, not self.hard, "honest_value", "hard is false")  # always honest
+
+    def schedule(self) -> ExponentialDecay | float:
+        """The temperature: a schedule, or a float when ``tau_rate`` is 0."""
+        if self.tau_rate == 0:
+            return float(self.tau_initial)
+        return ExponentialDecay(
+            initial=self.tau_initial,
+            rate=self.tau_rate,
+            every=self.tau_every,
+            minimum=self.tau_minimum,
+        )
+
+
+@dataclass(frozen=True)
+class StraightThroughOptions(EstimatorOptions):
+    """Options of straight-through: the slope ``min(slope_maximum, slope_initial + slope_rate
+    t)``, ``t`` rounded down to a multiple of ``slope_every`` (slope annealing, Chung et al.).
+
+    Attributes:
+        slope_initial: slope of the logits at step 0 (1: plain straight-through).
+        slope_rate: slope growth per step (0: a constant slope slope_initial).
+        slope_every: steps between slope updates.
+        slope_maximum: the slope never exceeds it (at least slope_initial).
+        num_samples: samples per example and step.
+    """
+
+    slope_initial: float = 1.0
+    slope_rate: float = 0.0
+    slope_every: int = 1
+    slope_maximum: float = 5.0
+    num_samples: int = 1
+
+    def validate(self) -> None:
+        _check_positive_numbers(self, "slope_initial", "slope_maximum")
+        _check_positive_numbers(self, "slope_rate", zero=True)
+        _check_positive_ints(self, "slope_every", "num_samples")
+        require(
+            self.slope_maximum >= self.slope_initial,
+            "slope_maximum",
+            f"at least slope_initial ({self.slope_initial})",
+            self.slope_maximum,
+        )
+
+    def schedule(self) -> LinearGrowth | float:
+        """The slope: a schedule, or a float when ``slope_rate`` is 0."""
+        if self.slope_rate == 0:
+            return float(self.slope_initial)
+        return LinearGrowth(
+            initial=self.slope_initial,
+            rate=self.slope_rate,
+            every=self.slope_every,
+            maximum=self.slope_maximum,
+        )
+
+
+@dataclass(frozen=True)
+class SumAndSampleOptions(EstimatorOptions):
+    """Options of Sum&Sample (Liu et al. 2019).
+
+    Attributes:
+        k: the likeliest values summed exactly (one more is sampled from the rest).
+        max_support: largest support enumerated to find them.
+    """
+
+    k: int = 1
+    max_support: int = 2**16
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "k", "max_support")
+
+
+OptionsT = TypeVar("OptionsT", bound=EstimatorOptions)
+
+
+@dataclass(frozen=True)
+class EstimatorEntry(Generic[OptionsT]):
+    """A named estimator: a one-line description, typed options with defaults, a constructor.
 
     Attributes:
         description: one line for ``latentgrad list``.
-        build: ``() -> Estimator``, a fresh estimator each call (its random initialization,
-            if any, draws from torch's global RNG, which the runner has seeded).
+        make: ``(options) -> Estimator``, a fresh estimator each call (its random
+            initialization, if any, draws from torch's global RNG, which the runner has seeded).
+        options: the default options (the paper settings), an instance of the entry's
+            :class:`EstimatorOptions` subclass.
         latent: the latent family the experiment should use with it (``"softmax"``: its usual
             family; ``"sparsemax"``: ``SparsemaxCategorical``, whose support is summed exactly).
     """
 
     description: str
-    build: Callable[[], Estimator]
+    make: Callable[[OptionsT], Estimator]
+    options: OptionsT
     latent: LatentFamily = "softmax"
 
-    def resolve(self, name: str) -> ResolvedEstimator:
+    def build(self, options: OptionsT | None = None) -> Estimator:
+        """A fresh estimator with ``options`` (default: :attr:`options`), validated first.
+
+        Raises:
+            InvalidConfigValue: (a ``ValueError``) naming an option out of range.
+            TypeError: if ``options`` is not of this entry's options class.
+        """
+        chosen = self.options if options is None else options
+        if type(chosen) is not type(self.options):
+            raise TypeError(
+                f"options must be {type(self.options).__name__}, got {type(chosen).__name__}"
+            )
+        chosen.validate()
+        return self.make(chosen)
+
+    def resolve(self, name: str, options: OptionsT | None = None) -> ResolvedEstimator:
         """A fresh estimator with its name and latent family, as an experiment receives it."""
-        return ResolvedEstimator(name, self.build(), self.latent)
+        return ResolvedEstimator(name, self.build(options), self.latent)
 
 
-def _jang_schedule() -> ExponentialDecay:
-    """Jang, Gu & Poole (2017): tau = max(0.5, exp(-r t)) updated every N steps (r=1e-4, N=1000)."""
-    return ExponentialDecay(initial=1.0, rate=1e-4, every=1000, minimum=0.5)
+def _score_function(options: ScoreFunctionOptions) -> ScoreFunction:
+    baseline: Any = None
+    if options.baseline == "moving-average":
+        baseline = MovingAverage(options.baseline_decay)
+    elif options.baseline == "leave-one-out":
+        baseline = LeaveOneOut()
+    elif options.baseline == "independent-sample":
+        baseline = IndependentSample(options.baseline_samples)
+    elif options.baseline == "nvil":
+        baseline = NVIL(_nvil_network(options.nvil_hidden), decay=options.baseline_decay)
+    return ScoreFunction(options.num_samples, baseline)
 
 
 def _nvil_network(hidden: int = 100) -> nn.Module:
@@ -78,48 +365,90 @@ def _nvil_network(hidden: int = 100) -> nn.Module:
     return nn.Sequential(nn.LazyLinear(hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
 
-ESTIMATORS: dict[str, EstimatorEntry] = {
-    "exact": EstimatorEntry("exact sum over the support (Marginalize)", Marginalize),
-    "sf": EstimatorEntry("score function (REINFORCE), 1 sample", lambda: ScoreFunction(1)),
+def _gumbel_softmax(options: GumbelSoftmaxOptions) -> GumbelSoftmax:
+    return GumbelSoftmax(
+        tau=options.schedule(),
+        hard=options.hard,
+        num_samples=options.num_samples,
+        honest_value=options.honest_value,
+    )
+
+
+def _straight_through(options: StraightThroughOptions) -> StraightThrough:
+    return StraightThrough(slope=options.schedule(), num_samples=options.num_samples)
+
+
+#: Jang, Gu & Poole (2017): tau = max(0.5, exp(-r t)) updated every N steps (r=1e-4, N=1000).
+_JANG = GumbelSoftmaxOptions()
+_SF = ScoreFunctionOptions()
+
+ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
+    "exact": EstimatorEntry(
+        "exact sum over the support (Marginalize)",
+        lambda o: Marginalize(o.max_support),
+        SupportOptions(),
+    ),
+    "sf": EstimatorEntry("score function (REINFORCE), 1 sample", _score_function, _SF),
     "sf-ma": EstimatorEntry(
-        "score function, moving-average baseline", lambda: ScoreFunction(1, MovingAverage())
+        "score function, moving-average baseline",
+        _score_function,
+        ScoreFunctionOptions(baseline="moving-average"),
     ),
     "sf-loo": EstimatorEntry(
         "score function, 4 samples, leave-one-out baseline",
-        lambda: ScoreFunction(4, LeaveOneOut()),
+        _score_function,
+        ScoreFunctionOptions(num_samples=4, baseline="leave-one-out"),
     ),
     "sfe+": EstimatorEntry(
         "score function, baseline = loss of an independent sample (SFE+)",
-        lambda: ScoreFunction(1, IndependentSample(1)),
+        _score_function,
+        ScoreFunctionOptions(baseline="independent-sample"),
     ),
     "nvil": EstimatorEntry(
         "score function, learned input-dependent baseline (NVIL)",
-        lambda: ScoreFunction(1, NVIL(_nvil_network())),
+        _score_function,
+        ScoreFunctionOptions(baseline="nvil"),
     ),
-    "muprop": EstimatorEntry("MuProp (Taylor baseline at the mean-field point)", MuProp),
-    "darn": EstimatorEntry("DARN (Taylor signal at a fixed point, biased)", DARN),
+    "muprop": EstimatorEntry(
+        "MuProp (Taylor baseline at the mean-field point)",
+        lambda o: MuProp(o.num_samples),
+        SamplesOptions(),
+    ),
+    "darn": EstimatorEntry(
+        "DARN (Taylor signal at a fixed point, biased)",
+        lambda o: DARN(o.num_samples),
+        SamplesOptions(),
+    ),
     "gs": EstimatorEntry(
         "Gumbel-Softmax, tau = max(0.5, exp(-1e-4 t)) every 1000 steps (biased)",
-        lambda: GumbelSoftmax(tau=_jang_schedule()),
+        _gumbel_softmax,
+        _JANG,
     ),
     "st-gs": EstimatorEntry(
         "straight-through Gumbel-Softmax, same temperature schedule (biased)",
-        lambda: GumbelSoftmax(tau=_jang_schedule(), hard=True),
+        _gumbel_softmax,
+        dataclasses.replace(_JANG, hard=True),
     ),
-    "st": EstimatorEntry("straight-through (biased)", StraightThrough),
+    "st": EstimatorEntry("straight-through (biased)", _straight_through, StraightThroughOptions()),
     "annealed-st": EstimatorEntry(
-        "slope-annealed straight-through (biased)",
-        lambda: StraightThrough(slope=LinearGrowth(initial=1.0, rate=1e-4, maximum=5.0)),
+        "slope-annealed straight-through, slope = min(5, 1 + 1e-4 t) (biased)",
+        _straight_through,
+        StraightThroughOptions(slope_rate=1e-4),
     ),
     "local-reparam": EstimatorEntry(
-        "local marginalization with common random numbers (Tokui & Sato)", LocalReparam
+        "local marginalization with common random numbers (Tokui & Sato)",
+        lambda o: LocalReparam(o.num_samples),
+        SamplesOptions(),
     ),
     "sum-and-sample": EstimatorEntry(
-        "sum the top-1 value, sample the rest (Liu et al.)", lambda: SumAndSample(k=1)
+        "sum the top-1 value, sample the rest (Liu et al.)",
+        lambda o: SumAndSample(k=o.k, max_support=o.max_support),
+        SumAndSampleOptions(),
     ),
     "sparsemax": EstimatorEntry(
         "sparsemax latent, exact sum over its small support (Correia et al.)",
-        Marginalize,
+        lambda o: Marginalize(o.max_support),
+        SupportOptions(),
         latent="sparsemax",
     ),
 }
@@ -157,16 +486,155 @@ def estimator_entry(name: str, experiment: Experiment | None = None) -> Estimato
     return ESTIMATORS[name]
 
 
-def make_estimator(name: str) -> Estimator:
-    """A fresh estimator by name; :class:`UnknownEstimator` listing the known names otherwise.
+def make_estimator(name: str, options: Mapping[str, object] | None = None) -> Estimator:
+    """A fresh estimator by name, with ``options`` overriding its defaults (see
+    :func:`resolve_options`); :class:`UnknownEstimator` listing the known names otherwise.
 
     Example:
         >>> type(make_estimator("st-gs")).__name__
         'GumbelSoftmax'
+        >>> make_estimator("sf-loo", {"num_samples": 6}).num_samples
+        6
     """
-    return estimator_entry(name).build()
+    entry = estimator_entry(name)
+    return entry.build(resolve_options(name, options) if options else None)
 
 
 def describe(name: str) -> str:
     """The one-line description of a registered estimator."""
     return estimator_entry(name).description
+
+
+def option_fields(name: str) -> dict[str, Any]:
+    """The options of estimator ``name`` and their types, in declaration order.
+
+    Example:
+        >>> list(option_fields("sum-and-sample"))
+        ['k', 'max_support']
+    """
+    return config_fields(type(estimator_entry(name).options))
+
+
+def resolve_options(name: str, overrides: Mapping[str, object] | None = None) -> Any:
+    """The full options of estimator ``name``: its defaults with ``overrides`` applied, checked.
+
+    Args:
+        name: a registered estimator name.
+        overrides: option values by name: typed values (JSON numbers, booleans, strings) or
+            their command-line text (``"8"``, ``"true"``), as a sweep grid gives them.
+
+    Returns:
+        An instance of the entry's :class:`EstimatorOptions` subclass.
+
+    Raises:
+        UnknownEstimator: for an unknown ``name``.
+        UnknownOption: (a ``ValueError``) naming an option the estimator does not have and the
+            options it has.
+        ConfigError: (a ``ValueError``) naming an option whose value has the wrong type.
+        InvalidConfigValue: (a ``ValueError``) naming an option out of range.
+
+    Example:
+        >>> resolve_options("gs", {"tau_initial": 2}).tau_initial
+        2.0
+        >>> resolve_options("gs", {"samples": 2})
+        Traceback (most recent call last):
+        ...
+        latentgrad.lab.registry.UnknownOption: estimator 'gs' has no option 'samples'; its options: tau_initial, tau_rate, tau_every, tau_minimum, hard, num_samples, honest_value
+        >>> resolve_options("sf", {"num_samples": "many"})
+        Traceback (most recent call last):
+        ...
+        latentgrad.lab.config.ConfigError: bad value for option 'num_samples' of estimator 'sf': expected int, got 'many'
+    """
+    entry = estimator_entry(name)
+    fields = config_fields(type(entry.options))
+    values = config_to_dict(entry.options)
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise UnknownOption(
+                f"estimator {name!r} has no option {key!r}; its options: {', '.join(fields) or 'none'}"
+            )
+        tp = fields[key]
+        try:
+            if isinstance(value, str) and tp is not str:
+                values[key] = parse_text(tp, value)
+            else:
+                values[key] = coerce_value(tp, value)
+        except ValueError as err:
+            raise ConfigError(
+                f"bad value for option {key!r} of estimator {name!r}: {err}"
+            ) from None
+    options = type(entry.options)(**values)
+    options.validate()
+    return options
+
+
+def options_to_dict(options: EstimatorOptions) -> dict[str, Any]:
+    """Options as a JSON-ready dict (what ``config.json`` holds under ``estimator_options``)."""
+    return config_to_dict(options)
+
+
+def options_differences(
+    name: str, options: EstimatorOptions | Mapping[str, object]
+) -> dict[str, Any]:
+    """The options of ``name`` that differ from its defaults, ``{option: value}`` (JSON-ready).
+
+    ``options`` may be an options instance or a (partial) mapping, resolved first.
+    """
+    resolved = options if isinstance(options, EstimatorOptions) else resolve_options(name, options)
+    defaults = options_to_dict(estimator_entry(name).options)
+    given = options_to_dict(resolved)
+    return {k: v for k, v in given.items() if defaults.get(k) != v}
+
+
+def options_hash(name: str, options: EstimatorOptions | Mapping[str, object]) -> str | None:
+    """8 hex digits identifying the non-default options of ``name`` (``None``: all defaults).
+
+    The hash is of the sorted JSON of :func:`options_differences`, so it does not change when
+    options are added to an entry with defaults that keep today's behaviour.
+
+    Example:
+        >>> options_hash("sf-loo", {}) is None, len(options_hash("sf-loo", {"num_samples": 8}))
+        (True, 8)
+    """
+    diff = options_differences(name, options)
+    if not diff:
+        return None
+    text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def describe_options(name: str) -> str:
+    """The options of ``name`` with their defaults, ``"num_samples=4 baseline=leave-one-out ..."``.
+
+    Example:
+        >>> describe_options("sum-and-sample")
+        'k=1 max_support=65536'
+    """
+    parts = []
+    for key, value in options_to_dict(estimator_entry(name).options).items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+ConfigT = TypeVar("ConfigT", bound=ExperimentConfig)
+
+
+def with_resolved_options(config: ConfigT, experiment: Experiment | None = None) -> ConfigT:
+    """A copy of ``config`` whose ``estimator_options`` are the full resolved options.
+
+    What a run records: every option of ``config.estimator``, the given ones checked, the
+    others at their defaults.
+
+    Raises:
+        UnknownEstimator: if ``experiment`` (or the registry) does not know the estimator.
+        UnknownOption, ConfigError, InvalidConfigValue: see :func:`resolve_options`.
+
+    Example:
+        >>> config = with_resolved_options(ExperimentConfig(estimator="sf-loo"))
+        >>> config.estimator_options["num_samples"], config.estimator_options["baseline"]
+        (4, 'leave-one-out')
+    """
+    estimator_entry(config.estimator, experiment)
+    options = resolve_options(config.estimator, config.estimator_options)
+    return dataclasses.replace(config, estimator_options=options_to_dict(options))

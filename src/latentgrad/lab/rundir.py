@@ -18,6 +18,9 @@ Example:
     >>> exp = Experiment("toy", "a toy", ExperimentConfig, build=lambda c, e: None)
     >>> default_run_dir(exp, ExperimentConfig(estimator="gs", seed=3)).as_posix()
     'runs/toy/gs-seed3'
+    >>> config = ExperimentConfig(estimator="gs", estimator_options={"hard": True}, seed=3)
+    >>> default_run_dir(exp, config).as_posix()
+    'runs/toy/gs-f1901d85-seed3'
 """
 
 from __future__ import annotations
@@ -147,8 +150,22 @@ def read_json_file(path: Path, hint: str) -> Any:
 def default_run_dir(
     experiment: Experiment, config: ExperimentConfig, root: str | Path = "runs"
 ) -> Path:
-    """``root/<experiment>/<estimator>-seed<seed>``."""
-    return Path(root) / experiment.name / f"{config.estimator}-seed{config.seed}"
+    """``root/<experiment>/<estimator>[-<options hash>]-seed<seed>``.
+
+    The hash (8 hex digits, :func:`~latentgrad.lab.registry.options_hash`) identifies the
+    estimator options that differ from the estimator's defaults; with all defaults there is
+    none. So two runs that differ only in an option never share a directory.
+
+    Raises:
+        UnknownEstimator: (a ``ValueError``) for an estimator the registry does not know.
+        ValueError: for estimator options it rejects (see
+            :func:`~latentgrad.lab.registry.resolve_options`).
+    """
+    from latentgrad.lab.registry import options_hash
+
+    digest = options_hash(config.estimator, config.estimator_options)
+    tag = config.estimator if digest is None else f"{config.estimator}-{digest}"
+    return Path(root) / experiment.name / f"{tag}-seed{config.seed}"
 
 
 class RunDirectory:
@@ -221,7 +238,7 @@ class RunDirectory:
             raise RunConfigMismatch(
                 f"{self.path} holds a run whose config cannot be read ({err}); {hint}"
             ) from None
-        diff = config_differences(previous, config)
+        diff = config_differences(_resolved(previous), _resolved(config))
         if diff:
             shown = ", ".join(f"{k}: {a!r} there, {b!r} requested" for k, (a, b) in diff.items())
             raise RunConfigMismatch(
@@ -358,6 +375,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             )
         records.append(record)
     return records
+
+
+def _resolved(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with full estimator options (a run recorded before options had them all, or
+    a requested config with some omitted, compares by what it means)."""
+    from latentgrad.lab.registry import with_resolved_options
+
+    try:
+        return with_resolved_options(config)
+    except ValueError:  # an estimator or option this version does not know: compare as given
+        return config
 
 
 # --- files ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Train an experiment into a run directory, resumably and reproducibly.
 
 :func:`run` ties the pieces together: it resolves ``config.estimator`` once
-(:func:`~latentgrad.lab.registry.estimator_entry`), prepares the run directory
+(:func:`~latentgrad.lab.registry.estimator_entry`) and its options ``config.estimator_options``
+(:func:`~latentgrad.lab.registry.resolve_options`: the given ones checked, the others filled
+in with the estimator's defaults, all of them recorded in ``config.json``), prepares the run directory
 (:class:`~latentgrad.lab.rundir.RunDirectory`: config check, resume or a fresh start), seeds
 the global RNGs with ``config.seed`` and builds the experiment with the fresh estimator, trains
 (:class:`~latentgrad.lab.loop.TrainingLoop`, a checkpoint after every epoch and every
@@ -13,6 +15,7 @@ run gives exactly the results of an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from latentgrad.lab.experiment import Experiment, ExperimentConfig, Trainable
 from latentgrad.lab.loop import TrainingLoop, TrainState, evaluate, say, summarize
 from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, plot_run
 from latentgrad.lab.randomness import derived_seed, seed_all
-from latentgrad.lab.registry import estimator_entry
+from latentgrad.lab.registry import estimator_entry, options_to_dict, resolve_options
 from latentgrad.lab.rundir import RunConfigMismatch, RunDirectory, default_run_dir
 
 __all__ = ["RunConfigMismatch", "default_run_dir", "run"]
@@ -41,7 +44,8 @@ def run(
 
     Args:
         experiment: the experiment (its ``build`` makes the trainable).
-        config: an instance of ``experiment.config_class``.
+        config: an instance of ``experiment.config_class``; its ``estimator_options`` may
+            omit options (they take the estimator's defaults) and the run records them all.
         run_dir: the run directory (default: :func:`~latentgrad.lab.rundir.default_run_dir`,
             relative to the current directory).
         resume: continue the run in ``run_dir`` from its checkpoint (and return the results of
@@ -65,6 +69,8 @@ def run(
         RunConfigMismatch: if ``run_dir`` holds a run with another config (and ``resume``).
         UnknownEstimator: (a ``ValueError``) if the experiment does not support
             ``config.estimator``.
+        UnknownOption, ConfigError: (both ``ValueError``) for an option the estimator does not
+            have, or of the wrong type (:func:`~latentgrad.lab.registry.resolve_options`).
         InvalidConfigValue: (a ``ValueError``) for a config value out of range
             (``config.validate()``).
         RunFileError: (a ``ValueError``) if ``run_dir`` cannot be written, or a file of the run
@@ -76,6 +82,8 @@ def run(
     """
     _check_config(experiment, config)
     entry = estimator_entry(config.estimator, experiment)  # the one place the name is resolved
+    options = resolve_options(config.estimator, config.estimator_options)
+    config = dataclasses.replace(config, estimator_options=options_to_dict(options))
     if checkpoint_seconds is not None and checkpoint_seconds < 0:
         raise ValueError(f"checkpoint_seconds must be >= 0 or None, got {checkpoint_seconds}")
     directory = RunDirectory(
@@ -97,7 +105,7 @@ def run(
         # Building (which loads the data and checks the settings against them) comes before
         # any file is written: a rejected run leaves no config.json to block the corrected one.
         seed_all(config.seed)
-        trainable = experiment.build(config, entry.resolve(config.estimator))
+        trainable = experiment.build(config, entry.resolve(config.estimator, options))
         if not resuming:
             directory.clear()
         results = _train(

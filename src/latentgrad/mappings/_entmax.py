@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_dim, check_tensor
+from latentgrad._validation import check_dim, check_tensor, is_meta
 from latentgrad.mappings._shared import SORT_MAX as _SORT_MAX
 from latentgrad.mappings._shared import (
     all_finite,
@@ -122,7 +122,7 @@ def _pairwise_threshold_rows(x: Tensor) -> Tensor | None:
 
 def _entmax15_forward(x: Tensor) -> Tensor:
     """1.5-entmax along the last dimension of float32/float64 ``x``."""
-    if x.numel() == 0:
+    if x.numel() == 0 or is_meta(x):  # nothing to compute (meta: the shape only)
         return x.clone()
     n = x.shape[-1]
     if n <= _PAIRWISE_MAX:

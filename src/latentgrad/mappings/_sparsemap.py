@@ -271,7 +271,7 @@ def _grow_border(v: Tensor, k: int) -> Tensor:
 
 
 #: Rounds of iterative refinement of the minimizer on the active set in the face phase.
-_REFINE = 2
+_REFINE = 1
 
 
 def _refine(
@@ -423,6 +423,9 @@ def _active_set(
         # A structure in the affine hull of the active set has gap 0 at the minimizer on it (in
         # exact arithmetic): nothing better is in sight, the row is done with this phase.
         dependent = candidate & (schur <= _DEPENDENT)
+        # In the face phase a structure would enter with weight gap / schur: one at rounding
+        # level would leave again at once (and come back, forever), so it ends the phase.
+        dependent = dependent | (candidate & fine & (gap_i <= _DROP * schur))
         add = candidate & ~dependent
         done = settled & (small | dependent)
         if identify_face:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_dim, check_optional_int, check_tensor
+from latentgrad._validation import check_dim, check_optional_int, check_tensor, is_meta
 from latentgrad.mappings._shared import (
     FAST_DTYPES,
     all_finite,
@@ -132,7 +132,7 @@ def _from_sorted(x: Tensor, srt: Tensor, whole: bool) -> tuple[Tensor, Tensor, b
 def _threshold(x: Tensor, k: int | None) -> tuple[Tensor, Tensor, bool]:
     """``(z, tau, owned)`` with ``sparsemax(x) = clamp(z - tau, 0)``; ``owned``: z is a new tensor."""
     n = x.shape[-1]
-    if x.numel() == 0:
+    if x.numel() == 0 or is_meta(x):  # nothing to compute (meta: the shapes only)
         return x, x.new_zeros((*x.shape[:-1], 1)), False
     if k is not None and k < n:
         found = _from_sorted(x, x.topk(k, -1).values, whole=False)
@@ -197,6 +197,8 @@ def _short_rows_sparsemax(x: Tensor) -> Tensor:
     pairwise gaps cannot handle exactly (``-inf``, large scores, invalid ones) go through the
     exact sort-based path, which also raises for invalid scores.
     """
+    if is_meta(x):  # the shape only
+        return x.clone()
     tau = _pairwise_tau(x)
     if tau is not None:
         return (x - tau.unsqueeze(1)).clamp_min_(0)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad._numerics import upcast
-from latentgrad._validation import check_scores
+from latentgrad._validation import check_scores, is_meta
 from latentgrad.mappings._shared import apply_function, cast
 from latentgrad.mappings._sparsemax import sparsemax_threshold
 
@@ -23,7 +23,9 @@ def _check_target(target: object, scores: Tensor) -> Tensor:
             f"target must have shape scores.shape[:-1] = {tuple(scores.shape[:-1])}, "
             f"got {tuple(target.shape)}"
         )
-    if target.numel() and bool(((target < 0) | (target >= scores.shape[-1])).any()):
+    if is_meta(target) or not target.numel():
+        return target
+    if bool(((target < 0) | (target >= scores.shape[-1])).any()):
         raise ValueError(f"target must hold class indices in [0, {scores.shape[-1]})")
     return target
 

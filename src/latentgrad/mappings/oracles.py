@@ -110,11 +110,14 @@ class StructureOracle:
     def _solve(self, w: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def enumerate(self, *, max_structures: int = MAX_STRUCTURES) -> Tensor:
-        """Every structure, as rows of a float32 0/1 CPU tensor (for small sizes and tests).
+    def enumerate(
+        self, *, max_structures: int = MAX_STRUCTURES, device: torch.device | str | None = None
+    ) -> Tensor:
+        """Every structure, as rows of a float32 0/1 tensor (for small sizes and tests).
 
         Args:
             max_structures: refuse to build more structures than this.
+            device: where to return them (default: the CPU).
 
         Returns:
             The indicators, shape ``(S, D)`` with ``S =`` :attr:`num_structures`, each once.
@@ -127,7 +130,7 @@ class StructureOracle:
             raise ValueError(
                 f"{self!r} has {self.num_structures} structures, more than max_structures={limit}"
             )
-        return self._enumerate().float()
+        return self._enumerate().to(device=device, dtype=torch.float32)
 
     def _enumerate(self) -> Tensor:
         raise NotImplementedError
@@ -226,7 +229,9 @@ class FreeBits(StructureOracle):
         slots, support = support_slots(weight.detach() > 0)
         weights = weight.gather(1, slots) * support
         k = d - slots
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(d, device=order.device).expand(n, d)
+        )
         structures = rank.unsqueeze(1) < k.unsqueeze(2)
         return structures, weights, mu
 
@@ -340,10 +345,10 @@ class KSubsetOracle(StructureOracle):
         return z.scatter_(-1, order[:, : self.k], True)
 
     def _enumerate(self) -> Tensor:
-        out = torch.zeros((self.num_structures, self.n), dtype=torch.bool)
+        out = torch.zeros((self.num_structures, self.n), dtype=torch.bool, device="cpu")
         if self.k == 0:
             return out
-        index = torch.combinations(torch.arange(self.n), self.k).reshape(-1, self.k)
+        index = torch.combinations(torch.arange(self.n, device="cpu"), self.k).reshape(-1, self.k)
         return out.scatter_(-1, index, True)
 
 
@@ -432,7 +437,9 @@ class PermutationOracle(_SquareValues):
         return z.scatter_(1, flat, True)
 
     def _enumerate(self) -> Tensor:
-        perms = torch.tensor(list(itertools.permutations(range(self.n))), dtype=torch.long)
+        perms = torch.tensor(
+            list(itertools.permutations(range(self.n))), dtype=torch.long, device="cpu"
+        )
         return self._from_perm(perms.reshape(-1, self.n))
 
 
@@ -478,7 +485,7 @@ class SpanningTreeOracle(StructureOracle):
         return tree
 
     def _enumerate(self) -> Tensor:
-        return all_spanning_trees(self.n)
+        return all_spanning_trees(self.n, device="cpu")
 
     def to_value(self, z: Tensor) -> Tensor:
         """The symmetric adjacency matrices, ``batch + (n, n)``."""
@@ -523,7 +530,7 @@ class ArborescenceOracle(_SquareValues):
         self.root = check_index(root, "root", self.n)
         self.dim = self.n * self.n
         self._cle = ChuLiuEdmonds(self.n, self.root)
-        allowed = ~torch.eye(self.n, dtype=torch.bool)
+        allowed = ~torch.eye(self.n, dtype=torch.bool, device="cpu")  # moved in _solve
         allowed[:, self.root] = False
         self._allowed = allowed.reshape(-1)
 
@@ -547,7 +554,7 @@ class ArborescenceOracle(_SquareValues):
         return z.scatter_(1, slot, True)[:, : self.dim]
 
     def _enumerate(self) -> Tensor:
-        return self._from_parent(orient_trees(all_spanning_trees(self.n), self.root))
+        return self._from_parent(orient_trees(all_spanning_trees(self.n, device="cpu"), self.root))
 
 
 # -- linear-chain sequences ---------------------------------------------------------------------
@@ -630,8 +637,8 @@ class SequenceOracle(StructureOracle):
 
     def _enumerate(self) -> Tensor:
         k, length = self.num_tags, self.length
-        index = torch.arange(self.num_structures).unsqueeze(-1)
-        tags = index // k ** torch.arange(length - 1, -1, -1) % k
+        index = torch.arange(self.num_structures, device="cpu").unsqueeze(-1)
+        tags = index // k ** torch.arange(length - 1, -1, -1, device="cpu") % k
         return self.from_tags(tags)
 
     def to_value(self, z: Tensor) -> Tensor:

@@ -22,8 +22,8 @@ MAX_BITS = 20
 
 @cache
 def _bit_vectors_cpu(d: int) -> Tensor:
-    codes = torch.arange(2**d).unsqueeze(-1)
-    return (codes >> torch.arange(d)) & 1 == 1
+    codes = torch.arange(2**d, device="cpu").unsqueeze(-1)
+    return (codes >> torch.arange(d, device="cpu")) & 1 == 1
 
 
 def bit_vectors(d: int, device: torch.device | str | None = None) -> Tensor:
@@ -75,10 +75,10 @@ class SubsetLayer(NamedTuple):
 def _subset_layers_cpu(m: int) -> tuple[SubsetLayer, ...]:
     bits = _bit_vectors_cpu(m)
     size = bits.sum(-1)
-    position = torch.zeros(2**m, dtype=torch.long)
+    position = torch.zeros(2**m, dtype=torch.long, device="cpu")
     for k in range(m + 1):
         of_size = torch.nonzero(size == k).squeeze(-1)
-        position[of_size] = torch.arange(of_size.numel())
+        position[of_size] = torch.arange(of_size.numel(), device="cpu")
     layers = []
     for k in range(1, m + 1):
         subsets = torch.nonzero(size == k).squeeze(-1)

@@ -153,10 +153,11 @@ def run(alg: RecursiveAlgorithm, weights: Tensor, mask: Tensor) -> tuple[Tensor,
     choices = torch.zeros((n, alg.max_steps), dtype=torch.long, device=weights.device)
     cands = torch.zeros((n, alg.max_steps, d), dtype=torch.bool, device=weights.device)
     inf = torch.tensor(torch.inf, dtype=weights.dtype, device=weights.device)
+    meta = weights.device.type == "meta"  # shapes only: run every step, no early exit
     for t in range(alg.max_steps):
         cand = alg.candidates(state) & mask
         active = cand.any(-1)
-        if not bool(active.any()):
+        if not meta and not bool(active.any()):
             break
         masked = torch.where(cand, residual, inf)
         low, choice = masked.min(-1)

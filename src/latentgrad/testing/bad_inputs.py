@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,11 +83,10 @@ def check_bad_input(case: BadInput) -> None:
         names = (case.argument, *case.also)
         if not any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", message) for n in names):
             raise AssertionError(
-                f"{case.name}: {type(err).__name__} does not name {' or '.join(names)}: "
-                f"{message!r}"
+                f"{case.name}: {type(err).__name__} does not name {' or '.join(names)}: {message!r}"
             ) from err
         return
-    except Exception as err:  # noqa: BLE001  (any other exception is a finding)
+    except Exception as err:  # any other exception is a finding
         raise AssertionError(
             f"{case.name}: expected ValueError/TypeError naming {case.argument}, got "
             f"{type(err).__name__}: {err}"
@@ -104,7 +103,7 @@ class _Family:
 
     entry: str
     params: Tensor
-    make: Callable[[Tensor], Any]
+    make: Callable[[Any], Any]
     argument: str
     infinite: str  # "none", "-inf", "+-inf"
     event_dims: int = 1
@@ -132,9 +131,9 @@ def _families() -> list[_Family]:
         seen.add(ex.family)
         dist = ex.dist()
         base = dist.base_dist if isinstance(dist, d.Independent) else dist
-        event_dims = 2 if isinstance(base, d.StructuredDistribution) and (
-            base._score_event_dims == 2
-        ) else 1
+        event_dims = (
+            2 if isinstance(base, d.StructuredDistribution) and (base._score_event_dims == 2) else 1
+        )
         also = ("k",) if isinstance(base, (d.KSubset, d.TopKSparsemax)) else ()
         out.append(
             _Family(_entry_name(ex), ex.params, ex.make, _param_name(dist), ex.infinite,
@@ -152,7 +151,7 @@ def _families() -> list[_Family]:
     return out
 
 
-def _with(params: Tensor, index: tuple[int, ...], value: float) -> Tensor:
+def _with(params: Tensor, index: tuple[Any, ...], value: float) -> Tensor:
     p = params.clone()
     p[index] = value
     return p
@@ -164,8 +163,11 @@ def _family_cases(f: _Family) -> list[BadInput]:
     # The last batch element, last event row, first event column: below the diagonal.
     lower = (*(-1,) * (p.dim() - 1), 0) if f.event_dims == 1 else (*(-1,) * (p.dim() - 2), -1, 0)
     diagonal = (*(-1,) * (p.dim() - 2), -1, -1)
+    empty: tuple[Any, ...] = (..., *(slice(0, 0),) * f.event_dims)  # an empty event
 
-    def case(kind: str, build: Callable[[], object], argument: str = arg, also=()) -> BadInput:
+    def case(
+        kind: str, build: Callable[[], object], argument: str = arg, also: tuple[str, ...] = ()
+    ) -> BadInput:
         return BadInput(f"{entry}/{kind}", entry, kind.split("-")[0], build, argument, also)
 
     cases = [
@@ -174,8 +176,7 @@ def _family_cases(f: _Family) -> list[BadInput]:
         case("dtype-long", lambda: make(p.round().long())),
         case("type-list", lambda: make(p.tolist())),
         case("shape-scalar", lambda: make(p[first])),
-        case("empty-event", lambda: make(p[(..., *(slice(0, 0),) * f.event_dims)]),
-             also=f.also_empty),
+        case("empty-event", lambda: make(p[empty]), also=f.also_empty),
     ]  # fmt: skip
     if f.event_dims == 2:
         cases += [
@@ -190,9 +191,9 @@ def _family_cases(f: _Family) -> list[BadInput]:
     return cases
 
 
-def _value_cases(entry: str, dist: Callable[[], Any], bad: Sequence[tuple[str, Any]]) -> list[
-    BadInput
-]:
+def _value_cases(
+    entry: str, dist: Callable[[], Any], bad: Sequence[tuple[str, Any]]
+) -> list[BadInput]:
     """``log_prob`` of values outside the support, of the wrong shape or type, on meta."""
     name = f"{entry}.log_prob"
 
@@ -201,7 +202,7 @@ def _value_cases(entry: str, dist: Callable[[], Any], bad: Sequence[tuple[str, A
             f"{name}/{kind}", name, kind.split("-")[0], lambda: dist().log_prob(value()), "value"
         )
 
-    cases = [case(kind, (lambda v=v: v)) for kind, v in bad]
+    cases = [case(kind, functools.partial(_identity, v)) for kind, v in bad]
     cases += [
         case("type-list", lambda: dist().sample().tolist()),
         case("shape-event", lambda: dist().sample()[..., :-1]),
@@ -210,6 +211,10 @@ def _value_cases(entry: str, dist: Callable[[], Any], bad: Sequence[tuple[str, A
         case("device-meta", lambda: dist().sample().to("meta")),
     ]  # fmt: skip
     return cases
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _lead(value: Tensor, *sizes: int) -> Tensor:
@@ -269,8 +274,11 @@ def _support_cases() -> list[BadInput]:
     cases += _value_cases(
         "BinaryTree",
         lambda: d.BinaryTree(torch.zeros(3)),
-        [("support-two-roots", bt_two_roots), ("support-two-left", bt_two_left),
-         ("support-not-in-order", bt_not_interval)],
+        [
+            ("support-two-roots", bt_two_roots),
+            ("support-two-left", bt_two_left),
+            ("support-not-in-order", bt_not_interval),
+        ],
     )
     cases += _value_cases(
         "Matching",
@@ -338,7 +346,7 @@ def _setting_cases() -> list[BadInput]:
          lambda: d.Categorical(logits=z).relaxed_from_noise(torch.zeros(2, 4), 0.0), "tau"),
         ("Bernoulli.relaxed_from_noise", "tau-negative",
          lambda: d.Bernoulli(logits=z).relaxed_from_noise(torch.zeros(2, 4), -0.5), "tau"),
-        ("SparseMAP", "type-oracle", lambda: d.SparseMAP(z, "budget"), "oracle"),  # type: ignore[arg-type]
+        ("SparseMAP", "type-oracle", lambda: d.SparseMAP(z, "budget"), "oracle"),
         ("SparseMAP", "shape-oracle", lambda: d.SparseMAP(z, o.FreeBits(3)), "oracle"),
         ("SparseMAP", "range-max-iter", lambda: d.SparseMAP(z, o.FreeBits(4), max_iter=0),
          "max_iter"),
@@ -475,20 +483,20 @@ def _mapping_cases() -> list[BadInput]:
     ]  # fmt: skip
     cases: list[BadInput] = []
     for entry, fn, arg in fns:
-        entry_name = entry.split("-")[0]
-
-        def case(kind: str, value: Callable[[], Any], fn=fn, arg=arg, entry=entry) -> BadInput:
-            return BadInput(f"{entry}/{kind}", entry_name, kind.split("-")[0],
-                            lambda: fn(value()), arg)  # fmt: skip
-
-        cases += [
-            case("nan", lambda: _with(x, (1, 2), _NAN)),
-            case("inf-pos", lambda: _with(x, (0, 1), _INF)),
-            case("dtype-long", lambda: x.long()),
-            case("type-list", lambda: x.tolist()),
-            case("shape-scalar", lambda: x[0, 0]),
-            case("empty-last", (lambda e=x[:0] if entry.endswith("dim0") else x[:, :0]: e)),
+        empty = x[:0] if entry.endswith("dim0") else x[:, :0]  # empty along the mapped dim
+        inputs: list[tuple[str, Tensor | list[Any]]] = [
+            ("nan", _with(x, (1, 2), _NAN)),
+            ("inf-pos", _with(x, (0, 1), _INF)),
+            ("dtype-long", x.long()),
+            ("type-list", x.tolist()),
+            ("shape-scalar", x[0, 0]),
+            ("empty-last", empty),
         ]
+        cases += [
+            BadInput(f"{entry}/{kind}", entry.split("-")[0], kind.split("-")[0],
+                     functools.partial(fn, value), arg)  # type: ignore[arg-type]
+            for kind, value in inputs
+        ]  # fmt: skip
     cases += [
         BadInput(f"sparsemax/{kind}", "sparsemax", kind.split("-")[0], call, arg)
         for kind, call, arg in [
@@ -580,5 +588,3 @@ def bad_inputs() -> list[BadInput]:
 
 
 __all__ = ["BadInput", "bad_inputs", "check_bad_input"]
-
-

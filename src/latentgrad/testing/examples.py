@@ -62,14 +62,25 @@ class FamilyExample:
     make: Callable[[Tensor], Distribution]
     infinite: Literal["none", "-inf", "+-inf"] = "-inf"
 
-    def dist(self, dtype: torch.dtype = F64, requires_grad: bool = False) -> Any:
-        """The distribution at :attr:`params` cast to ``dtype`` (a fresh leaf if
-        ``requires_grad``)."""
-        return self.make(self.leaf(dtype, requires_grad))
+    def dist(
+        self,
+        dtype: torch.dtype = F64,
+        requires_grad: bool = False,
+        device: torch.device | str | None = None,
+    ) -> Any:
+        """The distribution at :attr:`params` cast to ``dtype`` and moved to ``device`` (default:
+        where :attr:`params` are), a fresh leaf if ``requires_grad``."""
+        return self.make(self.leaf(dtype, requires_grad, device))
 
-    def leaf(self, dtype: torch.dtype = F64, requires_grad: bool = False) -> Tensor:
-        """A copy of :attr:`params` in ``dtype``."""
-        return self.params.to(dtype).clone().requires_grad_(requires_grad)
+    def leaf(
+        self,
+        dtype: torch.dtype = F64,
+        requires_grad: bool = False,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """A copy of :attr:`params` in ``dtype`` on ``device`` (default: where they are)."""
+        params = self.params.to(device=device, dtype=dtype)
+        return params.clone().requires_grad_(requires_grad)
 
     def __repr__(self) -> str:
         return f"FamilyExample({self.name!r})"
@@ -107,8 +118,16 @@ class EstimatorExample:
         return f"EstimatorExample({self.name!r})"
 
 
+def _seeded(seed: int, *shape: int) -> Tensor:
+    """Standard normals drawn on the CPU (the same numbers everywhere), on torch's default
+    device."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=F64, device="cpu")
+    return x.to(torch.empty(()).device)
+
+
 def _graph(seed: int, n: int, absent: tuple[int, int] | None) -> Tensor:
-    s = torch.randn(2, n, n, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    s = _seeded(seed, 2, n, n)
     if absent is not None:
         s[1, absent[0], absent[1]] = -_INF
     return s
@@ -195,14 +214,14 @@ FAMILY_EXAMPLES: list[FamilyExample] = [
     FamilyExample(
         "binary-tree",
         "binary-tree",
-        torch.randn(2, 4, generator=torch.Generator().manual_seed(5), dtype=F64),
+        _seeded(5, 2, 4),
         d.BinaryTree,
         infinite="none",
     ),
     FamilyExample(
         "matching",
         "matching",
-        torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(6), dtype=F64),
+        _seeded(6, 2, 3, 3),
         d.Matching,
         infinite="none",
     ),
@@ -231,9 +250,9 @@ class WithContext:
 def _nvil(dist: Distribution, variance_normalization: bool = False) -> WithContext:
     g = torch.Generator().manual_seed(7)
     net = nn.Linear(3, 1).double()
-    with torch.no_grad():
-        net.weight.copy_(torch.randn(1, 3, generator=g, dtype=F64))
-    x = torch.randn(3, generator=g, dtype=F64)
+    with torch.no_grad():  # seeded on the CPU: the same numbers on every device
+        net.weight.copy_(torch.randn(1, 3, generator=g, dtype=F64, device="cpu"))
+    x = torch.randn(3, generator=g, dtype=F64, device="cpu").to(net.weight.device)
     return WithContext(e.ScoreFunction(2, baseline=e.NVIL(net, variance_normalization)), x)
 
 
@@ -241,8 +260,10 @@ def _relax(dist: Any, num_samples: int = 1) -> Any:
     critic = e.MLPCritic(dist.num_items, hidden=8).to(F64)
     g = torch.Generator().manual_seed(8)
     with torch.no_grad():  # a random critic: its terms must cancel in expectation
-        for p in critic.parameters():
-            p.normal_(0.0, 0.5, generator=g)
+        for p in critic.parameters():  # drawn on the CPU: the same numbers on every device
+            p.copy_(
+                torch.empty(p.shape, dtype=p.dtype, device="cpu").normal_(0.0, 0.5, generator=g)
+            )
     return e.RELAX(critic, num_samples=num_samples)
 
 

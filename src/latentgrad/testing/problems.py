@@ -111,14 +111,22 @@ def replicated_and_exact(
     return grads, exact_problem_gradient(problem)
 
 
-def small_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
+def small_problems(
+    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> list[GradientProblem]:
     """Three small problems with nonlinear losses: a categorical, a bit-vector, three units.
 
     * ``categorical``: 2 examples, K = 4, loss nonlinear in ``z`` and in ``theta``.
     * ``bernoulli``: D = 3 bits, loss a small tanh network with weights ``theta``.
     * ``units``: ``Categorical(...).to_event(1)`` with 3 units of 3 classes.
+
+    Args:
+        dtype: the dtype of every tensor.
+        device: where to put them (default: torch's default device). The numbers are the same
+            on every device (seeded draws are made on the CPU).
     """
-    c = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0]], dtype=dtype)
+    device = _device(device)
+    c = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0]], dtype=dtype, device=device)
 
     def categorical_loss(theta: Tensor) -> LossFn:
         def loss_fn(z: Tensor) -> Tensor:
@@ -129,8 +137,8 @@ def small_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
         return loss_fn
 
     g = torch.Generator().manual_seed(123)
-    b1 = torch.randn(4, generator=g, dtype=dtype)
-    w2 = torch.randn(4, generator=g, dtype=dtype)
+    b1 = _randn(g, 4, dtype=dtype, device=device)
+    w2 = _randn(g, 4, dtype=dtype, device=device)
 
     def bernoulli_loss(w1: Tensor) -> LossFn:
         def loss_fn(z: Tensor) -> Tensor:
@@ -149,29 +157,37 @@ def small_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
     return [
         GradientProblem(
             "categorical",
-            torch.tensor([[0.3, -0.5, 1.0, 0.1], [-1.0, 0.4, 0.0, 0.7]], dtype=dtype),
-            torch.tensor([0.5, -1.0, 2.0, 0.3], dtype=dtype),
+            torch.tensor(
+                [[0.3, -0.5, 1.0, 0.1], [-1.0, 0.4, 0.0, 0.7]], dtype=dtype, device=device
+            ),
+            torch.tensor([0.5, -1.0, 2.0, 0.3], dtype=dtype, device=device),
             lambda logits: Categorical(logits=logits),
             categorical_loss,
         ),
         GradientProblem(
             "bernoulli",
-            torch.tensor([0.2, -0.7, 1.1], dtype=dtype),
-            torch.randn(3, 4, generator=g, dtype=dtype),
+            torch.tensor([0.2, -0.7, 1.1], dtype=dtype, device=device),
+            _randn(g, 3, 4, dtype=dtype, device=device),
             lambda logits: Bernoulli(logits=logits),
             bernoulli_loss,
         ),
         GradientProblem(
             "units",
-            torch.tensor([[0.5, -0.2, 0.0], [1.0, 0.3, -0.8], [-0.4, 0.9, 0.2]], dtype=dtype),
-            torch.tensor([[1.0, -0.5, 0.3], [0.2, 0.8, -1.2], [-0.6, 0.4, 1.5]], dtype=dtype),
+            torch.tensor(
+                [[0.5, -0.2, 0.0], [1.0, 0.3, -0.8], [-0.4, 0.9, 0.2]], dtype=dtype, device=device
+            ),
+            torch.tensor(
+                [[1.0, -0.5, 0.3], [0.2, 0.8, -1.2], [-0.6, 0.4, 1.5]], dtype=dtype, device=device
+            ),
             lambda logits: Categorical(logits=logits).to_event(1),
             units_loss,
         ),
     ]
 
 
-def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
+def structured_problems(
+    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> list[GradientProblem]:
     """Small structured problems (2 examples each) with a nonlinear loss of the whole value.
 
     The loss is ``(s - 0.5)^2 + sin(2 s) + 0.3 s t`` with ``s = <z, theta>`` and ``t = <z, c>``
@@ -179,7 +195,13 @@ def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProb
     the scores and ``theta`` is nonzero. Families: ``KSubset`` (n = 4, k = 2, one item absent
     in one example), ``PlackettLuce`` (n = 3), ``SpanningTree`` and ``Arborescence`` (4
     vertices, one edge absent in one example), ``BinaryTree`` (n = 4), ``Matching`` (n = 3).
+
+    Args:
+        dtype: the dtype of every tensor.
+        device: where to put them (default: torch's default device), as in
+            :func:`small_problems`.
     """
+    device = _device(device)
     from latentgrad.distributions.arborescence import Arborescence
     from latentgrad.distributions.binary_tree import BinaryTree
     from latentgrad.distributions.ksubset import KSubset, PlackettLuce
@@ -195,8 +217,8 @@ def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProb
         event_shape: tuple[int, ...],
     ) -> GradientProblem:
         size = math.prod(event_shape)
-        c = torch.randn(size, generator=g, dtype=dtype)
-        theta = torch.randn(size, generator=g, dtype=dtype)
+        c = _randn(g, size, dtype=dtype, device=device)
+        theta = _randn(g, size, dtype=dtype, device=device)
 
         def make_loss(theta: Tensor) -> LossFn:
             def loss_fn(z: Tensor) -> Tensor:
@@ -207,18 +229,31 @@ def structured_problems(dtype: torch.dtype = torch.float64) -> list[GradientProb
 
         return GradientProblem(name, scores, theta, make, make_loss)
 
-    ks = torch.tensor([[0.5, -0.3, 1.0, 0.0], [0.2, -torch.inf, -0.6, 0.9]], dtype=dtype)
-    pl = torch.tensor([[0.3, -0.8, 1.2], [0.0, 0.5, -0.4]], dtype=dtype)
-    graph = torch.randn(2, 4, 4, generator=g, dtype=dtype)
+    ks = torch.tensor(
+        [[0.5, -0.3, 1.0, 0.0], [0.2, -torch.inf, -0.6, 0.9]], dtype=dtype, device=device
+    )
+    pl = torch.tensor([[0.3, -0.8, 1.2], [0.0, 0.5, -0.4]], dtype=dtype, device=device)
+    graph = _randn(g, 2, 4, 4, dtype=dtype, device=device)
     graph[1, 0, 2] = -torch.inf  # an absent edge in the second example
     return [
         problem("ksubset", ks, lambda s: KSubset(s, k=2), (4,)),
         problem("plackett-luce", pl, PlackettLuce, (3,)),
         problem("spanning-tree", graph, SpanningTree, (4, 4)),
         problem("arborescence", graph, Arborescence, (4, 4)),
-        problem("binary-tree", torch.randn(2, 4, generator=g, dtype=dtype), BinaryTree, (4, 4)),
-        problem("matching", torch.randn(2, 3, 3, generator=g, dtype=dtype), Matching, (3, 3)),
+        problem("binary-tree", _randn(g, 2, 4, dtype=dtype, device=device), BinaryTree, (4, 4)),
+        problem("matching", _randn(g, 2, 3, 3, dtype=dtype, device=device), Matching, (3, 3)),
     ]
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    """``device``, or torch's default device (``torch.set_default_device``) when None."""
+    return torch.empty(()).device if device is None else torch.device(device)
+
+
+def _randn(g: torch.Generator, *shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Standard normals from the CPU generator ``g``, moved to ``device`` (the same numbers on
+    every device)."""
+    return torch.randn(shape, generator=g, dtype=dtype, device="cpu").to(device)
 
 
 def _structured_loss(z: Tensor, theta: Tensor, c: Tensor) -> Tensor:
@@ -227,7 +262,9 @@ def _structured_loss(z: Tensor, theta: Tensor, c: Tensor) -> Tensor:
     return (s - 0.5) ** 2 + torch.sin(2 * s) + 0.3 * s * t
 
 
-def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
+def toy_problems(
+    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> list[GradientProblem]:
     """The toy objectives of Struminsky et al. (2021), at sizes small enough to enumerate.
 
     One example each, random scores (fixed seed); the losses have no parameters (``theta`` is
@@ -238,7 +275,13 @@ def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
     * ``binary-tree n=6``: minus the height;
     * ``matching n=4``: minus the number of diagonal matches;
     * ``ksubset n=8 k=3``: minus the number of chosen even items.
+
+    Args:
+        dtype: the dtype of every tensor.
+        device: where to put them (default: torch's default device), as in
+            :func:`small_problems`.
     """
+    device = _device(device)
     from latentgrad.distributions.arborescence import Arborescence
     from latentgrad.distributions.binary_tree import BinaryTree
     from latentgrad.distributions.ksubset import KSubset
@@ -246,7 +289,7 @@ def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
     from latentgrad.distributions.spanning_tree import SpanningTree
 
     g = torch.Generator().manual_seed(11)
-    unused = torch.zeros(1, dtype=dtype)
+    unused = torch.zeros(1, dtype=dtype, device=device)
 
     def constant(loss: LossFn) -> Callable[[Tensor], LossFn]:
         return lambda theta: loss
@@ -271,7 +314,7 @@ def toy_problems(dtype: torch.dtype = torch.float64) -> list[GradientProblem]:
         return -z[..., ::2].sum(-1)
 
     def scores(*shape: int) -> Tensor:
-        return torch.randn(1, *shape, generator=g, dtype=dtype)
+        return _randn(g, 1, *shape, dtype=dtype, device=device)
 
     return [
         GradientProblem(
