@@ -450,7 +450,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from latentgrad.lab.records import markdown_files, update_blocks
-    from latentgrad.lab.report import report
+    from latentgrad.lab.report import report_from_args
 
     if args.update_readme:
         if args.run_dirs:
@@ -461,31 +461,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if not changed:
             print("the generated tables are up to date")
         return 0
-    if not args.run_dirs:
-        raise CommandError("name run directories or results records (or give --update-readme)")
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("md", "csv", "tex")]
-    if bad or not formats:
-        raise CommandError(f"--format takes md, csv, tex (comma-separated), got {args.format!r}")
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
-    texts = [
-        report(
-            args.run_dirs,
-            args.out if i == 0 else None,
-            select_keys=args.select or (),
-            by=args.by,
-            maximize=args.maximize,
-            metrics=metrics,
-            pivot=args.pivot,
-            columns=columns,
-            paper=args.paper,
-            fmt=fmt,
-            table_only=args.table_only,
-        )
-        for i, fmt in enumerate(formats)
-    ]
-    print("\n".join(texts), end="")
+    print(report_from_args(args), end="")
     if args.out:
         print(f"wrote {Path(args.out) / 'report.md'} (.csv, .tex)", file=sys.stderr)
     return 0
@@ -614,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_report_parser(sub: Any) -> None:
-    from latentgrad.lab.report import COLUMNS
+    from latentgrad.lab.report import add_report_arguments
 
     p = sub.add_parser(
         "report",
@@ -625,56 +601,7 @@ def _add_report_parser(sub: Any) -> None:
         "each row shows the setting of those keys with the best mean validation metric (--by) "
         "and its test metrics.",
     )
-    p.add_argument(
-        "run_dirs",
-        nargs="*",
-        metavar="RUN_DIR",
-        help="run directories, results records, or folders of them",
-    )
-    p.add_argument(
-        "--select",
-        nargs="+",
-        metavar="KEY",
-        help="config fields or estimator options chosen per row by --by (e.g. lr)",
-    )
-    p.add_argument(
-        "--by",
-        metavar="SECTION.METRIC",
-        help="selection metric: valid.M (last evaluation), valid_best.M, test.M "
-        "(default: valid.<primary metric>)",
-    )
-    p.add_argument("--maximize", action="store_true", help="a larger --by is better")
-    p.add_argument("--metrics", metavar="M,...", help="test metrics shown (default: primary)")
-    p.add_argument("--pivot", metavar="KEY", help="one group of columns per value of KEY")
-    p.add_argument(
-        "--columns",
-        default=",".join(COLUMNS),
-        metavar="C,...",
-        help=f"columns shown, of {','.join(COLUMNS)} (default: all)",
-    )
-    p.add_argument("--paper", metavar="FILE", help="JSON of published values for the paper column")
-    p.add_argument(
-        "--format",
-        default="md",
-        metavar="md,csv,tex",
-        help="what is printed: markdown, CSV, LaTeX, or several comma-separated (default: md)",
-    )
-    p.add_argument(
-        "--table-only",
-        action="store_true",
-        help="only the tables (no headings or notes), as the README's generated blocks hold them",
-    )
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        help="write report.md, report.csv, report.tex and comparison figures (PNG) here",
-    )
-    p.add_argument(
-        "--update-readme",
-        action="store_true",
-        help="regenerate the tables of README.md and docs/*.md from their commands (run in the "
-        "repository root)",
-    )
+    add_report_arguments(p)
     p.set_defaults(func=_cmd_report)
 
 

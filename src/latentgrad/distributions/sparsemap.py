@@ -17,7 +17,6 @@ from latentgrad._validation import (
     check_nonnegative,
     check_optional_int,
     check_sample,
-    check_tensor,
     is_meta,
     resolve_validate_args,
 )

@@ -30,9 +30,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import hashlib
-import io
 import json
 import os
 import re
@@ -281,12 +280,17 @@ def find_blocks(text: str) -> list[TableBlock]:
 
 
 def _parse(command: str) -> Any:
-    from latentgrad.cli import build_parser
+    from latentgrad.lab.report import add_report_arguments
 
     argv = shlex.split(command)
     if argv[:2] != ["latentgrad", "report"]:
         raise ValueError(f"a table's command must be `latentgrad report ...`, got {command!r}")
-    return build_parser().parse_args(argv[1:])
+    parser = argparse.ArgumentParser(prog="latentgrad report", add_help=False)
+    add_report_arguments(parser)
+    try:
+        return parser.parse_args(argv[2:])
+    except SystemExit as err:  # argparse has printed its one-line message
+        raise ValueError(f"cannot parse the table command {command!r}") from err
 
 
 def render_block(command: str) -> str:
@@ -295,15 +299,13 @@ def render_block(command: str) -> str:
     Raises:
         ValueError: if it is not a report command or it fails (with its error line).
     """
-    from latentgrad.cli import main
+    from latentgrad.lab.report import report_from_args
 
-    _parse(command)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(shlex.split(command)[1:])
-    if status != 0:
-        raise ValueError(f"`{command}` failed: {err.getvalue().strip()}")
-    return out.getvalue()
+    args = _parse(command)
+    try:
+        return report_from_args(args)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"`{command}` failed: {err}") from err
 
 
 def has_records(block: TableBlock) -> bool:

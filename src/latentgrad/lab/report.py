@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import itertools
@@ -912,3 +913,91 @@ def _section(
                 f"{done}/{total} epochs (`{r.path}`)"
             )
     return "\n".join(lines)
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``latentgrad report`` (the command line and the README's table blocks
+    parse them with this one definition)."""
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run directories, results records, or folders of them",
+    )
+    p.add_argument(
+        "--select",
+        nargs="+",
+        metavar="KEY",
+        help="config fields or estimator options chosen per row by --by (e.g. lr)",
+    )
+    p.add_argument(
+        "--by",
+        metavar="SECTION.METRIC",
+        help="selection metric: valid.M (last evaluation), valid_best.M, test.M "
+        "(default: valid.<primary metric>)",
+    )
+    p.add_argument("--maximize", action="store_true", help="a larger --by is better")
+    p.add_argument("--metrics", metavar="M,...", help="test metrics shown (default: primary)")
+    p.add_argument("--pivot", metavar="KEY", help="one group of columns per value of KEY")
+    p.add_argument(
+        "--columns",
+        default=",".join(COLUMNS),
+        metavar="C,...",
+        help=f"columns shown, of {','.join(COLUMNS)} (default: all)",
+    )
+    p.add_argument("--paper", metavar="FILE", help="JSON of published values for the paper column")
+    p.add_argument(
+        "--format",
+        default="md",
+        metavar="md,csv,tex",
+        help="what is printed: markdown, CSV, LaTeX, or several comma-separated (default: md)",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only the tables (no headings or notes), as the README's generated blocks hold them",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.md, report.csv, report.tex and comparison figures (PNG) here",
+    )
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="regenerate the tables of README.md and docs/*.md from their commands (run in the "
+        "repository root)",
+    )
+
+
+def report_from_args(args: argparse.Namespace) -> str:
+    """The text ``latentgrad report`` prints for parsed arguments (:func:`add_report_arguments`).
+
+    Raises:
+        ValueError: no run directories, or a ``--format`` other than md, csv, tex.
+    """
+    if not args.run_dirs:
+        raise ValueError("name run directories or results records (or give --update-readme)")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("md", "csv", "tex")]
+    if bad or not formats:
+        raise ValueError(f"--format takes md, csv, tex (comma-separated), got {args.format!r}")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
+    texts = [
+        report(
+            args.run_dirs,
+            args.out if i == 0 else None,
+            select_keys=args.select or (),
+            by=args.by,
+            maximize=args.maximize,
+            metrics=metrics,
+            pivot=args.pivot,
+            columns=columns,
+            paper=args.paper,
+            fmt=fmt,
+            table_only=args.table_only,
+        )
+        for i, fmt in enumerate(formats)
+    ]
+    return "\n".join(texts)

@@ -15,10 +15,13 @@ iteration solves the equality-constrained problem on the active set (a small bor
 system, whose inverse each row keeps and updates by rank-one terms as structures enter and
 leave), steps back to the simplex boundary and drops a structure if some weight would turn
 negative, and otherwise asks the MAP oracle for the structure maximizing ``<theta - mu, z>``
-and adds it unless the duality gap ``<theta - mu, z - mu>`` is below the tolerance. Rows that
-converged leave the batch, so the loop runs over solver iterations only. Everything is
-computed in float64 internally. Oracles that know the solution in closed form (free
-bit-vectors: the clamp, as a nested decomposition) skip the iterations.
+and adds it unless the duality gap ``<theta - mu, z - mu>`` is below the tolerance. A final
+face-identification phase (exact oracle directions, refined solves) admits the structures of
+tiny weight that the solution still needs, so that the support spans the optimal face and the
+Jacobian is that of the projection. Rows that finished leave the batch, so the loop runs over
+solver iterations only. Everything is computed in float64 internally. Oracles that know the
+solution in closed form (free bit-vectors: the clamp, as a nested decomposition; budgeted
+bit-vectors: the capped-simplex projection, by systematic sampling) skip the iterations.
 
 The weights and ``mu`` are differentiable through the KKT system of the final support (the
 structures of positive weight): with ``M`` the support structures as rows and ``K`` the
