@@ -104,6 +104,18 @@ def _experiments() -> dict[str, Experiment]:
     return catalog.all_experiments()
 
 
+def _experiment(name: str | None, usage: str) -> Experiment:
+    """The experiment called ``name``, or a one-line error listing the known ones."""
+    experiments = _experiments()
+    if name is None:
+        raise CommandError(f"name an experiment: {usage}; experiments: {', '.join(experiments)}")
+    if name not in experiments:
+        raise CommandError(
+            f"unknown experiment {name!r}; known: {', '.join(experiments)} (see `latentgrad list`)"
+        )
+    return experiments[name]
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     try:
         experiments = _experiments()
@@ -250,17 +262,7 @@ def _with_options(
 def _cmd_run(args: argparse.Namespace) -> int:
     from latentgrad.lab.config import cli_overrides, resolve_config
 
-    experiments = _experiments()
-    name = args.experiment
-    if name is None:
-        raise CommandError(
-            f"name an experiment: {_RUN_USAGE}; experiments: {', '.join(experiments)}"
-        )
-    if name not in experiments:
-        raise CommandError(
-            f"unknown experiment {name!r}; known: {', '.join(experiments)} (see `latentgrad list`)"
-        )
-    experiment = experiments[name]
+    experiment = _experiment(args.experiment, _RUN_USAGE)
     estimator, file_options = _estimator_and_file_options(experiment, args.options)
     parser = build_run_parser(experiment, estimator)
     opts = parser.parse_args(args.options)
@@ -280,7 +282,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if opts.print_config:
         # a run resolves its estimator itself; a printed config must name a valid one too
         estimator_entry(config.estimator, experiment)
-        record = {"experiment": name, "run_dir": str(run_dir), "config": config_to_dict(config)}
+        record = {
+            "experiment": experiment.name,
+            "run_dir": str(run_dir),
+            "config": config_to_dict(config),
+        }
         print(json.dumps(record, indent=2))
         return 0
     if opts.threads is not None:
@@ -399,17 +405,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from latentgrad.lab import sweep
     from latentgrad.lab.config import cli_overrides
 
-    experiments = _experiments()
-    name = args.experiment
-    if name is None:
-        raise CommandError(
-            f"name an experiment: {_SWEEP_USAGE}; experiments: {', '.join(experiments)}"
-        )
-    if name not in experiments:
-        raise CommandError(
-            f"unknown experiment {name!r}; known: {', '.join(experiments)} (see `latentgrad list`)"
-        )
-    experiment = experiments[name]
+    experiment = _experiment(args.experiment, _SWEEP_USAGE)
     opts = build_sweep_parser(experiment).parse_args(args.options)
     grids = sweep.load_grid_file(opts.grid_file) if opts.grid_file else [{}]
     command_line = sweep.parse_grid(opts.grid)
