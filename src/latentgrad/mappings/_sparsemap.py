@@ -18,8 +18,9 @@ negative, and otherwise asks the MAP oracle for the structure maximizing ``<thet
 and adds it unless the duality gap ``<theta - mu, z - mu>`` is below the tolerance. A final
 face-identification phase (exact oracle directions, refined solves) admits the structures of
 tiny weight that the solution still needs, so that the support spans the optimal face and the
-Jacobian is that of the projection. Rows that finished leave the batch, so the loop runs over
-solver iterations only. Everything is computed in float64 internally. Oracles that know the
+Jacobian is that of the projection; probes of the oracle orthogonal to the support's affine
+hull then add a face dimension that it still misses by rounding. Rows that finished leave the
+batch, so the loop runs over solver iterations only. Everything is computed in float64 internally. Oracles that know the
 solution in closed form (free bit-vectors: the clamp, as a nested decomposition; budgeted
 bit-vectors: the capped-simplex projection, by systematic sampling) skip the iterations.
 
@@ -502,6 +503,109 @@ def _active_set(
     return _Solution(out_z, out_p, out_mask, iterations)
 
 
+#: Probes of the optimal face: the oracle sees ``theta - mu +- _PROBE (1 + max|theta|) r`` for a
+#: unit direction ``r`` orthogonal to the support's affine hull.
+_PROBE = 1e-9
+
+#: Rounds of probing (each can add one dimension to a row's support).
+_PROBE_ROUNDS = 2
+
+#: A probed structure whose squared distance to the support's affine hull is above this lies
+#: outside it (distances between 0/1 vectors and such hulls are far larger or exactly 0).
+_OUTSIDE = 1e-6
+
+
+def _hull_coordinates(y: Tensor, z: Tensor, m: Tensor, kinv: Tensor) -> tuple[Tensor, Tensor]:
+    """Barycentric coordinates ``(n, K)`` of the projection of ``y`` ``(n, D)`` onto the affine
+    hull of the slots ``z`` with mask ``m`` (float) and inverse KKT matrices ``kinv``, and ``y``
+    less that projection."""
+    b = torch.cat(
+        [torch.bmm(y.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * m, m[:, :1] * 0 + 1], 1
+    )
+    c = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)[:, : z.shape[1]] * m
+    return c, y - torch.bmm(c.unsqueeze(1), z).squeeze(1)
+
+
+def _complete_face(
+    theta: Tensor, oracle: Oracle, z: Tensor, support: Tensor, max_active: int
+) -> tuple[Tensor, Tensor]:
+    """The support ``(z, support)`` (true slots first) completed to span the optimal face.
+
+    After the face-identification phase a row can still miss a dimension of the optimal face
+    ``F``: when ``mu*`` lies within rounding of the affine hull of a simplex of ``F``'s
+    structures, the structure that would complete it has a duality gap (and weight) below
+    rounding, though the Jacobian needs its direction. The oracle at ``theta - mu +- eps r``,
+    with ``r`` orthogonal to the support's affine hull, returns structures of ``F`` on both
+    sides of that hull; the hull cuts through ``F`` (the missing dimension is real, not a face of
+    ``F`` beyond ``mu*`` as at tied scores) exactly when the two leave the hull in opposite
+    directions. Then both enter and one support structure leaves by a ratio test on the affine
+    dependency between them, so the weights stay positive and the support spans one more
+    dimension of ``F``. The direction ``r`` comes from a fixed pseudo-random vector, so a row's
+    result does not depend on the other rows.
+    """
+    n, _, d = z.shape
+    gen = torch.Generator().manual_seed(0)
+    floor = 4.0 * gap_floor(theta)
+    eps = _PROBE * (theta.abs().amax(1, keepdim=True) + 1.0)
+    live = torch.arange(n, device=theta.device)
+    for _ in range(_PROBE_ROUNDS):
+        x = torch.randn(d, generator=gen, dtype=theta.dtype).to(theta.device)
+        if live.numel() == 0:
+            break
+        th, zs, sup = theta[live], z[live], support[live]
+        w, k = th.shape[0], zs.shape[1]
+        m = sup.to(zs.dtype)
+        kinv = _kkt_inverse(zs, sup)
+        ones = th.new_ones(w, 1)
+        zt = zs.transpose(1, 2)
+        rhs = torch.cat([torch.bmm(th.unsqueeze(1), zt).squeeze(1) * m, ones], 1).unsqueeze(1)
+        p = _refine(torch.bmm(rhs, kinv)[:, 0, :k], rhs, kinv, zs, th, sup) * m
+        mu = torch.bmm(p.unsqueeze(1), zs).squeeze(1)
+        g = th - mu
+        # r: x less its projection onto the directions of the hull (M^T S M x).
+        mx = torch.mv(zs.reshape(-1, d), x).reshape(w, k) * m
+        coef = torch.bmm(torch.cat([mx, 0.0 * ones], 1).unsqueeze(1), kinv)
+        r = x - torch.bmm(coef[:, :, :k] * m.unsqueeze(1), zs).squeeze(1)
+        r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        step = eps[live] * r
+        found = _call_oracle(oracle, torch.cat([g + step, g - step]))
+
+        z_plus, z_minus = found[:w], found[w:]
+        c_plus, r_plus = _hull_coordinates(z_plus, zs, m, kinv)
+        c_minus, r_minus = _hull_coordinates(z_minus, zs, m, kinv)
+        d_plus, d_minus = (r_plus * r_plus).sum(1), (r_minus * r_minus).sum(1)
+        gamma = -(r_plus * r_minus).sum(1) / d_minus.clamp_min(1e-300)
+        off = r_plus + gamma.unsqueeze(1) * r_minus
+        near = floor[live]
+        ok = (
+            (d_plus > _OUTSIDE)
+            & (d_minus > _OUTSIDE)
+            & (gamma > 0)
+            & ((off * off).sum(1) <= 1e-10 * d_plus)
+            & ((g * (z_plus - mu)).sum(1) >= -near)
+            & ((g * (z_minus - mu)).sum(1) >= -near)
+            & (sup.sum(1) < max_active)
+        )
+        if not bool(ok.any()):
+            break
+        # (z_plus + gamma z_minus) / (1 + gamma) lies in the hull at coordinates c_bar: moving
+        # weight onto z_plus and z_minus along that dependency, the first support structure
+        # whose weight reaches 0 leaves.
+        c_bar = (c_plus + gamma.unsqueeze(1) * c_minus) / (1.0 + gamma).unsqueeze(1)
+        ratio = torch.where(sup & (c_bar > 0), p.clamp_min(0.0) / c_bar, math.inf)
+        leave = ratio.argmin(1)
+        count = sup.sum(1)
+        idx = ok.nonzero().squeeze(1)
+        if int(count[idx].max()) >= z.shape[1]:
+            z, support = _grow(z, z.shape[1] + 1), _grow(support, support.shape[1] + 1)
+        rows = live[idx]
+        z[rows, leave[idx]] = z_plus[idx]
+        z[rows, count[idx]] = z_minus[idx]
+        support[rows, count[idx]] = True
+        live = rows
+    return z, support
+
+
 def duality_gap(theta: Tensor, mu: Tensor, oracle: Oracle) -> Tensor:
     """``max_z <theta - mu, z - mu>`` per row (one oracle call), ``(n,)``; it bounds
     ``||mu - mu*||^2`` for ``mu`` in the convex hull."""
@@ -734,6 +838,8 @@ def sparsemap(
         with torch.no_grad():
             sol = _active_set(th, oracle, max_iter, tol, max_active, warm, identify_face)
             structures, support = _compact(sol.z, sol.mask & (sol.p > _DROP))
+            if identify_face:
+                structures, support = _complete_face(th, oracle, structures, support, max_active)
         iterations = sol.iterations
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         structures, weights, mu = _weights_on_support(compute, structures, support)
