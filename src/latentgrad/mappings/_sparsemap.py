@@ -544,12 +544,12 @@ def _complete_face(
     result does not depend on the other rows.
     """
     n, _, d = z.shape
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device="cpu").manual_seed(0)
     floor = 4.0 * gap_floor(theta)
     eps = _PROBE * (theta.abs().amax(1, keepdim=True) + 1.0)
     live = torch.arange(n, device=theta.device)
     for _ in range(_PROBE_ROUNDS):
-        x = torch.randn(d, generator=gen, dtype=theta.dtype).to(theta.device)
+        x = torch.randn(d, generator=gen, dtype=theta.dtype, device="cpu").to(theta.device)
         if live.numel() == 0:
             break
         th, zs, sup = theta[live], z[live], support[live]
