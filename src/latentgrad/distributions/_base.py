@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from latentgrad._validation import own_samples
+
 
 class LocalVariants(NamedTuple):
     """Samples with one unit changed, for local marginalization (:class:`LocalReparam`).
@@ -203,7 +205,8 @@ class DiscreteDistribution(Distribution):
             ``(S,) + batch_shape``; ``probs`` is differentiable and sums to 1 over ``S``.
         """
         values = self.enumerate_support(expand=True)
-        return values, self.log_prob(values).exp()
+        with own_samples():  # the family's own support: in it by construction
+            return values, self.log_prob(values).exp()
 
     def support_size(self) -> int:
         """Number of values :meth:`support_probs` returns (without building them)."""
