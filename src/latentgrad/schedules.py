@@ -17,17 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from latentgrad._validation import check_int, check_positive
-
-
-def _check_nonnegative(x: object, name: str) -> float:
-    """A finite real number ``>= 0`` (decay and growth rates)."""
-    if isinstance(x, bool) or not isinstance(x, Real):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    value = float(x)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 and finite, got {x!r}")
-    return value
+from latentgrad._validation import check_int, check_nonnegative, check_positive
 
 
 @runtime_checkable
@@ -162,7 +152,7 @@ class ExponentialDecay(Schedule):
     ) -> None:
         super().__init__()
         self.initial = check_positive(initial, "initial")
-        self.rate = _check_nonnegative(rate, "rate")
+        self.rate = check_nonnegative(rate, "rate")
         self.every = check_int(every, "every", minimum=1)
         self.minimum = check_positive(minimum, "minimum")
         if self.minimum > self.initial:
@@ -213,7 +203,7 @@ class LinearGrowth(Schedule):
     ) -> None:
         super().__init__()
         self.initial = check_positive(initial, "initial")
-        self.rate = _check_nonnegative(rate, "rate")
+        self.rate = check_nonnegative(rate, "rate")
         self.every = check_int(every, "every", minimum=1)
         self.maximum = check_positive(maximum, "maximum")
         if self.maximum < self.initial:
