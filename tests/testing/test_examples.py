@@ -196,3 +196,13 @@ def test_compatible_reads_the_declared_flags() -> None:
     tree = family_examples(names=["spanning-tree"])[0].dist()
     (t_reinforce,) = estimator_examples(names=["t-reinforce"])
     assert compatible(t_reinforce, tree) and not compatible(t_reinforce, cat)
+
+
+@pytest.mark.parametrize("example", ESTIMATOR_EXAMPLES, ids=lambda x: x.name)
+def test_needs_are_what_the_estimator_requires(example: EstimatorExample) -> None:
+    # `needs` picks the families an estimator is tested on: it must be the estimator's own
+    # declared `requires`, or pairs would be tested that the estimator refuses (or skipped).
+    family = next(f for f in FAMILY_EXAMPLES if compatible(example, f.dist()))
+    built = example.make(family.dist())
+    built = getattr(built, "estimator", built)  # WithContext wraps NVIL
+    assert set(built.requires) == set(example.needs)

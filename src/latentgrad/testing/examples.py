@@ -16,7 +16,7 @@ Example:
     ['ksubset', 'plackett-luce']
     >>> gs = estimator_examples(names=["gumbel-softmax"])[0]
     >>> gs.kind, sorted(gs.needs)
-    ('biased', ['has_relaxation'])
+    ('biased', ['has_noise', 'has_relaxation'])
     >>> q = family_examples(names=["categorical"])[0].dist()
     >>> compatible(gs, q), q.batch_shape
     (True, torch.Size([2]))
@@ -267,7 +267,7 @@ def _relax(dist: Any, num_samples: int = 1) -> Any:
     return e.RELAX(critic, num_samples=num_samples)
 
 
-_RELAXED = frozenset({"has_relaxation"})
+_RELAXED = frozenset({"has_noise", "has_relaxation"})
 _TRACE = frozenset({"has_trace"})
 _ENUM = frozenset({"has_enumerate_support"})
 
@@ -345,7 +345,7 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "trace",
         _relax,
         "unbiased",
-        frozenset({"has_conditional_noise"}),
+        frozenset({"has_trace", "has_conditional_noise"}),
         stateful=True,
     ),
     EstimatorExample(
@@ -353,7 +353,7 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "trace",
         lambda q, **kw: _relax(q, **{"num_samples": 2, **kw}),
         "unbiased",
-        frozenset({"has_conditional_noise"}),
+        frozenset({"has_trace", "has_conditional_noise"}),
         num_samples=2,
         stateful=True,
     ),
@@ -391,7 +391,7 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "relaxed",
         lambda q, **kw: e.StraightThrough(**{"num_samples": 3, **kw}),
         "biased",
-        _RELAXED,
+        frozenset({"has_mean_field"}),
         num_samples=3,
     ),
     EstimatorExample(
@@ -399,7 +399,7 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "relaxed",
         lambda q, **kw: e.StraightThrough(**{"slope": 2.0, "num_samples": 3, **kw}),
         "biased",
-        frozenset({"has_relaxation", "has_logits"}),
+        frozenset({"has_mean_field", "has_logits"}),
         num_samples=3,
         temperature="slope",
     ),
@@ -408,14 +408,14 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "local",
         lambda q, **kw: e.LocalReparam(**{"num_samples": 1, **kw}),
         "unbiased",
-        frozenset({"has_local_variants"}),
+        frozenset({"has_local_variants", "has_noise"}),
     ),
     EstimatorExample(
         "local-reparam-3",
         "local",
         lambda q, **kw: e.LocalReparam(**{"num_samples": 3, **kw}),
         "unbiased",
-        frozenset({"has_local_variants"}),
+        frozenset({"has_local_variants", "has_noise"}),
         num_samples=3,
     ),
     EstimatorExample(
