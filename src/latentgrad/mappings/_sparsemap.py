@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from latentgrad._validation import check_int, check_nonnegative
 from latentgrad.mappings._shared import apply_function as _apply
 from latentgrad.mappings._shared import support_slots
 
@@ -142,23 +143,6 @@ def _call_oracle(oracle: Oracle, w: Tensor) -> Tensor:
             f"oracle must return indicators of shape {tuple(w.shape)}, got {tuple(z.shape)}"
         )
     return z.to(w.dtype)
-
-
-def _check_count(x: object, name: str, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
-    if x < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {x}")
-    return x
-
-
-def _check_tol(tol: object) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
-        raise TypeError(f"tol must be a real number, got {type(tol).__name__}")
-    value = float(tol)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"tol must be finite and >= 0, got {tol!r}")
-    return value
 
 
 def _warm_arrays(warm: object, n: int, d: int, max_active: int) -> tuple[Tensor, Tensor]:
@@ -817,8 +801,8 @@ def sparsemap(
     theta = _check_theta(theta)
     d = theta.shape[-1]
     oracle = _check_oracle(oracle, d)
-    max_iter = 100 + 2 * d if max_iter is None else _check_count(max_iter, "max_iter", 1)
-    tol = _check_tol(tol)
+    max_iter = 100 + 2 * d if max_iter is None else check_int(max_iter, "max_iter", minimum=1)
+    tol = check_nonnegative(tol, "tol")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     if not isinstance(identify_face, bool):
@@ -828,7 +812,7 @@ def sparsemap(
     closed_form = getattr(oracle, "sparse_projection", None)
     if method == "active_set" or max_active is not None:
         closed_form = None
-    max_active = d + 1 if max_active is None else _check_count(max_active, "max_active", 1)
+    max_active = d + 1 if max_active is None else check_int(max_active, "max_active", minimum=1)
     batch = theta.shape[:-1]
     flat = theta.reshape(-1, d)
     n = flat.shape[0]
