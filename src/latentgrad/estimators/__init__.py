@@ -9,6 +9,7 @@ from latentgrad.estimators.baselines import (
     LeaveOneOut,
     MovingAverage,
 )
+from latentgrad.estimators.chain import Chain
 from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.estimators.marginalize import Marginalize
 from latentgrad.estimators.muprop import DARN, MuProp
@@ -23,6 +24,7 @@ __all__ = [
     "RELAX",
     "Baseline",
     "BaselineOutput",
+    "Chain",
     "EReinforce",
     "Estimate",
     "Estimator",

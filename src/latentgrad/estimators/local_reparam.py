@@ -210,7 +210,7 @@ class LocalReparam(Estimator):
             if level > 0:
                 name = f"conditionals[{level - 1}]"
                 rows = layers[-1].shape[0]
-                dist = _check_layer(
+                dist = check_layer(
                     conditionals[level - 1](layers[-1]), (rows, k, *batch_shape), name
                 )
                 require(dist, *self.requires, by="LocalReparam.chain", name=name)
@@ -253,7 +253,7 @@ class LocalReparam(Estimator):
         )
 
 
-def _check_layer(dist: object, batch_shape: tuple[int, ...], name: str) -> LatentDistribution:
+def check_layer(dist: object, batch_shape: tuple[int, ...], name: str) -> LatentDistribution:
     """Check a conditional's output; expand it when its batch shape broadcasts to the rows'."""
     dist = check_distribution(dist, f"the output of {name}")
     expected = torch.Size(batch_shape)
