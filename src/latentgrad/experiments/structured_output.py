@@ -41,15 +41,15 @@ from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, Categorical
 from latentgrad.estimators import Chain, GumbelSoftmax, LatentDistribution
-from latentgrad.experiments._common import (
+from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.images import (
     OPTIMIZERS,
     BinaryImages,
     DataSplitsLike,
     chunk_sizes,
     make_optimizer,
 )
-from latentgrad.lab.config import is_positive_int, require
-from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 
 LATENTS = ("categorical", "bernoulli")
 

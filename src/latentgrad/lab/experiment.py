@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -125,6 +126,9 @@ class ResolvedEstimator:
             baselines; put it among the trainable's ``modules`` and its parameters in the
             optimizer).
         latent: the latent family the estimator asks for (see :data:`LatentFamily`).
+        others: ``name -> Estimator``, a fresh estimator of another registered name with its
+            default options, for experiments that compare estimators within one run (the
+            ``sbn`` gradient-variance study); ``None`` when the caller gives none.
 
     Example:
         >>> import latentgrad as lg
@@ -136,6 +140,7 @@ class ResolvedEstimator:
     name: str
     estimator: Estimator
     latent: LatentFamily = "softmax"
+    others: Callable[[str], Estimator] | None = None
 
     def __post_init__(self) -> None:
         if self.latent not in LATENT_FAMILIES:
@@ -183,6 +188,9 @@ class Experiment:
             :class:`ResolvedEstimator` of ``config.estimator``.
         primary_metric: the test metric reports sort by (lower is better).
         estimators: the estimator names this experiment supports (default: all registered).
+        artifacts: ``(run_dir, figures) -> paths``, called when a run has finished, to write files of its own from the run's
+            records (``metrics.jsonl``): tables, and figures when ``figures`` is true (the
+            runner's ``plots``). ``None``: nothing beyond the runner's files.
     """
 
     name: str
@@ -191,3 +199,4 @@ class Experiment:
     build: Callable[[Any, ResolvedEstimator], Trainable]
     primary_metric: str = "nll"
     estimators: tuple[str, ...] | None = field(default=None)
+    artifacts: Callable[[Path, bool], list[Path]] | None = field(default=None)

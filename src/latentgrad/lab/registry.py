@@ -46,6 +46,7 @@ from latentgrad.estimators import (
     GumbelSoftmax,
     IndependentSample,
     LeaveOneOut,
+    LocalExpectation,
     LocalReparam,
     Marginalize,
     MovingAverage,
@@ -344,20 +345,27 @@ class EstimatorEntry(Generic[OptionsT]):
 
     def resolve(self, name: str, options: OptionsT | None = None) -> ResolvedEstimator:
         """A fresh estimator with its name and latent family, as an experiment receives it."""
-        return ResolvedEstimator(name, self.build(options), self.latent)
+        return ResolvedEstimator(name, self.build(options), self.latent, others=_build_named)
+
+
+def _baseline(options: ScoreFunctionOptions) -> Any:
+    if options.baseline == "moving-average":
+        return MovingAverage(options.baseline_decay)
+    if options.baseline == "leave-one-out":
+        return LeaveOneOut()
+    if options.baseline == "independent-sample":
+        return IndependentSample(options.baseline_samples)
+    if options.baseline == "nvil":
+        return NVIL(_nvil_network(options.nvil_hidden), decay=options.baseline_decay)
+    return None
 
 
 def _score_function(options: ScoreFunctionOptions) -> ScoreFunction:
-    baseline: Any = None
-    if options.baseline == "moving-average":
-        baseline = MovingAverage(options.baseline_decay)
-    elif options.baseline == "leave-one-out":
-        baseline = LeaveOneOut()
-    elif options.baseline == "independent-sample":
-        baseline = IndependentSample(options.baseline_samples)
-    elif options.baseline == "nvil":
-        baseline = NVIL(_nvil_network(options.nvil_hidden), decay=options.baseline_decay)
-    return ScoreFunction(options.num_samples, baseline)
+    return ScoreFunction(options.num_samples, _baseline(options))
+
+
+def _muprop(options: ScoreFunctionOptions) -> MuProp:
+    return MuProp(options.num_samples, _baseline(options))
 
 
 def _nvil_network(hidden: int = 100) -> nn.Module:
@@ -414,6 +422,11 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
         lambda o: MuProp(o.num_samples),
         SamplesOptions(),
     ),
+    "muprop-nvil": EstimatorEntry(
+        "MuProp with a learned input-dependent baseline on the residual (MuProp+C+IDB)",
+        _muprop,
+        ScoreFunctionOptions(baseline="nvil"),
+    ),
     "darn": EstimatorEntry(
         "DARN (Taylor signal at a fixed point, biased)",
         lambda o: DARN(o.num_samples),
@@ -438,6 +451,11 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
     "local-reparam": EstimatorEntry(
         "local marginalization with common random numbers (Tokui & Sato)",
         lambda o: LocalReparam(o.num_samples),
+        SamplesOptions(),
+    ),
+    "local-expectation": EstimatorEntry(
+        "local expectation gradients (Titsias & Lázaro-Gredilla)",
+        lambda o: LocalExpectation(o.num_samples),
         SamplesOptions(),
     ),
     "sum-and-sample": EstimatorEntry(
@@ -484,6 +502,11 @@ def estimator_entry(name: str, experiment: Experiment | None = None) -> Estimato
         where = "" if experiment is None else f" for experiment {experiment.name!r}"
         raise UnknownEstimator(f"unknown estimator {name!r}{where}; valid: {', '.join(valid)}")
     return ESTIMATORS[name]
+
+
+def _build_named(name: str) -> Estimator:
+    """A fresh estimator of a registered name with its default options."""
+    return estimator_entry(name).build()
 
 
 def make_estimator(name: str, options: Mapping[str, object] | None = None) -> Estimator:

@@ -117,6 +117,8 @@ def run(
         raise
     if plots:
         _plot(directory.path)
+    if experiment.artifacts is not None:
+        experiment.artifacts(directory.path, plots and matplotlib_available())
     return results
 
 

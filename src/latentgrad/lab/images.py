@@ -1,4 +1,4 @@
-"""Pieces the image experiments share: MLPs, optimizers, binarized batches and eval sets."""
+"""Building blocks the image experiments share: MLPs, optimizers, binarized batches and eval sets."""
 
 from __future__ import annotations
 
