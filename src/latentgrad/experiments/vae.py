@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,20 +45,22 @@ from latentgrad.estimators import (
 )
 from latentgrad.lab.config import is_positive_int, require
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.images import (
+    ACTIVATIONS,
+    BinaryImages,
+    DataSplitsLike,
+    chunk_sizes,
+    make_optimizer,
+    mlp,
+)
 from latentgrad.schedules import Scheduled
 
 LATENTS = ("categorical", "bernoulli")
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 OPTIMIZERS = ("adam", "sgd")
-SPLITS = ("train", "valid", "test")
 
 #: Samples x examples decoded at once by :func:`importance_weighted_bound` (memory bound:
 #: about 13 MB per decoder-output-sized tensor with 784 pixels; larger chunks are slower on CPU).
 EVAL_CHUNK = 2**12
-
-#: Seed of the fixed evaluation subset and of the one-off binarization of non-binary eval splits,
-#: the same for every run so that runs are compared on the same examples.
-EVAL_DATA_SEED = 1234
 
 
 @dataclass
@@ -132,29 +134,6 @@ class VAEConfig(ExperimentConfig):
             "a positive int or none",
             samples,
         )
-
-
-class DataSplitsLike(Protocol):
-    """What :func:`build` needs from ``latentgrad.data.load_dataset``: ``(N, D)`` splits in [0, 1]."""
-
-    @property
-    def train(self) -> Tensor: ...
-    @property
-    def valid(self) -> Tensor: ...
-    @property
-    def test(self) -> Tensor: ...
-    @property
-    def binary(self) -> bool: ...
-
-
-def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between them."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        if i > 0:
-            layers.append(ACTIVATIONS[activation]())
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-    return nn.Sequential(*layers)
 
 
 class DiscreteVAE(nn.Module):
@@ -294,10 +273,7 @@ def importance_weighted_bound(
         >>> b.iwae.shape, bool((b.kl >= -1e-5).all())
         (torch.Size([5]), True)
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    examples = max(1, chunk // num_samples)
-    samples = min(num_samples, max(1, chunk // examples))
+    examples, samples = chunk_sizes(num_samples, chunk)
     parts: list[Bound] = []
     for xs in x.split(examples):
         q = model.posterior(xs)
@@ -387,30 +363,14 @@ class VAETrainable:
         )
         _check_enumerable(chosen.name, self.estimator, self.model)
         self.modules = nn.ModuleDict({"model": self.model, "estimator": self.estimator})
-        self.optimizer: torch.optim.Optimizer
-        if config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=config.lr)
-        else:
-            self.optimizer = torch.optim.SGD(self.modules.parameters(), lr=config.lr, momentum=0.9)
-        self._eval_cache: dict[str, Tensor] = {}
-
-    def _binarize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if self.data.binary:
-            return x
-        from latentgrad.data import dynamic_binarize
-
-        return dynamic_binarize(x, generator=generator)
+        self.optimizer = make_optimizer(config.optimizer, self.modules.parameters(), config.lr)
+        self.images = BinaryImages(
+            data, config.batch_size, config.max_steps_per_epoch, config.max_eval_examples
+        )
 
     def train_batches(self, epoch: int) -> Iterator[Tensor]:
         """Shuffled minibatches of the training split (``torch.randperm``, global RNG)."""
-        train = self.data.train
-        size = self.config.batch_size
-        order = torch.randperm(train.shape[0])
-        steps = math.ceil(train.shape[0] / size)
-        if self.config.max_steps_per_epoch is not None:
-            steps = min(steps, self.config.max_steps_per_epoch)
-        for i in range(steps):
-            yield train[order[i * size : (i + 1) * size]]
+        return self.images.train_batches()
 
     def train_step(self, batch: Tensor) -> Mapping[str, float]:
         """One optimizer step on the negative ELBO; the estimator's schedule advances after it.
@@ -419,7 +379,7 @@ class VAETrainable:
         A Gumbel-Softmax without ``honest_value`` evaluates the loss at relaxed samples only:
         then ``relaxed_loss`` is that relaxed objective and ``loss`` is NaN (not measured).
         """
-        x = self._binarize(batch)
+        x = self.images.binarize(batch)
         self.modules.train()  # learned baselines update their running statistics in training mode
         self.optimizer.zero_grad(set_to_none=True)
         q = self.model.posterior(x)
@@ -438,17 +398,7 @@ class VAETrainable:
 
     def _eval_data(self, split: str) -> Tensor:
         """The (fixed, binarized) evaluation examples of ``split``, at most ``max_eval_examples``."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if split not in self._eval_cache:
-            x = getattr(self.data, split)
-            generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
-            limit = self.config.max_eval_examples
-            if limit is not None and limit < x.shape[0]:
-                # A random subset: the binarized MNIST test rows are sorted by digit class.
-                x = x[torch.randperm(x.shape[0], generator=generator)[:limit]]
-            self._eval_cache[split] = self._binarize(x, generator)
-        return self._eval_cache[split]
+        return self.images.eval_data(split)
 
     def evaluate(self, split: str) -> Mapping[str, float]:
         """``nll`` (the negative importance-weighted bound), ``elbo`` and ``kl``, in nats.
