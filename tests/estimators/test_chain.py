@@ -69,6 +69,7 @@ ESTIMATORS: dict[str, Callable[[], lg.Estimator]] = {
     ),
     "muprop": lambda: lg.MuProp(),
     "local-reparam": lambda: lg.LocalReparam(),
+    "local-expectation": lambda: lg.LocalExpectation(),
 }
 
 

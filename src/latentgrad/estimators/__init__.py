@@ -10,6 +10,7 @@ from latentgrad.estimators.baselines import (
     MovingAverage,
 )
 from latentgrad.estimators.chain import Chain
+from latentgrad.estimators.local_expectation import LocalExpectation
 from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.estimators.marginalize import Marginalize
 from latentgrad.estimators.muprop import DARN, MuProp
@@ -32,6 +33,7 @@ __all__ = [
     "IndependentSample",
     "LatentDistribution",
     "LeaveOneOut",
+    "LocalExpectation",
     "LocalReparam",
     "LossFn",
     "MLPCritic",

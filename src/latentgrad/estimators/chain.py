@@ -19,6 +19,7 @@ from latentgrad.estimators._base import (
     check_estimate,
     check_loss_fn,
 )
+from latentgrad.estimators.local_expectation import LocalExpectation
 from latentgrad.estimators.local_reparam import (
     ChainLossFn,
     Conditional,
@@ -26,6 +27,9 @@ from latentgrad.estimators.local_reparam import (
     check_layer,
 )
 from latentgrad.schedules import Scheduled
+
+JOINT: tuple[type[LocalReparam], ...] = (LocalReparam, LocalExpectation)
+"""The estimators whose ``chain(first, conditionals, loss_fn)`` handles every layer at once."""
 
 
 class Chain(nn.Module, Scheduled):
@@ -44,9 +48,12 @@ class Chain(nn.Module, Scheduled):
     - MuProp and DARN expand the loss at the mean-field point of their layer, the upper layers
       being sampled (not replaced by their means) at that point.
 
-    :class:`LocalReparam` is the exception: its :meth:`LocalReparam.chain` marginalizes each
-    unit of every layer with the layers above re-simulated from common random numbers, which
-    nesting cannot do, so ``Chain(LocalReparam())`` calls it (one estimator for all layers).
+    :class:`LocalReparam` and :class:`LocalExpectation` are the exceptions (:data:`JOINT`):
+    their ``chain`` marginalizes each unit of every layer, with the layers above re-simulated
+    from common random numbers (:meth:`LocalReparam.chain`) or kept at their samples and
+    weighted by the Markov blanket (:meth:`LocalExpectation.chain`), which nesting cannot do, so
+    ``Chain(LocalReparam())`` and ``Chain(LocalExpectation())`` call it (one estimator for all
+    layers).
 
     An input-dependent baseline (NVIL) of layer ``l > 1`` gets the samples of layer ``l - 1``
     (detached, event dims flattened) as its ``context``; layer 1 gets the caller's ``context``.
@@ -97,8 +104,8 @@ class Chain(nn.Module, Scheduled):
                 f"estimator must be a latentgrad Estimator, got {type(estimator).__name__}"
             )
         self.num_layers = check_int(num_layers, "num_layers", minimum=1)
-        #: Whether one estimator handles all layers at once (LocalReparam.chain).
-        self.joint = isinstance(estimator, LocalReparam)
+        #: Whether one estimator handles all layers at once (its ``chain``; see :data:`JOINT`).
+        self.joint = isinstance(estimator, JOINT)
         copies = 1 if self.joint else self.num_layers
         self.layers = nn.ModuleList(
             [estimator, *(copy.deepcopy(estimator) for _ in range(copies - 1))]

@@ -64,6 +64,9 @@ class LocalReparam(Estimator):
 
     (``q2_prior`` is any distribution of layer 2's batch and event shape; the noise is standard.)
     Layer 2's own parameters then need another estimator; :meth:`chain` covers both.
+    :class:`~latentgrad.estimators.LocalExpectation` (a subclass, the same for one layer) keeps
+    the upper layers at their sampled values instead and weights each value by the unit's
+    Markov blanket [2].
 
     The distribution (every layer's, with :meth:`chain`) must declare ``has_local_variants``
     and ``has_noise``.
@@ -178,8 +181,17 @@ class LocalReparam(Estimator):
             >>> all(p.grad is not None for p in (*enc1.parameters(), *enc2.parameters()))
             True
         """
-        first = check_distribution(first, "first")
-        require(first, *self.requires, by="LocalReparam.chain", name="first")
+        latent, layers = self._check_chain(first, conditionals, loss_fn)
+        out = self._local(latent, layers, loss_fn, single=False)
+        return check_estimate(out, latent.batch_shape, "LocalReparam.chain")
+
+    def _check_chain(
+        self, first: object, conditionals: object, loss_fn: object
+    ) -> tuple[LatentDistribution, tuple[Conditional, ...]]:
+        """Validate the arguments of :meth:`chain` (errors name the argument)."""
+        by = f"{type(self).__name__}.chain"
+        latent = check_distribution(first, "first")
+        require(latent, *self.requires, by=by, name="first")
         if isinstance(conditionals, (str, bytes)) or not isinstance(conditionals, Sequence):
             raise TypeError(
                 f"conditionals must be a sequence of callables, got {type(conditionals).__name__}"
@@ -188,8 +200,7 @@ class LocalReparam(Estimator):
             if not callable(fn):
                 raise TypeError(f"conditionals[{i}] must be callable, got {type(fn).__name__}")
         check_loss_fn(loss_fn)
-        out = self._local(first, tuple(conditionals), loss_fn, single=False)
-        return check_estimate(out, first.batch_shape, "LocalReparam.chain")
+        return latent, tuple(conditionals)
 
     def _local(
         self,
@@ -231,16 +242,10 @@ class LocalReparam(Estimator):
         ]
         losses = evaluate_loss(loss_fn, layers[0] if single else layers, (num_rows, k), batch_shape)
         base_loss = losses[0]
-        change = (losses[1:] - base_loss).detach()
+        changes = (losses[1:] - base_loss).split([p.shape[0] for p in flip_probs])
         correction = torch.zeros_like(base_loss)
-        start = 0
-        for probs in flip_probs:
-            stop = start + probs.shape[0]
-            delta = change[start:stop]
-            # A variant of probability 0 may have a NaN/inf loss; its gradient weight is 0 anyway.
-            delta = torch.where(probs.detach() > 0, delta, torch.zeros_like(delta))
-            correction = correction + (zero_forward(probs) * delta).sum(0)
-            start = stop
+        for probs, delta in zip(flip_probs, changes, strict=True):
+            correction = correction + flip_correction(probs, delta)
         per_sample = base_loss + correction
         return Estimate.from_terms(
             per_sample,
@@ -251,6 +256,20 @@ class LocalReparam(Estimator):
                 "num_variants": tuple(p.shape[0] for p in flip_probs),
             },
         )
+
+
+def flip_correction(probs: Tensor, change: Tensor) -> Tensor:
+    """``sum_v grad q_v * change_v`` as a term of value 0 (``change`` detached).
+
+    A variant of probability 0 may have a NaN/inf loss; its gradient weight is 0 anyway, so it is
+    skipped.
+
+    Shape:
+        ``probs``, ``change``: ``(V, K) + B``; returns ``(K,) + B``.
+    """
+    change = change.detach()
+    change = torch.where(probs.detach() > 0, change, torch.zeros_like(change))
+    return (zero_forward(probs) * change).sum(0)
 
 
 def check_layer(dist: object, batch_shape: tuple[int, ...], name: str) -> LatentDistribution:

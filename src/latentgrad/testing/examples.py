@@ -419,6 +419,14 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         num_samples=3,
     ),
     EstimatorExample(
+        "local-expectation",
+        "local",
+        lambda q, **kw: e.LocalExpectation(**{"num_samples": 2, **kw}),
+        "unbiased",
+        frozenset({"has_local_variants", "has_noise"}),
+        num_samples=2,
+    ),
+    EstimatorExample(
         "muprop",
         "muprop",
         lambda q, **kw: e.MuProp(**{"num_samples": 2, **kw}),

@@ -1,0 +1,660 @@
+"""Tests of LocalExpectation: unbiasedness (one layer and chains of Bernoulli and categorical
+layers, against exact enumeration), Markov-blanket weights, numerics and bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import latentgrad as lg
+from latentgrad.distributions import DiscreteDistribution
+from latentgrad.estimators import local_expectation
+from latentgrad.estimators.local_expectation import LocalExpectation
+from latentgrad.estimators.local_reparam import LocalReparam
+from latentgrad.testing import assert_unbiased, check_unbiased, exact_gradient, replicated_gradients
+from latentgrad.testing.examples import FamilyExample, family_examples
+
+F64 = torch.float64
+REPLICATES = 4000
+
+
+def _quadratic_loss(event_ndim: int, numel: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """A loss that couples the units (so local changes interact) and depends on a parameter t."""
+    c = torch.linspace(-1.0, 2.0, numel, dtype=F64)
+    d = torch.linspace(0.5, -0.5, numel, dtype=F64)
+
+    def loss(z: Tensor, t: Tensor) -> Tensor:
+        flat = z.flatten(start_dim=z.dim() - event_ndim) if event_ndim > 1 else z
+        return ((flat * c).sum(-1) - t) ** 2 + t * (flat * d).sum(-1) + 3.0
+
+    return loss
+
+
+def _unpack(rep: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    n = shape.numel()
+    return rep[..., :n].reshape((*rep.shape[:-1], *shape)), rep[..., n]
+
+
+# The families LocalReparam is tested on (batched, -inf too).
+FAMILIES: dict[str, FamilyExample] = {
+    f.name: f
+    for f in family_examples(
+        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
+    )
+}
+
+
+@pytest.mark.stat
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_unbiased_single_layer(family: str, num_samples: int) -> None:
+    torch.manual_seed(0)
+    example = FAMILIES[family]
+    make, logits = example.make, example.params
+    q = example.dist()
+    batch_dims = len(q.batch_shape)
+    loss = _quadratic_loss(len(q.event_shape), q.event_shape.numel())
+    t = torch.tensor(0.7, dtype=F64)
+    phi = logits.clone().requires_grad_(True)
+    theta = t.clone().requires_grad_(True)
+    expected = exact_gradient(lambda: make(phi), lambda z: loss(z, theta), [phi, theta])
+    expected_flat = torch.cat([expected[0].flatten(), expected[1].reshape(1)])
+    est = LocalExpectation(num_samples=num_samples)
+
+    def surrogate(rep: Tensor) -> Tensor:
+        rep_logits, rep_t = _unpack(rep, logits.shape)
+        out = est(make(rep_logits), lambda z: loss(z, rep_t.reshape(-1, *[1] * batch_dims)))
+        return out.surrogate.reshape(rep.shape[0], -1).sum(1)
+
+    param = torch.cat([logits.flatten(), t.reshape(1)])
+    grads = replicated_gradients(surrogate, param, REPLICATES)
+    assert torch.isfinite(grads).all()
+    assert_unbiased(grads, expected_flat, name=f"LocalExpectation on {family}")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_single_layer_is_local_reparam(family: str) -> None:
+    """One layer: the same computation as LocalReparam (same samples, same numbers)."""
+    example = FAMILIES[family]
+    q = example.dist()
+    loss = _quadratic_loss(len(q.event_shape), q.event_shape.numel())
+    t = torch.tensor(0.7, dtype=F64)
+    results = []
+    for est in (LocalReparam(num_samples=3), LocalExpectation(num_samples=3)):
+        torch.manual_seed(5)
+        phi = example.leaf(requires_grad=True)
+        out = est(example.make(phi), lambda z: loss(z, t))
+        (grad,) = torch.autograd.grad(out.surrogate.sum(), phi)
+        results.append((out.surrogate.detach(), out.extras["variant_losses"], grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_variants_of_a_unit_are_consecutive() -> None:
+    """The grouping the Markov-blanket weights rely on: unit-major, C - 1 variants per unit."""
+    names = ["categorical", "bernoulli", "independent-categorical", "independent-bernoulli"]
+    for example in family_examples(names=names):
+        q = example.dist()
+        z = q.sample((2,))
+        variants = q.local_variants(z)
+        units = max(q.unit_shape.numel(), 1)
+        per_unit = variants.values.shape[0] // units
+        assert per_unit * units == variants.values.shape[0], example.name
+        lead = z.dim() - len(q.event_shape)
+        changed = variants.values != z
+        changed = changed.reshape((*changed.shape[: lead + 1], units, -1)).any(-1)
+        owner = torch.arange(variants.values.shape[0]) // per_unit
+        expected = F.one_hot(owner, units).bool().reshape((-1,) + (1,) * lead + (units,))
+        assert torch.equal(changed, expected.expand_as(changed)), example.name
+
+
+# -- chains: exact gradients by enumeration ------------------------------------------------------
+
+
+def _bits(n: int) -> Tensor:
+    codes = torch.arange(2**n).unsqueeze(-1)
+    return ((codes >> torch.arange(n)) & 1).to(F64)
+
+
+def _one_hot_units(units: int, classes: int) -> Tensor:
+    """Every value of ``units`` one-hot units of ``classes`` classes, ``(classes**units, units,
+    classes)``."""
+    codes = torch.arange(classes**units).unsqueeze(-1)
+    index = (codes // classes ** torch.arange(units)) % classes
+    return F.one_hot(index, classes).to(F64)
+
+
+def _product(supports: list[Tensor]) -> list[Tensor]:
+    """Every joint configuration of the layers: ``zs[l]`` of shape ``(prod n_l,) + E_l``."""
+    grids = torch.meshgrid(*[torch.arange(s.shape[0]) for s in supports], indexing="ij")
+    return [s[g.reshape(-1)] for s, g in zip(supports, grids, strict=True)]
+
+
+def _bernoulli_log_prob(z: Tensor, logits: Tensor) -> Tensor:
+    return (z * F.logsigmoid(logits) + (1 - z) * F.logsigmoid(-logits)).sum(-1)
+
+
+def _exact(
+    param: Tensor,
+    supports: list[Tensor],
+    log_joint: Callable[[Tensor, list[Tensor]], Tensor],
+    loss: Callable[[Tensor, list[Tensor]], Tensor],
+) -> Tensor:
+    """Gradient of ``E[loss]`` w.r.t. ``param``, summing over every configuration of the chain."""
+    p = param.clone().requires_grad_(True)
+    zs = _product(supports)
+    (grad,) = torch.autograd.grad((log_joint(p, zs).exp() * loss(p, zs)).sum(), p)
+    return grad
+
+
+# Two-layer sigmoid belief net (the pattern of tests/estimators/test_chain.py).
+D1, D2 = 3, 3
+A1 = torch.tensor([0.5, -1.0, 1.5], dtype=F64)
+A2 = torch.tensor([1.0, 0.5, -2.0], dtype=F64)
+M = torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 2.0], [-0.5, 0.5, 1.0]], dtype=F64)
+
+
+def _sbn_loss(z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
+    inter = (z1.unsqueeze(-1) * M * z2.unsqueeze(-2)).sum((-1, -2))
+    return ((z1 * A1).sum(-1) + (z2 * A2).sum(-1) + inter - t) ** 2 + t * z2.sum(-1)
+
+
+def _sbn_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """phi1 (D1,), W (D2, D1), b (D2,), t () from a flat vector (leading dims kept)."""
+    lead = p.shape[:-1]
+    phi1 = p[..., :D1]
+    w = p[..., D1 : D1 + D2 * D1].reshape((*lead, D2, D1))
+    b = p[..., D1 + D2 * D1 : D1 + D2 * D1 + D2]
+    return phi1, w, b, p[..., -1]
+
+
+def _sbn_exact_gradient(param: Tensor) -> Tensor:
+    def log_joint(p: Tensor, zs: list[Tensor]) -> Tensor:
+        phi1, w, b, _ = _sbn_split(p)
+        return _bernoulli_log_prob(zs[0], phi1) + _bernoulli_log_prob(zs[1], zs[0] @ w.T + b)
+
+    def loss(p: Tensor, zs: list[Tensor]) -> Tensor:
+        return _sbn_loss(zs[0], zs[1], _sbn_split(p)[3])
+
+    return _exact(param, [_bits(D1), _bits(D2)], log_joint, loss)
+
+
+SBN_PARAM = torch.tensor(
+    [0.4, -0.8, 1.1, 1.0, -2.0, 0.5, 0.3, 0.7, -1.2, -0.6, 1.5, 0.9, 0.2, -0.4, 0.1, 0.6],
+    dtype=F64,
+)
+
+
+def _linear(w: Tensor, b: Tensor) -> Callable[[Tensor], Tensor]:
+    """``z -> w z + b`` with ``w``'s leading (replicate) dims broadcast with ``z``'s."""
+    return lambda z: (w @ z.unsqueeze(-1)).squeeze(-1) + b
+
+
+def _sbn_surrogate(est: LocalExpectation) -> Callable[[Tensor], Tensor]:
+    def surrogate(rep: Tensor) -> Tensor:
+        phi1, w, b, t = _sbn_split(rep)
+
+        def layer2(z1: Tensor) -> lg.Bernoulli:
+            return lg.Bernoulli(logits=_linear(w, b)(z1))
+
+        out = est.chain(lg.Bernoulli(logits=phi1), [layer2], lambda zs: _sbn_loss(*zs, t))
+        assert out.loss_evals == 1 + D1 + D2
+        return out.surrogate
+
+    return surrogate
+
+
+# Three Bernoulli layers of 2, 3 and 2 units.
+E1, E2, E3 = 2, 3, 2
+C1 = torch.tensor([1.0, -0.5], dtype=F64)
+C2 = torch.tensor([0.5, 1.5, -1.0], dtype=F64)
+C3 = torch.tensor([-1.0, 2.0], dtype=F64)
+M12 = torch.tensor([[1.0, -0.5, 0.0], [0.5, 1.0, -1.0]], dtype=F64)
+M23 = torch.tensor([[0.5, -1.0], [1.0, 0.5], [-0.5, 1.5]], dtype=F64)
+SIZES3 = [E1, E2 * E1, E2, E3 * E2, E3, 1]
+
+
+def _deep_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """phi1 (E1,), W2 (E2, E1), b2 (E2,), W3 (E3, E2), b3 (E3,), t ()."""
+    phi1, w2, b2, w3, b3, t = p.split(SIZES3, -1)
+    lead = p.shape[:-1]
+    return (
+        phi1,
+        w2.reshape((*lead, E2, E1)),
+        b2,
+        w3.reshape((*lead, E3, E2)),
+        b3,
+        t.squeeze(-1),
+    )
+
+
+def _deep_loss(z1: Tensor, z2: Tensor, z3: Tensor, t: Tensor) -> Tensor:
+    inter = (z1.unsqueeze(-1) * M12 * z2.unsqueeze(-2)).sum((-1, -2))
+    inter = inter + (z2.unsqueeze(-1) * M23 * z3.unsqueeze(-2)).sum((-1, -2))
+    linear = (z1 * C1).sum(-1) + (z2 * C2).sum(-1) + (z3 * C3).sum(-1)
+    return (linear + inter - t) ** 2 + t * z3.sum(-1) - z1.sum(-1) * z3[..., 0]
+
+
+def _deep_exact_gradient(param: Tensor) -> Tensor:
+    def log_joint(p: Tensor, zs: list[Tensor]) -> Tensor:
+        phi1, w2, b2, w3, b3, _ = _deep_split(p)
+        return (
+            _bernoulli_log_prob(zs[0], phi1)
+            + _bernoulli_log_prob(zs[1], zs[0] @ w2.T + b2)
+            + _bernoulli_log_prob(zs[2], zs[1] @ w3.T + b3)
+        )
+
+    def loss(p: Tensor, zs: list[Tensor]) -> Tensor:
+        return _deep_loss(*zs, _deep_split(p)[-1])
+
+    return _exact(param, [_bits(E1), _bits(E2), _bits(E3)], log_joint, loss)
+
+
+def _deep_surrogate(est: LocalExpectation) -> Callable[[Tensor], Tensor]:
+    def surrogate(rep: Tensor) -> Tensor:
+        phi1, w2, b2, w3, b3, t = _deep_split(rep)
+        out = est.chain(
+            lg.Bernoulli(logits=phi1),
+            [
+                lambda z1: lg.Bernoulli(logits=_linear(w2, b2)(z1)),
+                lambda z2: lg.Bernoulli(logits=_linear(w3, b3)(z2)),
+            ],
+            lambda zs: _deep_loss(*zs, t),
+        )
+        assert out.extras["num_variants"] == (E1, E2, E3)
+        return out.surrogate
+
+    return surrogate
+
+
+DEEP_PARAM = torch.cat(
+    [
+        torch.tensor([0.3, -0.6, 1.0, -1.5, 0.5, 0.8, -0.7, 1.2, 0.2, -0.3], dtype=F64),
+        torch.tensor([0.4, 1.1, -0.9, 0.6, 0.4, -1.3, 0.7, -0.2, 0.5, 0.9], dtype=F64),
+    ]
+)
+
+
+# Two layers of 2 categorical units with 3 classes each.
+U, K3 = 2, 3
+G1 = torch.tensor([[1.0, -0.5, 0.0], [0.5, 1.5, -1.0]], dtype=F64)
+G2 = torch.tensor([[-1.0, 2.0, 0.5], [0.0, -0.5, 1.0]], dtype=F64)
+SIZES_CAT = [U * K3, U * K3 * U * K3, U * K3, 1]
+
+
+def _cat_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """logits1 (U, K3), W (U*K3, U*K3), b (U*K3,), t ()."""
+    logits1, w, b, t = p.split(SIZES_CAT, -1)
+    lead = p.shape[:-1]
+    return logits1.reshape((*lead, U, K3)), w.reshape((*lead, U * K3, U * K3)), b, t.squeeze(-1)
+
+
+def _cat_logits2(w: Tensor, b: Tensor, z1: Tensor) -> Tensor:
+    return _linear(w, b)(z1.flatten(-2)).unflatten(-1, (U, K3))
+
+
+def _cat_loss(z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
+    a = (z1 * G1).sum((-1, -2))
+    c = (z2 * G2).sum((-1, -2))
+    same = (z1 * z2).sum((-1, -2))  # units that agree with the layer below
+    return (a + c + same - t) ** 2 + t * z2[..., 0, 0] + a * c
+
+
+def _categorical_log_prob(z: Tensor, logits: Tensor) -> Tensor:
+    return (z * torch.log_softmax(logits, -1)).sum((-1, -2))
+
+
+def _cat_exact_gradient(param: Tensor) -> Tensor:
+    def log_joint(p: Tensor, zs: list[Tensor]) -> Tensor:
+        logits1, w, b, _ = _cat_split(p)
+        logits2 = _cat_logits2(w, b, zs[0])
+        return _categorical_log_prob(zs[0], logits1) + _categorical_log_prob(zs[1], logits2)
+
+    def loss(p: Tensor, zs: list[Tensor]) -> Tensor:
+        return _cat_loss(*zs, _cat_split(p)[-1])
+
+    support = _one_hot_units(U, K3)
+    return _exact(param, [support, support], log_joint, loss)
+
+
+def _cat_surrogate(est: LocalExpectation) -> Callable[[Tensor], Tensor]:
+    def surrogate(rep: Tensor) -> Tensor:
+        logits1, w, b, t = _cat_split(rep)
+        out = est.chain(
+            lg.Categorical(logits=logits1).to_event(1),
+            [lambda z1: lg.Categorical(logits=_cat_logits2(w, b, z1)).to_event(1)],
+            lambda zs: _cat_loss(*zs, t),
+        )
+        assert out.extras["num_variants"] == (U * (K3 - 1), U * (K3 - 1))
+        return out.surrogate
+
+    return surrogate
+
+
+CAT_W = torch.tensor(
+    [
+        [-3.5, -0.6, -1.6, 1.5, -1.3, -1.9],
+        [-0.9, -1.3, -1.9, 2.3, 0.5, 3.0],
+        [1.7, -1.8, 0.1, 0.5, 0.2, -0.9],
+        [-1.9, -1.1, -1.9, -1.7, 1.7, 1.4],
+        [1.2, 0.3, 0.2, -0.1, -0.5, 0.4],
+        [-2.0, 0.4, 0.0, -0.3, -2.5, 1.4],
+    ],
+    dtype=F64,
+)
+CAT_PARAM = torch.cat(
+    [
+        torch.tensor([0.4, -0.8, 0.2, 1.0, -0.3, 0.0], dtype=F64),
+        CAT_W.flatten(),
+        torch.tensor([0.2, -0.4, 0.1, 0.3, 0.0, -0.5, 0.6], dtype=F64),
+    ]
+)
+
+
+class _Case(NamedTuple):
+    param: Tensor
+    exact_gradient: Callable[[Tensor], Tensor]
+    surrogate: Callable[[LocalExpectation], Callable[[Tensor], Tensor]]
+    first_layer: int  # the first layer's parameters come first in ``param``
+
+
+CHAINS: dict[str, _Case] = {
+    "sbn": _Case(SBN_PARAM, _sbn_exact_gradient, _sbn_surrogate, D1),
+    "three-bernoulli": _Case(DEEP_PARAM, _deep_exact_gradient, _deep_surrogate, E1),
+    "two-categorical": _Case(CAT_PARAM, _cat_exact_gradient, _cat_surrogate, U * K3),
+}
+
+
+@pytest.mark.stat
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_chain_unbiased(chain: str, num_samples: int) -> None:
+    """Every parameter (every layer's and the loss's own t) has the exact mean."""
+    torch.manual_seed(0)
+    case = CHAINS[chain]
+    expected = case.exact_gradient(case.param)
+    est = LocalExpectation(num_samples=num_samples)
+    grads = replicated_gradients(case.surrogate(est), case.param, REPLICATES)
+    assert torch.isfinite(grads).all()
+    assert_unbiased(grads, expected, name=f"LocalExpectation.chain on {chain}")
+
+
+@pytest.mark.stat
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_chain_weights_without_children_are_biased(
+    chain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weighting a unit's values by q_i(c) alone (ignoring its children) is detected as biased
+    in the first layer's gradient: the tests above have power against it."""
+    torch.manual_seed(0)
+    case = CHAINS[chain]
+    expected = case.exact_gradient(case.param)
+    blanket = local_expectation.blanket_correction
+
+    def without_children(row_lp: Tensor, child_lp: Tensor, *args: Any) -> Tensor:
+        return blanket(row_lp, torch.zeros_like(child_lp), *args)
+
+    monkeypatch.setattr(local_expectation, "blanket_correction", without_children)
+    grads = replicated_gradients(case.surrogate(LocalExpectation()), case.param, REPLICATES)
+    first = case.first_layer
+    assert not check_unbiased(grads[:, :first], expected[:first]).passed
+
+
+# -- chains: calls, rows, weights ----------------------------------------------------------------
+
+
+def test_chain_calls_and_rows() -> None:
+    """One call of each conditional (on its layer's rows) and of the loss (on all rows); the
+    upper layers stay at their samples when a lower unit changes."""
+    torch.manual_seed(0)
+    batch = 5
+    w = torch.randn(D2, D1)
+    cond_shapes: list[tuple[int, ...]] = []
+    seen: list[list[Tensor]] = []
+
+    def layer2(z1: Tensor) -> lg.Bernoulli:
+        cond_shapes.append(tuple(z1.shape))
+        return lg.Bernoulli(logits=z1 @ w.T)
+
+    def loss_fn(zs: list[Tensor]) -> Tensor:
+        seen.append(zs)
+        return zs[0].sum(-1) + zs[1].sum(-1)
+
+    out = LocalExpectation(num_samples=2).chain(
+        lg.Bernoulli(logits=torch.randn(batch, D1)), [layer2], loss_fn
+    )
+    assert cond_shapes == [(1 + D1, 2, batch, D1)]
+    assert len(seen) == 1
+    z1, z2 = seen[0]
+    assert z1.shape == (1 + D1 + D2, 2, batch, D1) and z2.shape == (1 + D1 + D2, 2, batch, D2)
+    assert out.loss_evals == 1 + D1 + D2 and out.extras["num_variants"] == (D1, D2)
+    assert out.value.shape == out.surrogate.shape == (batch,)
+    assert out.per_sample.shape == out.losses.shape == (2, batch)
+    assert out.extras["variant_losses"].shape == (D1 + D2, 2, batch)
+    torch.testing.assert_close(out.surrogate.detach(), out.value)
+    for d in range(D1):  # layer-1 unit d changed, layer 2 at its sample
+        assert ((z1[1 + d] != z1[0]).sum(-1) == 1).all() and (
+            z1[1 + d, ..., d] != z1[0, ..., d]
+        ).all()
+        assert torch.equal(z2[1 + d], z2[0])
+    for d in range(D2):  # layer-2 unit d changed, layer 1 at its sample
+        assert torch.equal(z1[1 + D1 + d], z1[0])
+        assert ((z2[1 + D1 + d] != z2[0]).sum(-1) == 1).all()
+
+
+def test_chain_markov_blanket_weights_by_hand() -> None:
+    """One bit per layer: layer 1 gets sum_c w(c) f(c, z2) grad log q1(c) with
+    w(c) ∝ q1(c) q2(z2 | c) at the sampled z2; layer 2 (the top) gets
+    sum_c grad q2(c | z1) f(z1, c). Both worked out here by hand."""
+    torch.manual_seed(0)
+    a = torch.tensor([[0.3], [-1.2], [2.0], [0.0]], dtype=F64, requires_grad=True)
+    u = torch.tensor(1.5, dtype=F64, requires_grad=True)
+    v = torch.tensor(-0.5, dtype=F64, requires_grad=True)
+    table = torch.tensor([[1.0, -2.0], [3.0, 0.5]], dtype=F64)  # f(z1, z2)
+    seen: list[list[Tensor]] = []
+
+    def loss_fn(zs: list[Tensor]) -> Tensor:
+        seen.append(zs)
+        return table[zs[0][..., 0].long(), zs[1][..., 0].long()]
+
+    out = LocalExpectation(num_samples=3).chain(
+        lg.Bernoulli(logits=a), [lambda z1: lg.Bernoulli(logits=u * z1 + v)], loss_fn
+    )
+    grad_a, grad_u, grad_v = torch.autograd.grad(out.surrogate.sum(), [a, u, v])
+    with torch.no_grad():
+        z1, z2 = seen[0][0][0, ..., 0], seen[0][1][0, ..., 0]  # base samples, (K, 4)
+        logit1 = a[:, 0]
+        c = torch.tensor([0.0, 1.0], dtype=F64).reshape(2, 1, 1)
+        log_q1 = torch.where(c > 0, F.logsigmoid(logit1), F.logsigmoid(-logit1))
+        logit2 = u * c + v
+        log_q2 = torch.where(z2 > 0, F.logsigmoid(logit2), F.logsigmoid(-logit2))
+        w = torch.softmax(log_q1 + log_q2, 0)
+        f = table[c.long().expand(2, *z2.shape), z2.long().expand(2, *z2.shape)]
+        expected_a = (w * f * (c - torch.sigmoid(logit1))).sum(0).mean(0)
+        s = torch.sigmoid(u * z1 + v)
+        change = table[z1.long(), 1] - table[z1.long(), 0]
+        expected_u = (s * (1 - s) * change * z1).mean(0).sum()
+        expected_v = (s * (1 - s) * change).mean(0).sum()
+    torch.testing.assert_close(grad_a[:, 0], expected_a)
+    torch.testing.assert_close(grad_u, expected_u)
+    torch.testing.assert_close(grad_v, expected_v)
+
+
+def test_chain_impossible_children_are_ignored() -> None:
+    """A value under which the sampled children are impossible has weight 0: its loss (inf
+    here, as a log q of the children would be) does no harm."""
+    torch.manual_seed(0)
+    phi = torch.randn(6, 3, requires_grad=True)
+    # Layer 2 copies layer 1 exactly (the other value has probability 0).
+    copy = torch.tensor([-torch.inf, torch.inf])
+
+    def layer2(z1: Tensor) -> lg.Bernoulli:
+        return lg.Bernoulli(logits=copy[z1.long()])
+
+    def loss_fn(zs: list[Tensor]) -> Tensor:
+        z1, z2 = zs
+        mismatch = (z1 != z2).any(-1)
+        return torch.where(mismatch, torch.inf, z1.sum(-1) * 2.0)
+
+    out = LocalExpectation(num_samples=2).chain(lg.Bernoulli(logits=phi), [layer2], loss_fn)
+    assert torch.isinf(out.extras["variant_losses"]).any()
+    out.surrogate.sum().backward()
+    assert torch.isfinite(out.surrogate).all() and torch.isfinite(phi.grad).all()
+
+
+def test_chain_joint_in_chain_module() -> None:
+    chain = lg.Chain(lg.LocalExpectation(), num_layers=2)
+    assert chain.joint and len(chain.layers) == 1
+    calls: list[int] = []
+
+    def loss_fn(zs: list[Tensor]) -> Tensor:
+        calls.append(zs[0].shape[0])
+        return zs[1].sum(-1)
+
+    out = chain(
+        lg.Bernoulli(logits=torch.zeros(4, 3)), [lambda z: lg.Bernoulli(logits=z[..., :2])], loss_fn
+    )
+    assert calls == [1 + 3 + 2] and out.loss_evals == 1 + 3 + 2
+    assert out.extras["layer_loss_evals"] == (6,)
+
+
+# -- numerics -------------------------------------------------------------------------------------
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _finite_run(
+    dist_fn: Callable[[Tensor], DiscreteDistribution | lg.Independent],
+    logits: Tensor,
+    event_ndim: int = 1,
+) -> None:
+    logits = logits.clone().requires_grad_(True)
+    theta = torch.tensor(1.5, dtype=logits.dtype, requires_grad=True)
+    out = LocalExpectation(num_samples=2)(
+        dist_fn(logits), lambda z: z.flatten(z.dim() - event_ndim).sum(-1) * theta + 1e3
+    )
+    out.surrogate.float().sum().backward()
+    assert torch.isfinite(out.value.float()).all()
+    assert torch.isfinite(out.surrogate.float()).all()
+    assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()
+    assert theta.grad is not None and torch.isfinite(theta.grad.float())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    big = (torch.randn(3, 5) * 1e4).to(dtype)
+    _finite_run(lambda x: lg.Categorical(logits=x), big)
+    _finite_run(lambda x: lg.Bernoulli(logits=x), big)
+    _finite_run(lambda x: lg.Categorical(logits=x).to_event(1), big, 2)
+    neg = torch.full((3, 5), -torch.inf, dtype=dtype)
+    neg[:, 2] = 0
+    _finite_run(lambda x: lg.Categorical(logits=x), neg)
+    inf = torch.tensor([[torch.inf, -torch.inf, 0.0]], dtype=dtype)
+    _finite_run(lambda x: lg.Bernoulli(logits=x), inf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chain_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    phi1 = (torch.randn(4, 3) * 1e4).to(dtype).requires_grad_(True)
+    w = (torch.randn(2, 3) * 1e4).to(dtype).requires_grad_(True)
+    w3 = torch.tensor([[1e4, -1e4], [-1e4, 1e4], [0.0, 1e4]], dtype=dtype, requires_grad=True)
+    out = LocalExpectation().chain(
+        lg.Bernoulli(logits=phi1),
+        [
+            lambda z1: lg.Categorical(logits=z1 @ w.T),
+            lambda z2: lg.Bernoulli(logits=z2 @ w3.T),
+        ],
+        lambda zs: zs[0].sum(-1) + 100 * zs[1][..., 0] + 1e3 * zs[2][..., 1],
+    )
+    out.surrogate.float().sum().backward()
+    assert torch.isfinite(out.surrogate.float()).all()
+    for p in (phi1, w, w3):
+        assert p.grad is not None and torch.isfinite(p.grad.float()).all()
+
+
+def test_chain_impossible_categories_in_a_lower_layer() -> None:
+    """Categories of probability 0 in a layer with children: no NaN anywhere."""
+    torch.manual_seed(0)
+    logits1 = torch.tensor([[0.0, -torch.inf, 1.0], [0.5, -torch.inf, 0.0]], requires_grad=True)
+    w = torch.randn(2, 3, requires_grad=True)
+    out = LocalExpectation(num_samples=3).chain(
+        lg.Categorical(logits=logits1),
+        [lambda z1: lg.Bernoulli(logits=z1 @ w.T)],
+        lambda zs: 1 / (1 - zs[0][..., 1]) + zs[1].sum(-1),
+    )
+    out.surrogate.sum().backward()
+    assert torch.isfinite(out.surrogate).all()
+    assert torch.isfinite(logits1.grad).all() and torch.isfinite(w.grad).all()
+    assert torch.isinf(out.extras["variant_losses"]).any()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+class _NoUnits(DiscreteDistribution):
+    """A family with noise but without independent units."""
+
+    _param_names = ("logits",)
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+
+    def sample_noise(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        return torch.rand(torch.Size(sample_shape) + self.logits.shape)
+
+    def from_noise(self, noise: Tensor) -> Tensor:
+        return (noise < torch.sigmoid(self.logits)).to(self.logits.dtype)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_samples"):
+        LocalExpectation(num_samples=0)
+    with pytest.raises(TypeError, match="num_samples"):
+        LocalExpectation(num_samples=2.0)  # type: ignore[arg-type]
+    est = LocalExpectation()
+    q = lg.Bernoulli(logits=torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="dist"):
+        est(torch.distributions.Bernoulli(logits=torch.zeros(2)), lambda z: z)
+    with pytest.raises(TypeError, match="loss_fn"):
+        est(q, "loss")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="loss_fn"):
+        est(q, lambda z: z.sum((-1, -2)))
+    with pytest.raises(TypeError, match="local_variants"):
+        est(_NoUnits(torch.zeros(2, 3)), lambda z: z.sum(-1))
+
+
+def test_bad_chain_arguments() -> None:
+    est = LocalExpectation()
+    q = lg.Bernoulli(logits=torch.zeros(2, 3))
+
+    def loss(zs: list[Tensor]) -> Tensor:
+        return zs[-1].sum(-1)
+
+    with pytest.raises(TypeError, match="first"):
+        est.chain(torch.distributions.Bernoulli(logits=torch.zeros(2)), [], loss)
+    with pytest.raises(TypeError, match=r"LocalExpectation\.chain"):
+        est.chain(_NoUnits(torch.zeros(2, 3)), [], loss)
+    with pytest.raises(TypeError, match="conditionals"):
+        est.chain(q, lambda z: q, loss)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"conditionals\[1\]"):
+        est.chain(q, [lambda z: q, 3], loss)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="loss_fn"):
+        est.chain(q, [], None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"conditionals\[0\]"):
+        est.chain(q, [lambda z: torch.distributions.Bernoulli(logits=z)], loss)
+    with pytest.raises(ValueError, match=r"conditionals\[0\].*to_event"):
+        est.chain(
+            q, [lambda z: lg.Categorical(logits=z.unsqueeze(-1).expand(-1, -1, -1, -1, 2))], loss
+        )
+    with pytest.raises(TypeError, match=r"conditionals\[0\]\.local_variants"):
+        est.chain(q, [lambda z: _NoUnits(z)], loss)
+    with pytest.raises(ValueError, match="loss_fn"):
+        est.chain(q, [], lambda zs: zs[0].sum((-1, -2)))
