@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_estimators.py
 	$(BIN)/python benchmarks/bench_structured.py
 	$(BIN)/python benchmarks/bench_sparsemap.py
+	$(BIN)/python benchmarks/bench_local.py
 
 # The result tables of README.md and docs/*.md, regenerated from the records in results/.
 tables: $(STAMP)

@@ -147,3 +147,18 @@ def test_mean_std_format():
     assert mean_std([0.5]) == "0.5"
     assert mean_std([3, 3]) == "3"
     assert mean_std([]) == "–"
+
+
+def test_metrics_of_other_sections_are_columns(runs):
+    root, results = runs
+    text = report([root], metrics=["mse", "valid.mse"], columns=["test"], table_only=True)
+    header = next(line for line in text.splitlines() if line.startswith("| estimator"))
+    assert "| test mse | valid mse |" in header
+    for row in table_rows(text):
+        for cell, section in ((row[1], "test"), (row[2], "valid_final")):
+            mean, std, n = parse_stat(cell)
+            values = [results[row[0], s][section]["mse"] for s in (0, 1)]
+            half_unit = 0.5 * 10.0 ** -len(std.partition(".")[2]) + 1e-12
+            assert n == 2 and abs(float(mean) - statistics.mean(values)) <= half_unit
+    with pytest.raises(ValueError, match=r"valid\.nope"):
+        report([root], metrics=["valid.nope"])

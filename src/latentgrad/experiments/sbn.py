@@ -432,8 +432,8 @@ def gradient_variance(
 ) -> tuple[dict[str, float], int]:
     """Mean per-parameter variance of ``chain``'s inference-network gradient, by layer.
 
-    The model is frozen. ``chain``'s learned state (baselines) is first fitted for ``warmup``
-    steps on ``batches`` in turn (Adam on the estimator's parameters only, running statistics
+    The model is frozen. ``chain``'s learned state (baselines; estimators without parameters or
+    buffers skip this) is first fitted for ``warmup`` steps on ``batches`` in turn (Adam on the estimator's parameters only, running statistics
     updated); then, in eval mode, each batch gets ``repeats`` independent estimates of the
     gradient of the minibatch mean of the surrogate, whose per-parameter sample variance is
     averaged over each layer's parameters and over the batches.
@@ -446,7 +446,7 @@ def gradient_variance(
     params = [p for group in layers.values() for p in group]
     est_params = list(chain.parameters())
     chain.train()
-    if warmup:
+    if warmup and (est_params or any(True for _ in chain.buffers())):
         opt = torch.optim.Adam(est_params, lr=1e-3) if est_params else None
         for step in range(warmup):
             x = batches[step % len(batches)]

@@ -321,6 +321,17 @@ def metric_value(run: RunInfo, spec: str) -> float | None:
 _SECTIONS = {"valid": "valid_final", "train": "train_final"}
 
 
+def metric_spec(metric: str) -> str:
+    """``SECTION.METRIC`` for a metric of ``--metrics``: a bare name is a test metric.
+
+    Example:
+        >>> metric_spec("nll"), metric_spec("valid.gradvar/sf/all")
+        ('test.nll', 'valid.gradvar/sf/all')
+    """
+    section = metric.partition(".")[0]
+    return metric if section in ("test", "valid", "valid_best", "train") else f"test.{metric}"
+
+
 def _check_metric(runs: Sequence[RunInfo], spec: str, what: str) -> None:
     if any(metric_value(r, spec) is not None for r in runs):
         return
@@ -623,7 +634,8 @@ def build_table(
         select_keys: keys chosen per row by ``by`` (see :func:`select`).
         by: the selection metric (default ``valid.<primary metric>``).
         maximize: whether a larger ``by`` (and test metric) is better.
-        metrics: the test metrics shown (default: the primary metric).
+        metrics: the metrics shown (default: the primary metric): test metrics by name, or
+            ``SECTION.METRIC`` for the others (``valid.M`` at the last evaluation, ...).
         pivot: a key whose values become column groups.
         columns: which of :data:`COLUMNS` to show, besides the label and the selected keys.
         paper: published values for the ``paper`` column.
@@ -642,8 +654,9 @@ def build_table(
     primary = runs[0].primary_metric
     by_spec = by or f"valid.{primary}"
     metrics = list(metrics) or [primary]
-    for m in metrics:
-        _check_metric(runs, f"test.{m}", "--metrics")
+    specs = [metric_spec(m) for m in metrics]
+    for spec in specs:
+        _check_metric(runs, spec, "--metrics")
     if pivot is not None and not any(pivot in r.settings() for r in runs):
         raise ValueError(f"--pivot {pivot!r} is not a config field or estimator option of the runs")
     cells = select(runs, select_keys, by_spec, maximize)
@@ -669,9 +682,12 @@ def build_table(
             if col == "seeds":
                 header.append(Column(group("seeds", value)))
             elif col == "test":
-                header += [Column(group(f"test {m}", value), "stat") for m in metrics]
+                header += [
+                    Column(group(spec.replace(".", " ", 1), value), "stat") for spec in specs
+                ]
             elif col == "ci":
-                header.append(Column(group(f"95% CI test {metrics[0]}", value), "ci"))
+                shown = specs[0].replace(".", " ", 1)
+                header.append(Column(group(f"95% CI {shown}", value), "ci"))
             elif col == "paper" and paper is not None:
                 header.append(Column(group("paper", value)))
             elif col == "valid":
@@ -692,7 +708,7 @@ def build_table(
             cell = by_pivot.get(json.dumps(value))
             out += [_show(cell.chosen[k]) if cell else None for k in select_keys]
             runs_here = cell.runs if cell else []
-            test_stats = [_stat(runs_here, f"test.{m}") for m in metrics]
+            test_stats = [_stat(runs_here, spec) for spec in specs]
             if math.isnan(sort_value) and test_stats[0].values:
                 sort_value = test_stats[0].mean
             for col in columns:
@@ -937,7 +953,12 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
         "(default: valid.<primary metric>)",
     )
     p.add_argument("--maximize", action="store_true", help="a larger --by is better")
-    p.add_argument("--metrics", metavar="M,...", help="test metrics shown (default: primary)")
+    p.add_argument(
+        "--metrics",
+        metavar="M,...",
+        help="metrics shown: test metrics by name, others as SECTION.M (valid.M: last "
+        "evaluation; valid_best.M, train.M) (default: the primary test metric)",
+    )
     p.add_argument("--pivot", metavar="KEY", help="one group of columns per value of KEY")
     p.add_argument(
         "--columns",
