@@ -6,55 +6,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import latentgrad as lg
-from latentgrad.testing import assert_unbiased, replicated_gradients
+from latentgrad.testing import assert_unbiased, chain_problems, replicated_gradients
 
-F64 = torch.float64
 REPLICATES = 4000
-D1, D2 = 3, 2
-A1 = torch.tensor([0.5, -1.0, 1.5], dtype=F64)
-A2 = torch.tensor([1.0, -2.0], dtype=F64)
-M = torch.tensor([[0.5, -1.0], [1.0, 2.0], [-0.5, 1.0]], dtype=F64)
-
-
-def _loss(z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
-    """Couples the layers (so the second layer's estimate matters to the first's)."""
-    inter = (z1.unsqueeze(-1) * M * z2.unsqueeze(-2)).sum((-1, -2))
-    return ((z1 * A1).sum(-1) + (z2 * A2).sum(-1) + inter - t) ** 2 + t * z2.sum(-1)
-
-
-def _split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """phi1 (D1,), W (D2, D1), b (D2,), t () from a flat vector (leading dims kept)."""
-    lead = p.shape[:-1]
-    phi1 = p[..., :D1]
-    w = p[..., D1 : D1 + D2 * D1].reshape((*lead, D2, D1))
-    b = p[..., D1 + D2 * D1 : D1 + D2 * D1 + D2]
-    return phi1, w, b, p[..., -1]
-
-
-def _bits(n: int) -> Tensor:
-    codes = torch.arange(2**n).unsqueeze(-1)
-    return ((codes >> torch.arange(n)) & 1).to(F64)
-
-
-def _exact_gradient(param: Tensor) -> Tensor:
-    """Gradient of E[f(z1, z2)] summed over all 2^D1 * 2^D2 configurations."""
-    p = param.clone().requires_grad_(True)
-    phi1, w, b, t = _split(p)
-    z1, z2 = _bits(D1), _bits(D2)
-    n1, n2 = z1.shape[0], z2.shape[0]
-    log_q1 = (z1 * F.logsigmoid(phi1) + (1 - z1) * F.logsigmoid(-phi1)).sum(-1)
-    logits2 = (z1 @ w.T + b).unsqueeze(1)  # (n1, 1, D2)
-    log_q2 = (z2 * F.logsigmoid(logits2) + (1 - z2) * F.logsigmoid(-logits2)).sum(-1)
-    f = _loss(z1.unsqueeze(1).expand(n1, n2, D1), z2.unsqueeze(0).expand(n1, n2, D2), t)
-    (grad,) = torch.autograd.grad((log_q1.exp().unsqueeze(1) * log_q2.exp() * f).sum(), p)
-    return grad
-
-
-PARAM = torch.tensor([0.4, -0.8, 1.1, 1.0, -2.0, 0.5, 0.3, 0.7, -1.2, 0.2, -0.4, 0.6], dtype=F64)
+# A two-layer sigmoid belief net of 3 and 2 bits, with its exact gradient by enumeration.
+(SBN,) = chain_problems(names=["sbn-3-2"])
+D1 = SBN.first_size
 
 ESTIMATORS: dict[str, Callable[[], lg.Estimator]] = {
     "sf": lambda: lg.ScoreFunction(),
@@ -78,7 +38,7 @@ ESTIMATORS: dict[str, Callable[[], lg.Estimator]] = {
 def test_chain_unbiased_two_layer_sbn(name: str) -> None:
     """Every parameter's gradient (both layers and the loss's own) has the exact mean."""
     torch.manual_seed(0)
-    expected = _exact_gradient(PARAM)
+    expected = SBN.exact_gradient()
     chain = lg.Chain(ESTIMATORS[name](), num_layers=2)
     # Warm the stateful baselines (moving average, NVIL's lazy net) on a first call.
     calls = 0
@@ -86,20 +46,13 @@ def test_chain_unbiased_two_layer_sbn(name: str) -> None:
     def surrogate(rep: Tensor) -> Tensor:
         nonlocal calls
         calls += 1
-        phi1, w, b, t = _split(rep)
-
-        def layer2(z1: Tensor) -> lg.Bernoulli:
-            return lg.Bernoulli(logits=(w @ z1.unsqueeze(-1)).squeeze(-1) + b)
-
+        p = SBN.split(rep)
         out = chain(
-            lg.Bernoulli(logits=phi1),
-            [layer2],
-            lambda zs: _loss(zs[0], zs[1], t),
-            context=rep.detach()[..., :D1],
+            SBN.first(p), SBN.conditionals(p), SBN.loss_fn(p), context=rep.detach()[..., :D1]
         )
         return out.surrogate
 
-    grads = replicated_gradients(surrogate, PARAM, REPLICATES)
+    grads = replicated_gradients(surrogate, SBN.param, REPLICATES)
     assert torch.isfinite(grads).all()
     assert_unbiased(grads, expected, name=f"Chain({name}) on a two-layer SBN")
 

@@ -4,7 +4,7 @@ layers, against exact enumeration), Markov-blanket weights, numerics and bad inp
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 import torch
@@ -16,28 +16,19 @@ from latentgrad.distributions import DiscreteDistribution
 from latentgrad.estimators import local_expectation
 from latentgrad.estimators.local_expectation import LocalExpectation
 from latentgrad.estimators.local_reparam import LocalReparam
-from latentgrad.testing import assert_unbiased, check_unbiased, exact_gradient, replicated_gradients
+from latentgrad.testing import (
+    ChainProblem,
+    assert_unbiased,
+    chain_problems,
+    check_unbiased,
+    quadratic_loss,
+    replicated_gradients,
+    single_layer_gradients,
+)
 from latentgrad.testing.examples import FamilyExample, family_examples
 
 F64 = torch.float64
 REPLICATES = 4000
-
-
-def _quadratic_loss(event_ndim: int, numel: int) -> Callable[[Tensor, Tensor], Tensor]:
-    """A loss that couples the units (so local changes interact) and depends on a parameter t."""
-    c = torch.linspace(-1.0, 2.0, numel, dtype=F64)
-    d = torch.linspace(0.5, -0.5, numel, dtype=F64)
-
-    def loss(z: Tensor, t: Tensor) -> Tensor:
-        flat = z.flatten(start_dim=z.dim() - event_ndim) if event_ndim > 1 else z
-        return ((flat * c).sum(-1) - t) ** 2 + t * (flat * d).sum(-1) + 3.0
-
-    return loss
-
-
-def _unpack(rep: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
-    n = shape.numel()
-    return rep[..., :n].reshape((*rep.shape[:-1], *shape)), rep[..., n]
 
 
 # The families LocalReparam is tested on (batched, -inf too).
@@ -54,27 +45,10 @@ FAMILIES: dict[str, FamilyExample] = {
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_unbiased_single_layer(family: str, num_samples: int) -> None:
     torch.manual_seed(0)
-    example = FAMILIES[family]
-    make, logits = example.make, example.params
-    q = example.dist()
-    batch_dims = len(q.batch_shape)
-    loss = _quadratic_loss(len(q.event_shape), q.event_shape.numel())
-    t = torch.tensor(0.7, dtype=F64)
-    phi = logits.clone().requires_grad_(True)
-    theta = t.clone().requires_grad_(True)
-    expected = exact_gradient(lambda: make(phi), lambda z: loss(z, theta), [phi, theta])
-    expected_flat = torch.cat([expected[0].flatten(), expected[1].reshape(1)])
     est = LocalExpectation(num_samples=num_samples)
-
-    def surrogate(rep: Tensor) -> Tensor:
-        rep_logits, rep_t = _unpack(rep, logits.shape)
-        out = est(make(rep_logits), lambda z: loss(z, rep_t.reshape(-1, *[1] * batch_dims)))
-        return out.surrogate.reshape(rep.shape[0], -1).sum(1)
-
-    param = torch.cat([logits.flatten(), t.reshape(1)])
-    grads = replicated_gradients(surrogate, param, REPLICATES)
+    grads, expected = single_layer_gradients(FAMILIES[family], est, REPLICATES)
     assert torch.isfinite(grads).all()
-    assert_unbiased(grads, expected_flat, name=f"LocalExpectation on {family}")
+    assert_unbiased(grads, expected, name=f"LocalExpectation on {family}")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -82,7 +56,7 @@ def test_single_layer_is_local_reparam(family: str) -> None:
     """One layer: the same computation as LocalReparam (same samples, same numbers)."""
     example = FAMILIES[family]
     q = example.dist()
-    loss = _quadratic_loss(len(q.event_shape), q.event_shape.numel())
+    loss = quadratic_loss(len(q.event_shape), q.event_shape.numel())
     t = torch.tensor(0.7, dtype=F64)
     results = []
     for est in (LocalReparam(num_samples=3), LocalExpectation(num_samples=3)):
@@ -116,258 +90,23 @@ def test_variants_of_a_unit_are_consecutive() -> None:
 # -- chains: exact gradients by enumeration ------------------------------------------------------
 
 
-def _bits(n: int) -> Tensor:
-    codes = torch.arange(2**n).unsqueeze(-1)
-    return ((codes >> torch.arange(n)) & 1).to(F64)
-
-
-def _one_hot_units(units: int, classes: int) -> Tensor:
-    """Every value of ``units`` one-hot units of ``classes`` classes, ``(classes**units, units,
-    classes)``."""
-    codes = torch.arange(classes**units).unsqueeze(-1)
-    index = (codes // classes ** torch.arange(units)) % classes
-    return F.one_hot(index, classes).to(F64)
-
-
-def _product(supports: list[Tensor]) -> list[Tensor]:
-    """Every joint configuration of the layers: ``zs[l]`` of shape ``(prod n_l,) + E_l``."""
-    grids = torch.meshgrid(*[torch.arange(s.shape[0]) for s in supports], indexing="ij")
-    return [s[g.reshape(-1)] for s, g in zip(supports, grids, strict=True)]
-
-
-def _bernoulli_log_prob(z: Tensor, logits: Tensor) -> Tensor:
-    return (z * F.logsigmoid(logits) + (1 - z) * F.logsigmoid(-logits)).sum(-1)
-
-
-def _exact(
-    param: Tensor,
-    supports: list[Tensor],
-    log_joint: Callable[[Tensor, list[Tensor]], Tensor],
-    loss: Callable[[Tensor, list[Tensor]], Tensor],
-) -> Tensor:
-    """Gradient of ``E[loss]`` w.r.t. ``param``, summing over every configuration of the chain."""
-    p = param.clone().requires_grad_(True)
-    zs = _product(supports)
-    (grad,) = torch.autograd.grad((log_joint(p, zs).exp() * loss(p, zs)).sum(), p)
-    return grad
-
-
-# Two-layer sigmoid belief net (the pattern of tests/estimators/test_chain.py).
-D1, D2 = 3, 3
-A1 = torch.tensor([0.5, -1.0, 1.5], dtype=F64)
-A2 = torch.tensor([1.0, 0.5, -2.0], dtype=F64)
-M = torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 2.0], [-0.5, 0.5, 1.0]], dtype=F64)
-
-
-def _sbn_loss(z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
-    inter = (z1.unsqueeze(-1) * M * z2.unsqueeze(-2)).sum((-1, -2))
-    return ((z1 * A1).sum(-1) + (z2 * A2).sum(-1) + inter - t) ** 2 + t * z2.sum(-1)
-
-
-def _sbn_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """phi1 (D1,), W (D2, D1), b (D2,), t () from a flat vector (leading dims kept)."""
-    lead = p.shape[:-1]
-    phi1 = p[..., :D1]
-    w = p[..., D1 : D1 + D2 * D1].reshape((*lead, D2, D1))
-    b = p[..., D1 + D2 * D1 : D1 + D2 * D1 + D2]
-    return phi1, w, b, p[..., -1]
-
-
-def _sbn_exact_gradient(param: Tensor) -> Tensor:
-    def log_joint(p: Tensor, zs: list[Tensor]) -> Tensor:
-        phi1, w, b, _ = _sbn_split(p)
-        return _bernoulli_log_prob(zs[0], phi1) + _bernoulli_log_prob(zs[1], zs[0] @ w.T + b)
-
-    def loss(p: Tensor, zs: list[Tensor]) -> Tensor:
-        return _sbn_loss(zs[0], zs[1], _sbn_split(p)[3])
-
-    return _exact(param, [_bits(D1), _bits(D2)], log_joint, loss)
-
-
-SBN_PARAM = torch.tensor(
-    [0.4, -0.8, 1.1, 1.0, -2.0, 0.5, 0.3, 0.7, -1.2, -0.6, 1.5, 0.9, 0.2, -0.4, 0.1, 0.6],
-    dtype=F64,
-)
-
-
-def _linear(w: Tensor, b: Tensor) -> Callable[[Tensor], Tensor]:
-    """``z -> w z + b`` with ``w``'s leading (replicate) dims broadcast with ``z``'s."""
-    return lambda z: (w @ z.unsqueeze(-1)).squeeze(-1) + b
-
-
-def _sbn_surrogate(est: LocalExpectation) -> Callable[[Tensor], Tensor]:
-    def surrogate(rep: Tensor) -> Tensor:
-        phi1, w, b, t = _sbn_split(rep)
-
-        def layer2(z1: Tensor) -> lg.Bernoulli:
-            return lg.Bernoulli(logits=_linear(w, b)(z1))
-
-        out = est.chain(lg.Bernoulli(logits=phi1), [layer2], lambda zs: _sbn_loss(*zs, t))
-        assert out.loss_evals == 1 + D1 + D2
-        return out.surrogate
-
-    return surrogate
-
-
-# Three Bernoulli layers of 2, 3 and 2 units.
-E1, E2, E3 = 2, 3, 2
-C1 = torch.tensor([1.0, -0.5], dtype=F64)
-C2 = torch.tensor([0.5, 1.5, -1.0], dtype=F64)
-C3 = torch.tensor([-1.0, 2.0], dtype=F64)
-M12 = torch.tensor([[1.0, -0.5, 0.0], [0.5, 1.0, -1.0]], dtype=F64)
-M23 = torch.tensor([[0.5, -1.0], [1.0, 0.5], [-0.5, 1.5]], dtype=F64)
-SIZES3 = [E1, E2 * E1, E2, E3 * E2, E3, 1]
-
-
-def _deep_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """phi1 (E1,), W2 (E2, E1), b2 (E2,), W3 (E3, E2), b3 (E3,), t ()."""
-    phi1, w2, b2, w3, b3, t = p.split(SIZES3, -1)
-    lead = p.shape[:-1]
-    return (
-        phi1,
-        w2.reshape((*lead, E2, E1)),
-        b2,
-        w3.reshape((*lead, E3, E2)),
-        b3,
-        t.squeeze(-1),
-    )
-
-
-def _deep_loss(z1: Tensor, z2: Tensor, z3: Tensor, t: Tensor) -> Tensor:
-    inter = (z1.unsqueeze(-1) * M12 * z2.unsqueeze(-2)).sum((-1, -2))
-    inter = inter + (z2.unsqueeze(-1) * M23 * z3.unsqueeze(-2)).sum((-1, -2))
-    linear = (z1 * C1).sum(-1) + (z2 * C2).sum(-1) + (z3 * C3).sum(-1)
-    return (linear + inter - t) ** 2 + t * z3.sum(-1) - z1.sum(-1) * z3[..., 0]
-
-
-def _deep_exact_gradient(param: Tensor) -> Tensor:
-    def log_joint(p: Tensor, zs: list[Tensor]) -> Tensor:
-        phi1, w2, b2, w3, b3, _ = _deep_split(p)
-        return (
-            _bernoulli_log_prob(zs[0], phi1)
-            + _bernoulli_log_prob(zs[1], zs[0] @ w2.T + b2)
-            + _bernoulli_log_prob(zs[2], zs[1] @ w3.T + b3)
-        )
-
-    def loss(p: Tensor, zs: list[Tensor]) -> Tensor:
-        return _deep_loss(*zs, _deep_split(p)[-1])
-
-    return _exact(param, [_bits(E1), _bits(E2), _bits(E3)], log_joint, loss)
-
-
-def _deep_surrogate(est: LocalExpectation) -> Callable[[Tensor], Tensor]:
-    def surrogate(rep: Tensor) -> Tensor:
-        phi1, w2, b2, w3, b3, t = _deep_split(rep)
-        out = est.chain(
-            lg.Bernoulli(logits=phi1),
-            [
-                lambda z1: lg.Bernoulli(logits=_linear(w2, b2)(z1)),
-                lambda z2: lg.Bernoulli(logits=_linear(w3, b3)(z2)),
-            ],
-            lambda zs: _deep_loss(*zs, t),
-        )
-        assert out.extras["num_variants"] == (E1, E2, E3)
-        return out.surrogate
-
-    return surrogate
-
-
-DEEP_PARAM = torch.cat(
-    [
-        torch.tensor([0.3, -0.6, 1.0, -1.5, 0.5, 0.8, -0.7, 1.2, 0.2, -0.3], dtype=F64),
-        torch.tensor([0.4, 1.1, -0.9, 0.6, 0.4, -1.3, 0.7, -0.2, 0.5, 0.9], dtype=F64),
-    ]
-)
-
-
-# Two layers of 2 categorical units with 3 classes each.
-U, K3 = 2, 3
-G1 = torch.tensor([[1.0, -0.5, 0.0], [0.5, 1.5, -1.0]], dtype=F64)
-G2 = torch.tensor([[-1.0, 2.0, 0.5], [0.0, -0.5, 1.0]], dtype=F64)
-SIZES_CAT = [U * K3, U * K3 * U * K3, U * K3, 1]
-
-
-def _cat_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """logits1 (U, K3), W (U*K3, U*K3), b (U*K3,), t ()."""
-    logits1, w, b, t = p.split(SIZES_CAT, -1)
-    lead = p.shape[:-1]
-    return logits1.reshape((*lead, U, K3)), w.reshape((*lead, U * K3, U * K3)), b, t.squeeze(-1)
-
-
-def _cat_logits2(w: Tensor, b: Tensor, z1: Tensor) -> Tensor:
-    return _linear(w, b)(z1.flatten(-2)).unflatten(-1, (U, K3))
-
-
-def _cat_loss(z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
-    a = (z1 * G1).sum((-1, -2))
-    c = (z2 * G2).sum((-1, -2))
-    same = (z1 * z2).sum((-1, -2))  # units that agree with the layer below
-    return (a + c + same - t) ** 2 + t * z2[..., 0, 0] + a * c
-
-
-def _categorical_log_prob(z: Tensor, logits: Tensor) -> Tensor:
-    return (z * torch.log_softmax(logits, -1)).sum((-1, -2))
-
-
-def _cat_exact_gradient(param: Tensor) -> Tensor:
-    def log_joint(p: Tensor, zs: list[Tensor]) -> Tensor:
-        logits1, w, b, _ = _cat_split(p)
-        logits2 = _cat_logits2(w, b, zs[0])
-        return _categorical_log_prob(zs[0], logits1) + _categorical_log_prob(zs[1], logits2)
-
-    def loss(p: Tensor, zs: list[Tensor]) -> Tensor:
-        return _cat_loss(*zs, _cat_split(p)[-1])
-
-    support = _one_hot_units(U, K3)
-    return _exact(param, [support, support], log_joint, loss)
-
-
-def _cat_surrogate(est: LocalExpectation) -> Callable[[Tensor], Tensor]:
-    def surrogate(rep: Tensor) -> Tensor:
-        logits1, w, b, t = _cat_split(rep)
-        out = est.chain(
-            lg.Categorical(logits=logits1).to_event(1),
-            [lambda z1: lg.Categorical(logits=_cat_logits2(w, b, z1)).to_event(1)],
-            lambda zs: _cat_loss(*zs, t),
-        )
-        assert out.extras["num_variants"] == (U * (K3 - 1), U * (K3 - 1))
-        return out.surrogate
-
-    return surrogate
-
-
-CAT_W = torch.tensor(
-    [
-        [-3.5, -0.6, -1.6, 1.5, -1.3, -1.9],
-        [-0.9, -1.3, -1.9, 2.3, 0.5, 3.0],
-        [1.7, -1.8, 0.1, 0.5, 0.2, -0.9],
-        [-1.9, -1.1, -1.9, -1.7, 1.7, 1.4],
-        [1.2, 0.3, 0.2, -0.1, -0.5, 0.4],
-        [-2.0, 0.4, 0.0, -0.3, -2.5, 1.4],
-    ],
-    dtype=F64,
-)
-CAT_PARAM = torch.cat(
-    [
-        torch.tensor([0.4, -0.8, 0.2, 1.0, -0.3, 0.0], dtype=F64),
-        CAT_W.flatten(),
-        torch.tensor([0.2, -0.4, 0.1, 0.3, 0.0, -0.5, 0.6], dtype=F64),
-    ]
-)
-
-
-class _Case(NamedTuple):
-    param: Tensor
-    exact_gradient: Callable[[Tensor], Tensor]
-    surrogate: Callable[[LocalExpectation], Callable[[Tensor], Tensor]]
-    first_layer: int  # the first layer's parameters come first in ``param``
-
-
-CHAINS: dict[str, _Case] = {
-    "sbn": _Case(SBN_PARAM, _sbn_exact_gradient, _sbn_surrogate, D1),
-    "three-bernoulli": _Case(DEEP_PARAM, _deep_exact_gradient, _deep_surrogate, E1),
-    "two-categorical": _Case(CAT_PARAM, _cat_exact_gradient, _cat_surrogate, U * K3),
+# Two Bernoulli layers of 3 and 3 bits, three of 2, 3 and 2 bits, two of 2 categorical units
+# with 3 classes each.
+CHAINS: dict[str, ChainProblem] = {
+    p.name: p for p in chain_problems(names=["sbn", "three-bernoulli", "two-categorical"])
 }
+D1, D2 = CHAINS["sbn"].units
+
+
+def _surrogate(problem: ChainProblem, est: LocalExpectation) -> Callable[[Tensor], Tensor]:
+    def surrogate(rep: Tensor) -> Tensor:
+        p = problem.split(rep)
+        out = est.chain(problem.first(p), problem.conditionals(p), problem.loss_fn(p))
+        assert out.extras["num_variants"] == problem.num_variants
+        assert out.loss_evals == 1 + sum(problem.num_variants)
+        return out.surrogate
+
+    return surrogate
 
 
 @pytest.mark.stat
@@ -376,10 +115,10 @@ CHAINS: dict[str, _Case] = {
 def test_chain_unbiased(chain: str, num_samples: int) -> None:
     """Every parameter (every layer's and the loss's own t) has the exact mean."""
     torch.manual_seed(0)
-    case = CHAINS[chain]
-    expected = case.exact_gradient(case.param)
+    problem = CHAINS[chain]
+    expected = problem.exact_gradient()
     est = LocalExpectation(num_samples=num_samples)
-    grads = replicated_gradients(case.surrogate(est), case.param, REPLICATES)
+    grads = replicated_gradients(_surrogate(problem, est), problem.param, REPLICATES)
     assert torch.isfinite(grads).all()
     assert_unbiased(grads, expected, name=f"LocalExpectation.chain on {chain}")
 
@@ -392,16 +131,16 @@ def test_chain_weights_without_children_are_biased(
     """Weighting a unit's values by q_i(c) alone (ignoring its children) is detected as biased
     in the first layer's gradient: the tests above have power against it."""
     torch.manual_seed(0)
-    case = CHAINS[chain]
-    expected = case.exact_gradient(case.param)
+    problem = CHAINS[chain]
+    expected = problem.exact_gradient()
     blanket = local_expectation.blanket_correction
 
     def without_children(row_lp: Tensor, child_lp: Tensor, *args: Any) -> Tensor:
         return blanket(row_lp, torch.zeros_like(child_lp), *args)
 
     monkeypatch.setattr(local_expectation, "blanket_correction", without_children)
-    grads = replicated_gradients(case.surrogate(LocalExpectation()), case.param, REPLICATES)
-    first = case.first_layer
+    grads = replicated_gradients(_surrogate(problem, LocalExpectation()), problem.param, REPLICATES)
+    first = problem.first_size
     assert not check_unbiased(grads[:, :first], expected[:first]).passed
 
 

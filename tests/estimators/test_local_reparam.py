@@ -6,34 +6,24 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import latentgrad as lg
 from latentgrad.distributions import DiscreteDistribution
 from latentgrad.estimators.local_reparam import LocalReparam
-from latentgrad.testing import assert_unbiased, check_unbiased, exact_gradient, replicated_gradients
+from latentgrad.testing import (
+    assert_unbiased,
+    chain_problems,
+    check_unbiased,
+    exact_gradient,
+    quadratic_loss,
+    replicated_gradients,
+    single_layer_gradients,
+)
 from latentgrad.testing.examples import FamilyExample, family_examples
 
 F64 = torch.float64
 REPLICATES = 4000
-
-
-def _quadratic_loss(event_ndim: int, numel: int) -> Callable[[Tensor, Tensor], Tensor]:
-    """A loss that couples the units (so local changes interact) and depends on a parameter t."""
-    c = torch.linspace(-1.0, 2.0, numel, dtype=F64)
-    d = torch.linspace(0.5, -0.5, numel, dtype=F64)
-
-    def loss(z: Tensor, t: Tensor) -> Tensor:
-        flat = z.flatten(start_dim=z.dim() - event_ndim) if event_ndim > 1 else z
-        return ((flat * c).sum(-1) - t) ** 2 + t * (flat * d).sum(-1) + 3.0
-
-    return loss
-
-
-def _unpack(rep: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
-    n = shape.numel()
-    return rep[..., :n].reshape((*rep.shape[:-1], *shape)), rep[..., n]
 
 
 # The families of the registry of examples that LocalReparam is tested on (batched, -inf too).
@@ -50,28 +40,10 @@ FAMILIES: dict[str, FamilyExample] = {
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_unbiased_single_layer(family: str, num_samples: int) -> None:
     torch.manual_seed(0)
-    example = FAMILIES[family]
-    make, logits = example.make, example.params
-    q = example.dist()
-    batch_dims = len(q.batch_shape)
-    loss = _quadratic_loss(len(q.event_shape), q.event_shape.numel())
-    t = torch.tensor(0.7, dtype=F64)
-    phi = logits.clone().requires_grad_(True)
-    theta = t.clone().requires_grad_(True)
-    expected = exact_gradient(lambda: make(phi), lambda z: loss(z, theta), [phi, theta])
-    expected_flat = torch.cat([expected[0].flatten(), expected[1].reshape(1)])
-
     est = LocalReparam(num_samples=num_samples)
-
-    def surrogate(rep: Tensor) -> Tensor:
-        rep_logits, rep_t = _unpack(rep, logits.shape)
-        out = est(make(rep_logits), lambda z: loss(z, rep_t.reshape(-1, *[1] * batch_dims)))
-        return out.surrogate.reshape(rep.shape[0], -1).sum(1)
-
-    param = torch.cat([logits.flatten(), t.reshape(1)])
-    grads = replicated_gradients(surrogate, param, REPLICATES)
+    grads, expected = single_layer_gradients(FAMILIES[family], est, REPLICATES)
     assert torch.isfinite(grads).all()
-    assert_unbiased(grads, expected_flat, name=f"LocalReparam on {family}")
+    assert_unbiased(grads, expected, name=f"LocalReparam on {family}")
 
 
 @pytest.mark.stat
@@ -79,7 +51,7 @@ def test_unbiasedness_check_has_power() -> None:
     """Leaving out the kept value's term (sum_v grad q_v f_v only) is biased, and detected."""
     torch.manual_seed(0)
     logits = torch.tensor([0.3, -0.5, 1.2], dtype=F64)
-    loss = _quadratic_loss(1, 3)
+    loss = quadratic_loss(1, 3)
     t = torch.tensor(0.7, dtype=F64)
     phi = logits.clone().requires_grad_(True)
     (expected,) = exact_gradient(lambda: lg.Bernoulli(logits=phi), lambda z: loss(z, t), [phi])
@@ -134,74 +106,25 @@ def test_single_categorical_unit_is_exact() -> None:
 
 # -- chains ----------------------------------------------------------------------------------------
 
-D1, D2 = 3, 3
-A1 = torch.tensor([0.5, -1.0, 1.5], dtype=F64)
-A2 = torch.tensor([1.0, 0.5, -2.0], dtype=F64)
-M = torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 2.0], [-0.5, 0.5, 1.0]], dtype=F64)
-
-
-def _sbn_loss(z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
-    inter = (z1.unsqueeze(-1) * M * z2.unsqueeze(-2)).sum((-1, -2))
-    return ((z1 * A1).sum(-1) + (z2 * A2).sum(-1) + inter - t) ** 2 + t * z2.sum(-1)
-
-
-def _sbn_split(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """phi1 (D1,), W (D2, D1), b (D2,), t () from a flat vector (leading dims kept)."""
-    lead = p.shape[:-1]
-    phi1 = p[..., :D1]
-    w = p[..., D1 : D1 + D2 * D1].reshape((*lead, D2, D1))
-    b = p[..., D1 + D2 * D1 : D1 + D2 * D1 + D2]
-    return phi1, w, b, p[..., -1]
-
-
-def _bits(n: int) -> Tensor:
-    codes = torch.arange(2**n).unsqueeze(-1)
-    return ((codes >> torch.arange(n)) & 1).to(F64)
-
-
-def _sbn_exact_gradient(param: Tensor) -> Tensor:
-    """Gradient of E[f(z1, z2)] by summing over all 2^3 * 2^3 configurations, written out."""
-    p = param.clone().requires_grad_(True)
-    phi1, w, b, t = _sbn_split(p)
-    z1 = _bits(D1)  # (8, D1)
-    z2 = _bits(D2)  # (8, D2)
-    log_q1 = (z1 * F.logsigmoid(phi1) + (1 - z1) * F.logsigmoid(-phi1)).sum(-1)  # (8,)
-    logits2 = z1 @ w.T + b  # (8, D2), one row per z1
-    log_q2 = (
-        z2 * F.logsigmoid(logits2.unsqueeze(1)) + (1 - z2) * F.logsigmoid(-logits2.unsqueeze(1))
-    ).sum(-1)  # (8 z1, 8 z2)
-    f = _sbn_loss(z1.unsqueeze(1).expand(8, 8, D1), z2.unsqueeze(0).expand(8, 8, D2), t)
-    expectation = (log_q1.exp().unsqueeze(1) * log_q2.exp() * f).sum()
-    (grad,) = torch.autograd.grad(expectation, p)
-    return grad
-
-
-def _sbn_param() -> Tensor:
-    phi1 = torch.tensor([0.4, -0.8, 1.1])
-    w = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.7, -1.2], [-0.6, 1.5, 0.9]])
-    b = torch.tensor([0.2, -0.4, 0.1])
-    return torch.cat([phi1, w.flatten(), b, torch.tensor([0.6])]).to(F64)
+# A two-layer sigmoid belief net of 3 and 3 bits, with its exact gradient by enumeration.
+(SBN,) = chain_problems(names=["sbn"])
+D1, D2 = SBN.units
 
 
 @pytest.mark.stat
 @pytest.mark.parametrize("num_samples", [1, 2])
 def test_chain_unbiased_two_layer_sbn(num_samples: int) -> None:
     torch.manual_seed(0)
-    param = _sbn_param()
-    expected = _sbn_exact_gradient(param)
+    expected = SBN.exact_gradient()
     est = LocalReparam(num_samples=num_samples)
 
     def surrogate(rep: Tensor) -> Tensor:
-        phi1, w, b, t = _sbn_split(rep)
-
-        def layer2(z1: Tensor) -> lg.Bernoulli:
-            return lg.Bernoulli(logits=(w @ z1.unsqueeze(-1)).squeeze(-1) + b)
-
-        out = est.chain(lg.Bernoulli(logits=phi1), [layer2], lambda zs: _sbn_loss(*zs, t))
+        p = SBN.split(rep)
+        out = est.chain(SBN.first(p), SBN.conditionals(p), SBN.loss_fn(p))
         assert out.loss_evals == 1 + D1 + D2
         return out.surrogate
 
-    grads = replicated_gradients(surrogate, param, REPLICATES)
+    grads = replicated_gradients(surrogate, SBN.param, REPLICATES)
     assert torch.isfinite(grads).all()
     assert_unbiased(grads, expected, name="LocalReparam.chain on a two-layer SBN")
 
@@ -210,22 +133,18 @@ def test_chain_unbiased_two_layer_sbn(num_samples: int) -> None:
 def test_chain_without_resimulation_is_biased() -> None:
     """Reusing the base z2 for layer-1 flips (no re-simulation) is detected as biased."""
     torch.manual_seed(0)
-    param = _sbn_param()
-    expected = _sbn_exact_gradient(param)
+    expected = SBN.exact_gradient()
 
     def surrogate(rep: Tensor) -> Tensor:
-        phi1, w, b, t = _sbn_split(rep)
-
-        def layer2(z1: Tensor) -> lg.Bernoulli:
-            return lg.Bernoulli(logits=(w @ z1.unsqueeze(-1)).squeeze(-1) + b)
+        p = SBN.split(rep)
 
         def stale_loss(zs: list[Tensor]) -> Tensor:
             z1, z2 = zs
-            return _sbn_loss(z1, z2[:1].expand_as(z2), t)
+            return SBN.loss([z1, z2[:1].expand_as(z2)], p.t)
 
-        return LocalReparam().chain(lg.Bernoulli(logits=phi1), [layer2], stale_loss).surrogate
+        return LocalReparam().chain(SBN.first(p), SBN.conditionals(p), stale_loss).surrogate
 
-    grads = replicated_gradients(surrogate, param, REPLICATES)
+    grads = replicated_gradients(surrogate, SBN.param, REPLICATES)
     assert not check_unbiased(grads[:, :D1], expected[:D1]).passed
 
 
@@ -334,7 +253,7 @@ def test_noise_drawn_outside_loss_fn_pattern() -> None:
 def test_variance_below_score_function() -> None:
     torch.manual_seed(0)
     logits = torch.tensor([0.3, -0.5, 1.2, 0.0], dtype=F64)
-    loss = _quadratic_loss(1, 4)
+    loss = quadratic_loss(1, 4)
     t = torch.tensor(0.7, dtype=F64)
 
     def local(rep: Tensor) -> Tensor:

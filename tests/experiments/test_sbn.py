@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,27 +24,16 @@ from latentgrad.lab.catalog import all_experiments
 from latentgrad.lab.config import InvalidConfigValue
 from latentgrad.lab.registry import make_estimator
 from latentgrad.lab.runner import run
-
-
-@dataclass
-class Splits:
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    binary: bool = True
-    image_shape: tuple[int, ...] = (3, 4)
+from latentgrad.testing import ToySplits, noisy_patterns, toy_image_splits
 
 
 def patterns(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    prototypes = torch.rand(3, 12, generator=g).round()
-    g.manual_seed(seed)
-    x = prototypes[torch.randint(3, (n,), generator=g)]
-    return torch.where(torch.rand(n, 12, generator=g) < 0.05, 1 - x, x)
+    """Noisy copies of 3 prototypes of 3 x 4 pixels."""
+    return noisy_patterns(n, seed, image_shape=(3, 4), prototypes=3, noise=0.05)
 
 
-def tiny_splits() -> Splits:
-    return Splits(patterns(48, 1), patterns(16, 2), patterns(16, 3))
+def tiny_splits() -> ToySplits:
+    return toy_image_splits((3, 4), prototypes=3, noise=0.05, sizes=(48, 16, 16))
 
 
 def tiny_config(**overrides: object) -> SBNConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -22,29 +21,16 @@ from latentgrad.experiments.structured_output import (
 from latentgrad.lab import ESTIMATORS, ResolvedEstimator
 from latentgrad.lab.catalog import all_experiments
 from latentgrad.lab.config import InvalidConfigValue
-
-
-@dataclass
-class Splits:
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    binary: bool = True
-    image_shape: tuple[int, ...] = (4, 4)
+from latentgrad.testing import ToySplits, noisy_patterns, toy_image_splits
 
 
 def patterns(n: int, seed: int) -> torch.Tensor:
     """Noisy copies of 4 prototypes whose lower half is determined by the upper half."""
-    g = torch.Generator().manual_seed(0)
-    prototypes = torch.rand(4, 16, generator=g).round()
-    g.manual_seed(seed)
-    x = prototypes[torch.randint(4, (n,), generator=g)]
-    flip = torch.rand(n, 16, generator=g) < 0.05
-    return torch.where(flip, 1 - x, x)
+    return noisy_patterns(n, seed, image_shape=(4, 4), prototypes=4, noise=0.05)
 
 
-def tiny_splits() -> Splits:
-    return Splits(patterns(64, 1), patterns(24, 2), patterns(24, 3))
+def tiny_splits() -> ToySplits:
+    return toy_image_splits((4, 4), prototypes=4, noise=0.05, sizes=(64, 24, 24))
 
 
 def tiny_config(**overrides: object) -> StructuredOutputConfig:
@@ -60,7 +46,9 @@ def tiny_config(**overrides: object) -> StructuredOutputConfig:
     return StructuredOutputConfig(**settings)  # type: ignore[arg-type]
 
 
-def make(config: StructuredOutputConfig, data: Splits | None = None) -> StructuredOutputTrainable:
+def make(
+    config: StructuredOutputConfig, data: ToySplits | None = None
+) -> StructuredOutputTrainable:
     chosen = ESTIMATORS[config.estimator].resolve(config.estimator)
     data = tiny_splits() if data is None else data
     return StructuredOutputTrainable(config, chosen, data, data.image_shape)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 import types
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,34 +17,19 @@ from latentgrad.experiments.vae import (
     importance_weighted_bound,
 )
 from latentgrad.lab import ESTIMATORS, ExperimentConfig, ResolvedEstimator
+from latentgrad.testing import ToySplits, noisy_patterns, toy_image_splits
 
 D = 16
 
 
-@dataclass
-class Splits:
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    binary: bool = True
-    image_shape: tuple[int, ...] = (4, 4)
-
-
-def patterns(n: int, seed: int, noise: float = 0.1) -> torch.Tensor:
+def patterns(n: int, seed: int) -> torch.Tensor:
     """``n`` noisy copies of 4 fixed binary prototypes: data a tiny VAE can learn."""
-    g = torch.Generator().manual_seed(0)
-    prototypes = torch.rand(4, D, generator=g).round()
-    g.manual_seed(seed)
-    x = prototypes[torch.randint(4, (n,), generator=g)]
-    flip = torch.rand(n, D, generator=g) < noise
-    return torch.where(flip, 1 - x, x)
+    return noisy_patterns(n, seed, image_shape=(4, 4), prototypes=4, noise=0.1)
 
 
-def tiny_splits(binary: bool = True) -> Splits:
-    train, valid, test = patterns(64, 1), patterns(24, 2), patterns(24, 3)
-    if not binary:  # grey levels in [0, 1]: the experiment must binarize them
-        train, valid, test = (0.2 + 0.6 * t for t in (train, valid, test))
-    return Splits(train, valid, test, binary)
+def tiny_splits(binary: bool = True) -> ToySplits:
+    """Splits of :func:`patterns`; unless ``binary``, grey levels the experiment must binarize."""
+    return toy_image_splits((4, 4), prototypes=4, noise=0.1, sizes=(64, 24, 24), binary=binary)
 
 
 def tiny_config(**overrides: object) -> VAEConfig:
@@ -67,7 +51,7 @@ def resolved(config: VAEConfig) -> ResolvedEstimator:
     return ESTIMATORS[config.estimator].resolve(config.estimator)
 
 
-def make(config: VAEConfig, data: Splits) -> VAETrainable:
+def make(config: VAEConfig, data: ToySplits) -> VAETrainable:
     return VAETrainable(config, resolved(config), data)
 
 
@@ -365,7 +349,7 @@ def test_paper_defaults_and_architecture():
     assert (config.latent, config.num_categoricals, config.num_classes) == ("categorical", 20, 10)
     assert (config.num_bits, config.dataset, config.batch_size) == (200, "binarized-mnist", 100)
     assert (config.lr, config.eval_samples, config.optimizer) == (1e-3, 1000, "adam")
-    data = Splits(torch.zeros(4, 784), torch.zeros(2, 784), torch.zeros(2, 784))
+    data = ToySplits(torch.zeros(4, 784), torch.zeros(2, 784), torch.zeros(2, 784), True, (28, 28))
     categorical = make(VAEConfig(), data).model
     widths = [m.out_features for m in categorical.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [200, 200, 784]  # 784-(20x10)-200-784
