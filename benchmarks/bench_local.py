@@ -2,12 +2,18 @@
 number of stochastic units, on the `sbn` experiment's real model.
 
 One training step (forward, backward) of a two-layer linear SBN (`latentgrad.experiments.sbn`,
-784 pixels, batch 100) is timed for several layer widths; `nvil` (one loss evaluation per step)
-is timed beside it as the unit of cost. Timing is interleaved: each round times every
-(estimator, width) pair in a rotating order, so a slow spell of the shared machine hits all of
-them alike; the table reports the median and interquartile range over rounds, the loss
-evaluations per example, the time per loss evaluation, and the slope of a least-squares line of
-time against the number of units (cost should be linear: 1 + units loss rows per step).
+784 pixels, batch 100) is timed for several layer widths u. Local marginalization evaluates the
+loss on 1 + 2u rows (the sample and one flip per unit), so its cost is linear in the units *in
+loss evaluations*; but one evaluation of a wider network also costs more. To separate the two,
+each width also times `rows`: the loss alone, forward and backward, on 1 + 2u rows sampled from
+the network (the same tensors through the same network, no marginalization machinery), and
+`nvil` (one row). The column `/ rows` is a step's time over that of `rows` at the same width:
+constant in u means the marginalization adds a constant factor to evaluating that many rows, so
+its cost is linear in the number of units at a fixed cost per evaluation.
+
+Timing is interleaved: each round times every (estimator, width) pair in a rotating order, so a
+slow spell of the shared machine hits all of them alike; the table reports the median and
+interquartile range over rounds.
 
 Usage:
     python benchmarks/bench_local.py [--units 25 50 100 200] [--rounds 15] [--threads 1]
@@ -50,9 +56,16 @@ def main() -> None:
         net = SigmoidBeliefNet(784, layers=2, units=units)
         for name in args.estimators:
             cases[(name, units)] = (net, Chain(make_estimator(name), 2))
+        cases[("rows", units)] = (net, None)
 
-    def step(net: SigmoidBeliefNet, chain: Chain) -> int:
+    def step(net: SigmoidBeliefNet, chain: Chain | None) -> int:
         net.zero_grad(set_to_none=True)
+        if chain is None:  # the loss alone on 1 + 2u sampled rows, forward and backward
+            rows = 1 + 2 * net.prior_logits.shape[0]
+            with torch.no_grad():
+                zs = net.sample_posterior(x, rows)
+            net.loss(x, zs).mean().backward()
+            return rows
         out = chain(net.posterior(x), net.conditionals(), lambda zs: net.loss(x, zs), context=x)
         out.surrogate.mean().backward()
         return out.loss_evals
@@ -67,26 +80,23 @@ def main() -> None:
             times[key].append(1000 * (time.perf_counter() - start))
     print(
         f"\n{'estimator':<18} {'units/layer':>11} {'evals':>6} {'ms/step (median [IQR])':>26} "
-        f"{'ms/eval':>8}"
+        f"{'ms/eval':>8} {'/ rows':>7}"
     )
-    for key in keys:
+    for key in sorted(keys, key=lambda k: (k[1], k[0])):
         lo, med, hi = quartiles(times[key])
         name, units = key
+        ratio = med / statistics.median(times[("rows", units)])
         print(
             f"{name:<18} {units:>11} {evals[key]:>6} {med:>12.1f} [{lo:.1f}, {hi:.1f}]"
-            f"{'':>3} {med / evals[key]:>8.3f}"
+            f"{'':>3} {med / evals[key]:>8.3f} {ratio:>7.2f}"
         )
-    print("\nlinear fit of median ms/step against total units (2 layers):")
+    print("\nstep time / time of the loss alone on the same rows, across widths:")
     for name in args.estimators:
-        xs = [2.0 * u for u in args.units]
-        ys = [statistics.median(times[(name, u)]) for u in args.units]
-        fit = statistics.linear_regression(xs, ys)
-        pred = [fit.intercept + fit.slope * v for v in xs]
-        resid = max(abs(p - y) / y for p, y in zip(pred, ys, strict=True))
-        print(
-            f"  {name:<18} {fit.slope:8.3f} ms per unit, intercept {fit.intercept:7.1f} ms, "
-            f"largest relative residual {100 * resid:.0f}%"
-        )
+        ratios = [
+            statistics.median(times[(name, u)]) / statistics.median(times[("rows", u)])
+            for u in args.units
+        ]
+        print(f"  {name:<18} {min(ratios):.2f} to {max(ratios):.2f}")
 
 
 if __name__ == "__main__":
