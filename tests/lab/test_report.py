@@ -162,3 +162,16 @@ def test_metrics_of_other_sections_are_columns(runs):
             assert n == 2 and abs(float(mean) - statistics.mean(values)) <= half_unit
     with pytest.raises(ValueError, match=r"valid\.nope"):
         report([root], metrics=["valid.nope"])
+
+
+def test_eval_every_does_not_split_rows(tmp_path):
+    """The validation cadence changes neither training nor the test metric: one setting."""
+    outs = []
+    for seed, every in ((0, 1), (1, 2)):
+        config = toy.ToyConfig(estimator="sf", seed=seed, epochs=2, eval_every=every)
+        outs.append(run(toy.EXPERIMENT, config, tmp_path / f"r{seed}", progress=False, plots=False))
+    rows = table_rows(report([tmp_path], table_only=True))
+    assert len(rows) == 1 and rows[0][0] == "sf" and parse_stat(rows[0][2])[2] == 2
+    same = toy.ToyConfig(estimator="sf", seed=0, epochs=2, eval_every=2)
+    again = run(toy.EXPERIMENT, same, tmp_path / "again", progress=False, plots=False)
+    assert again["test"] == outs[0]["test"]

@@ -47,8 +47,10 @@ FORMATS: tuple[Format, ...] = ("md", "csv", "tex")
 #: Columns a table can show (``columns=``), in their order; ``paper`` needs ``paper=``.
 COLUMNS = ("seeds", "test", "ci", "paper", "valid", "time", "evals", "epochs")
 
-# Config fields that never tell settings apart: where the data lives on a machine.
-_NOT_A_SETTING = ("seed", "data")
+# Config fields that never tell settings apart: the seed (runs of one setting), where the data
+# lives on a machine, and how often the validation curve is sampled (validation draws from its own
+# random stream, so training and the test metric do not depend on it).
+_NOT_A_SETTING = ("seed", "data", "eval_every")
 
 
 @dataclass
