@@ -124,3 +124,15 @@ def test_bad_chain_arguments() -> None:
         chain(q, [3], lambda zs: zs[0].sum(-1))  # type: ignore[list-item]
     with pytest.raises(ValueError, match=r"conditionals\[0\]"):
         chain(q, [lambda z: lg.Bernoulli(logits=torch.zeros(7, 2))], lambda zs: zs[0].sum(-1))
+
+
+def test_relaxed_chain_value_is_the_loss_at_discrete_samples_of_every_layer() -> None:
+    """GumbelSoftmax's honest value holds through the layers: no relaxed upper-layer sample."""
+    torch.manual_seed(0)
+    chain = lg.Chain(lg.GumbelSoftmax(tau=0.5), num_layers=2)
+    out = chain(
+        lg.Bernoulli(logits=torch.zeros(64, 3)),
+        [lambda z: lg.Bernoulli(logits=2 * z - 1)],
+        lambda zs: zs[1].sum(-1),
+    )
+    assert torch.equal(out.value, out.value.round())  # counts of ones of discrete samples

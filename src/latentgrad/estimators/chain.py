@@ -18,6 +18,7 @@ from latentgrad.estimators._base import (
     check_distribution,
     check_estimate,
     check_loss_fn,
+    zero_forward,
 )
 from latentgrad.estimators.local_expectation import LocalExpectation
 from latentgrad.estimators.local_reparam import (
@@ -37,8 +38,8 @@ class Chain(nn.Module, Scheduled):
 
     Each layer gets its own copy of ``estimator`` (its own baseline, critic or schedule), and
     the layers are nested: layer ``l``'s estimator sees, as the loss of a sample ``z_l``, the
-    surrogate of layer ``l + 1``'s estimate given ``z_l``, whose value is an honest estimate of
-    ``E[F | z_1..z_l]`` and whose backward pass carries the upper layers' gradients. So
+    estimate of layer ``l + 1`` given ``z_l``: forward, its honest ``value`` (an estimate of
+    ``E[F | z_1..z_l]``); backward, its surrogate's gradient (the upper layers' gradients). So
 
     - score-function estimators (with any baseline) stay unbiased for every layer's
       parameters: each layer's signal is an unbiased, conditionally independent estimate of
@@ -177,7 +178,9 @@ class Chain(nn.Module, Scheduled):
                 upper = check_layer(conditionals[level](z), rows, name)
                 out = estimate(level + 1, upper, zs)
                 inner[level + 1] = out
-                return out.surrogate
+                # The honest value forward (what a relaxation's honest_value reports), the
+                # surrogate's gradient backward.
+                return out.value + zero_forward(out.surrogate)
 
             ctx = context if level == 0 else _flat_context(below[-1], len(dist.batch_shape))
             estimator = self.layers[level]
