@@ -395,8 +395,10 @@ class SBNTrainable:
         return metrics
 
     def variance_study(self) -> dict[str, float]:
-        """``gradvar/NAME/LAYER`` (mean per-parameter variance; ``LAYER`` is ``all`` too) and
-        ``evals/NAME`` for every estimator of ``config.variance_estimators``."""
+        """``gradvar/NAME/LAYER`` (mean per-parameter variance; ``LAYER`` is ``all`` too),
+        ``evals/NAME`` (loss evaluations per example) and ``gradvar_x_evals/NAME`` (the variance
+        over all layers times the evaluations: the variance at equal cost) for every estimator of
+        ``config.variance_estimators``."""
         if self._make_estimator is None:
             raise RuntimeError(
                 "the variance study builds estimators by name: chosen.others must be set "
@@ -420,6 +422,7 @@ class SBNTrainable:
             for layer, value in variances.items():
                 out[f"gradvar/{name}/{layer}"] = value
             out[f"evals/{name}"] = float(evals)
+            out[f"gradvar_x_evals/{name}"] = variances["all"] * evals
         return out
 
 
