@@ -43,7 +43,9 @@ def main() -> None:
         variance_problem = make_problem(family, seed=0)
         built = {}
         for name, entry in ESTIMATORS.items():
-            if entry.latent != "softmax":
+            if entry.latent != "softmax" or not entry.applies_to(
+                timing_problem.make_dist(timing_problem.logits)
+            ):
                 continue
             built[name] = (build_for(entry, timing_problem), build_for(entry, variance_problem))
         times: dict[str, list[float]] = {n: [] for n in built}

@@ -17,6 +17,7 @@ from latentgrad.experiments.vae import (
     importance_weighted_bound,
 )
 from latentgrad.lab import ESTIMATORS, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.registry import supported_estimators
 from latentgrad.testing import ToySplits, noisy_patterns, toy_image_splits
 
 D = 16
@@ -58,8 +59,8 @@ def make(config: VAEConfig, data: ToySplits) -> VAETrainable:
 CASES = [
     (latent, name)
     for latent in ("categorical", "bernoulli")
-    for name, entry in ESTIMATORS.items()
-    if latent == "categorical" or entry.latent != "sparsemax"
+    for name in supported_estimators(EXPERIMENT)
+    if latent == "categorical" or ESTIMATORS[name].latent != "sparsemax"
 ]
 
 

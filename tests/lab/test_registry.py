@@ -58,3 +58,23 @@ def test_nvil_network_takes_the_context_width_of_its_first_call(width):
     out.surrogate.mean().backward()
     assert estimator.baseline.network[0].weight.shape == (100, width)
     assert estimator.baseline.network[0].weight.grad is not None
+
+
+def test_relax_critic_width_is_an_option_and_relax_is_offered_where_it_applies():
+    import torch
+
+    import latentgrad as lg
+    from latentgrad.lab.catalog import all_experiments
+    from latentgrad.lab.registry import make_estimator, supported_estimators
+
+    est = make_estimator("relax", {"critic_hidden": 8, "num_samples": 2})
+    scores = torch.zeros(3, 5, requires_grad=True)
+    out = est(lg.KSubset(scores, k=2), lambda z: z[..., 0] + z[..., 1])
+    out.surrogate.sum().backward()
+    assert scores.grad is not None and est.critic.net[0].out_features == 8
+    assert out.per_sample.shape == (2, 3)
+    assert ESTIMATORS["relax"].applies_to(lg.KSubset)
+    assert not ESTIMATORS["relax"].applies_to(lg.Categorical)
+    for experiment in all_experiments().values():  # none has a recursive Gumbel-max latent yet
+        assert "relax" not in supported_estimators(experiment)
+    assert "relax" in supported_estimators()

@@ -9,6 +9,7 @@ from latentgrad.distributions.binary_tree import BinaryTree
 from latentgrad.distributions.capabilities import (
     CAPABILITIES,
     Capability,
+    declares,
     families_with,
     require,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "SparsemaxCategorical",
     "StructuredDistribution",
     "TopKSparsemax",
+    "declares",
     "families_with",
     "require",
 ]

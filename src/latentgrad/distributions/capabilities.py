@@ -163,3 +163,17 @@ def require(dist: object, *capabilities: Capability, by: str, name: str = "dist"
 
 
 __all__ = ["CAPABILITIES", "Capability", "families_with", "require"]
+
+
+def declares(dist: object, *capabilities: Capability) -> bool:
+    """Whether ``dist`` (a distribution or a family class) declares every one of ``capabilities``.
+
+    Example:
+        >>> import latentgrad as lg
+        >>> from latentgrad.distributions.capabilities import declares
+        >>> declares(lg.Categorical, "has_noise", "has_relaxation"), declares(lg.KSubset, "has_relaxation")
+        (True, False)
+    """
+    for capability in capabilities:
+        _check_capability(capability)
+    return all(getattr(dist, capability, False) is True for capability in capabilities)

@@ -30,7 +30,7 @@ class MLPCritic(nn.Module):
 
     Args:
         num_items: ``D``, the number of noise coordinates of the family
-            (``dist.num_items``).
+            (``dist.num_items``); ``None``: taken from the first input (a lazy first layer).
         hidden: width of both hidden layers.
 
     Shape:
@@ -44,12 +44,17 @@ class MLPCritic(nn.Module):
         torch.Size([3, 2])
     """
 
-    def __init__(self, num_items: int, hidden: int = 32) -> None:
+    def __init__(self, num_items: int | None = None, hidden: int = 32) -> None:
         super().__init__()
-        self.num_items = check_int(num_items, "num_items", minimum=1)
+        self.num_items = None if num_items is None else check_int(num_items, "num_items", minimum=1)
         self.hidden = check_int(hidden, "hidden", minimum=1)
+        first: nn.Module = (
+            nn.LazyLinear(self.hidden)
+            if self.num_items is None
+            else nn.Linear(self.num_items, self.hidden)
+        )
         self.net = nn.Sequential(
-            nn.Linear(self.num_items, self.hidden),
+            first,
             nn.Tanh(),
             nn.Linear(self.hidden, self.hidden),
             nn.Tanh(),
@@ -64,7 +69,7 @@ class MLPCritic(nn.Module):
         return f"num_items={self.num_items}, hidden={self.hidden}"
 
     def forward(self, noise: Tensor) -> Tensor:
-        if noise.dim() < 1 or noise.shape[-1] != self.num_items:
+        if noise.dim() < 1 or (self.num_items is not None and noise.shape[-1] != self.num_items):
             raise ValueError(
                 f"noise must have shape (*, num_items={self.num_items}), got {tuple(noise.shape)}"
             )

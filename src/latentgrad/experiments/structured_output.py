@@ -65,12 +65,14 @@ ESTIMATORS = (
     "sfe+",
     "nvil",
     "muprop",
+    "muprop-nvil",
     "darn",
     "gs",
     "st-gs",
     "st",
     "annealed-st",
     "local-reparam",
+    "local-expectation",
 )
 
 

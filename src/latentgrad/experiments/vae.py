@@ -435,4 +435,5 @@ EXPERIMENT = Experiment(
     config_class=VAEConfig,
     build=build,
     primary_metric="nll",
+    latent_families=(Categorical, Bernoulli),
 )

@@ -164,7 +164,8 @@ def compare(
 
     Args:
         estimators: name -> registry entry (entries asking for another latent family than
-            the problems' softmax ones are left out).
+            the problems' softmax ones, or for a capability the problem's family lacks, are
+            left out).
         families: which problems to run.
         replicates: independent gradient estimates per estimator.
         seed: seeds the problems and the sampling.
@@ -176,6 +177,8 @@ def compare(
         for name, entry in estimators.items():
             if entry.latent != "softmax":
                 continue  # another family than the problem's: no common exact gradient
+            if not entry.applies_to(problem.make_dist(problem.logits)):
+                continue  # needs what the family lacks (RELAX: an execution trace)
             torch.manual_seed(seed)
             estimator = build_for(entry, problem)
             if progress is not None:

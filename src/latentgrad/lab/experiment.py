@@ -188,6 +188,9 @@ class Experiment:
             :class:`ResolvedEstimator` of ``config.estimator``.
         primary_metric: the test metric reports sort by (lower is better).
         estimators: the estimator names this experiment supports (default: all registered).
+        latent_families: the distribution classes of the experiment's latents; an estimator
+            that needs a capability one of them lacks (``RELAX`` needs an execution trace) is
+            not offered. ``None``: no such filter.
         artifacts: ``(run_dir, figures) -> paths``, called when a run has finished, to write files of its own from the run's
             records (``metrics.jsonl``): tables, and figures when ``figures`` is true (the
             runner's ``plots``). ``None``: nothing beyond the runner's files.
@@ -199,4 +202,5 @@ class Experiment:
     build: Callable[[Any, ResolvedEstimator], Trainable]
     primary_metric: str = "nll"
     estimators: tuple[str, ...] | None = field(default=None)
+    latent_families: tuple[type, ...] | None = field(default=None)
     artifacts: Callable[[Path, bool], list[Path]] | None = field(default=None)

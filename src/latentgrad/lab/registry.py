@@ -39,9 +39,11 @@ from typing import Any, Generic, Literal, TypeVar
 
 from torch import nn
 
+from latentgrad.distributions import Capability, declares
 from latentgrad.estimators import (
     DARN,
     NVIL,
+    RELAX,
     Estimator,
     GumbelSoftmax,
     IndependentSample,
@@ -49,6 +51,7 @@ from latentgrad.estimators import (
     LocalExpectation,
     LocalReparam,
     Marginalize,
+    MLPCritic,
     MovingAverage,
     MuProp,
     ScoreFunction,
@@ -306,6 +309,22 @@ class SumAndSampleOptions(EstimatorOptions):
         _check_positive_ints(self, "k", "max_support")
 
 
+@dataclass(frozen=True)
+class RelaxOptions(EstimatorOptions):
+    """Options of RELAX with its default critic (an MLP with two tanh hidden layers).
+
+    Attributes:
+        num_samples: samples per example and step.
+        critic_hidden: width of both hidden layers of the critic.
+    """
+
+    num_samples: int = 1
+    critic_hidden: int = 32
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples", "critic_hidden")
+
+
 OptionsT = TypeVar("OptionsT", bound=EstimatorOptions)
 
 
@@ -342,6 +361,21 @@ class EstimatorEntry(Generic[OptionsT]):
             )
         chosen.validate()
         return self.make(chosen)
+
+    @property
+    def requires(self) -> tuple[Capability, ...]:
+        """The capabilities the estimator asks of a distribution (built with the defaults)."""
+        return tuple(self.build().requires)
+
+    def applies_to(self, family: object) -> bool:
+        """Whether a distribution (or a family class) declares everything the estimator needs.
+
+        Example:
+            >>> import latentgrad as lg
+            >>> ESTIMATORS["relax"].applies_to(lg.KSubset), ESTIMATORS["relax"].applies_to(lg.Categorical)
+            (True, False)
+        """
+        return declares(family, *self.requires)
 
     def resolve(self, name: str, options: OptionsT | None = None) -> ResolvedEstimator:
         """A fresh estimator with its name and latent family, as an experiment receives it."""
@@ -458,6 +492,12 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
         lambda o: LocalExpectation(o.num_samples),
         SamplesOptions(),
     ),
+    "relax": EstimatorEntry(
+        "RELAX with a learned MLP critic, for recursive Gumbel-max families (unbiased; "
+        "Grathwohl et al.; Struminsky et al.)",
+        lambda o: RELAX(MLPCritic(hidden=o.critic_hidden), o.num_samples),
+        RelaxOptions(),
+    ),
     "sum-and-sample": EstimatorEntry(
         "sum the top-1 value, sample the rest (Liu et al.)",
         lambda o: SumAndSample(k=o.k, max_support=o.max_support),
@@ -473,14 +513,23 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
 
 
 def supported_estimators(experiment: Experiment | None = None) -> list[str]:
-    """The registered names, in registry order, that ``experiment`` supports (all: ``None``).
+    """The registered names, in registry order, that ``experiment`` supports (all: ``None``):
+    those in its ``estimators`` list, if it has one, whose needs its ``latent_families`` meet.
 
     Example:
         >>> supported_estimators()[:3]
         ['exact', 'sf', 'sf-ma']
     """
-    allowed = None if experiment is None else experiment.estimators
-    return [name for name in ESTIMATORS if allowed is None or name in allowed]
+    if experiment is None:
+        return list(ESTIMATORS)
+    allowed = experiment.estimators
+    families = experiment.latent_families
+    return [
+        name
+        for name, entry in ESTIMATORS.items()
+        if (allowed is None or name in allowed)
+        and (families is None or all(entry.applies_to(f) for f in families))
+    ]
 
 
 def estimator_entry(name: str, experiment: Experiment | None = None) -> EstimatorEntry:
