@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+import latentgrad as lg
 from latentgrad.experiments.vae import (
     EXPERIMENT,
     DiscreteVAE,
@@ -17,7 +18,7 @@ from latentgrad.experiments.vae import (
     importance_weighted_bound,
 )
 from latentgrad.lab import ESTIMATORS, ExperimentConfig, ResolvedEstimator
-from latentgrad.lab.registry import supported_estimators
+from latentgrad.lab.registry import resolve_options, supported_estimators
 from latentgrad.testing import ToySplits, noisy_patterns, toy_image_splits
 
 D = 16
@@ -60,7 +61,8 @@ CASES = [
     (latent, name)
     for latent in ("categorical", "bernoulli")
     for name in supported_estimators(EXPERIMENT)
-    if latent == "categorical" or ESTIMATORS[name].latent != "sparsemax"
+    if ESTIMATORS[name].latent
+    != {"categorical": "topk-sparsemax", "bernoulli": "sparsemax"}[latent]
 ]
 
 
@@ -388,3 +390,17 @@ def test_validate_names_the_field_out_of_range(field, value):
         tiny_config(**{field: value}).validate()
     assert info.value.field == field
     tiny_config().validate()  # the defaults pass
+
+
+def test_topk_sparsemax_sums_at_most_k_bit_vectors():
+    torch.manual_seed(0)
+    options = resolve_options("topk-sparsemax", {"k": 4})
+    chosen = ESTIMATORS["topk-sparsemax"].resolve("topk-sparsemax", options)
+    assert chosen.latent_options == {"k": 4}
+    trainable = VAETrainable(tiny_config(latent="bernoulli"), chosen, tiny_splits())
+    assert isinstance(trainable.model.posterior(tiny_splits().train[:3]), lg.TopKSparsemax)
+    metrics = trainable.train_step(next(iter(trainable.train_batches(0))))
+    assert 1 <= metrics["loss_evals"] <= 4
+    assert all(math.isfinite(v) for v in trainable.evaluate("test").values())
+    with pytest.raises(ValueError, match="needs bits"):
+        VAETrainable(tiny_config(latent="categorical"), chosen, tiny_splits())

@@ -1,7 +1,8 @@
 """Variational autoencoder with discrete latents: Jang, Gu & Poole (2017), Table 1, VAE rows.
 
 A binarized image ``x`` is encoded into ``q(z | x)``: 200 independent bits or 20 categoricals
-of 10 classes (a sparsemax categorical for the ``sparsemax`` estimator), decoded by an MLP into
+of 10 classes (a sparsemax categorical for the ``sparsemax`` estimator, top-k sparsemax over the
+bit-vectors for ``topk-sparsemax``), decoded by an MLP into
 Bernoulli pixel probabilities ``p(x | z)``, under a uniform prior ``p(z)``. Training minimizes
 the negative ELBO
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical
+from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical, TopKSparsemax
 from latentgrad.estimators import (
     Estimator,
     GumbelSoftmax,
@@ -146,6 +147,8 @@ class DiscreteVAE(nn.Module):
         decoder_hidden: hidden widths of the decoder.
         activation: ``"tanh"`` or ``"relu"``.
         sparsemax: categorical units with sparsemax probabilities (Correia et al. 2020).
+        topk: bits with top-k sparsemax probabilities over the whole bit-vector, at most
+            ``topk`` structures (Correia et al. 2020); ``None``: independent Bernoulli bits.
 
     Shape:
         ``x``: ``(B, D)``; samples ``z``: ``S + (B,) + latent_shape`` with any leading ``S``.
@@ -168,12 +171,16 @@ class DiscreteVAE(nn.Module):
         decoder_hidden: Sequence[int],
         activation: str,
         sparsemax: bool = False,
+        topk: int | None = None,
     ) -> None:
         super().__init__()
         if len(latent_shape) not in (1, 2):
             raise ValueError(f"latent_shape must be (N, K) or (D,), got {latent_shape}")
         if sparsemax and len(latent_shape) == 1:
             raise ValueError("the sparsemax latent needs categorical units, not bits")
+        if topk is not None and len(latent_shape) != 1:
+            raise ValueError("the top-k sparsemax latent is over bit-vectors, not categoricals")
+        self.topk = topk
         self.latent_shape = tuple(latent_shape)
         self.sparsemax = sparsemax
         width = math.prod(latent_shape)
@@ -204,6 +211,8 @@ class DiscreteVAE(nn.Module):
         """``q(z | x)`` with batch shape ``(B,)`` and event shape ``latent_shape``."""
         logits = self.encoder(x)
         if not self.categorical:
+            if self.topk is not None:
+                return TopKSparsemax(logits, k=self.topk)
             return Bernoulli(logits=logits)
         scores = logits.unflatten(-1, self.latent_shape)
         if self.sparsemax:
@@ -300,8 +309,8 @@ def _hidden_sizes(config: VAEConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def _check_enumerable(name: str, estimator: Estimator, model: DiscreteVAE) -> None:
     """Refuse, at build time, estimators that sum over a support too large to enumerate."""
-    if not isinstance(estimator, (Marginalize, SumAndSample)):
-        return
+    if not isinstance(estimator, (Marginalize, SumAndSample)) or model.topk is not None:
+        return  # top-k sparsemax: at most k structures, whatever the latent's size
     if model.num_values > estimator.max_support:
         if model.categorical:
             units, classes = model.latent_shape
@@ -328,7 +337,9 @@ class VAETrainable:
     Args:
         config: the experiment settings.
         chosen: the estimator the runner resolved from ``config.estimator``, with the latent
-            family it asks for (``"sparsemax"``: sparsemax categorical units).
+            family it asks for (``"sparsemax"``: sparsemax categorical units;
+            ``"topk-sparsemax"``: top-k sparsemax over the bit-vector, ``k`` from
+            ``chosen.latent_options``).
         data: splits of shape ``(N, D)`` with values in [0, 1]; non-binary ones are binarized
             dynamically (a fresh Bernoulli draw per training batch, one fixed draw for
             evaluation).
@@ -357,9 +368,23 @@ class VAETrainable:
             latent_shape: tuple[int, ...] = (config.num_categoricals, config.num_classes)
         else:
             latent_shape = (config.num_bits,)
+        topk = None
+        if chosen.latent == "topk-sparsemax":
+            if config.latent != "bernoulli":
+                raise ValueError(
+                    f"estimator {chosen.name!r} needs bits (a top-k sparsemax over bit-vectors), "
+                    "not categoricals; use latent 'bernoulli' (--latent bernoulli)"
+                )
+            topk = int(chosen.latent_options["k"])
         encoder_hidden, decoder_hidden = _hidden_sizes(config)
         self.model = DiscreteVAE(
-            input_dim, latent_shape, encoder_hidden, decoder_hidden, config.activation, sparsemax
+            input_dim,
+            latent_shape,
+            encoder_hidden,
+            decoder_hidden,
+            config.activation,
+            sparsemax,
+            topk,
         )
         _check_enumerable(chosen.name, self.estimator, self.model)
         self.modules = nn.ModuleDict({"model": self.model, "estimator": self.estimator})

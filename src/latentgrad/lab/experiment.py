@@ -41,10 +41,11 @@ from latentgrad.estimators import Estimator
 from latentgrad.lab.config import is_positive_int, require
 
 #: The latent families an estimator entry can ask the experiment for: ``"softmax"`` (the
-#: experiment's usual family, e.g. ``Categorical`` or ``Bernoulli``) or ``"sparsemax"``
-#: (``SparsemaxCategorical``, whose small support is summed exactly).
-LatentFamily = Literal["softmax", "sparsemax"]
-LATENT_FAMILIES: tuple[LatentFamily, ...] = ("softmax", "sparsemax")
+#: experiment's usual family, e.g. ``Categorical`` or ``Bernoulli``), ``"sparsemax"``
+#: (``SparsemaxCategorical``, whose small support is summed exactly) or ``"topk-sparsemax"``
+#: (``TopKSparsemax`` over bit-vectors, with ``k`` in ``ResolvedEstimator.latent_options``).
+LatentFamily = Literal["softmax", "sparsemax", "topk-sparsemax"]
+LATENT_FAMILIES: tuple[LatentFamily, ...] = ("softmax", "sparsemax", "topk-sparsemax")
 
 
 @dataclass
@@ -126,6 +127,8 @@ class ResolvedEstimator:
             baselines; put it among the trainable's ``modules`` and its parameters in the
             optimizer).
         latent: the latent family the estimator asks for (see :data:`LatentFamily`).
+        latent_options: settings of that family from the estimator's options (``{"k": 10}``
+            for ``"topk-sparsemax"``); empty for the others.
         others: ``name -> Estimator``, a fresh estimator of another registered name with its
             default options, for experiments that compare estimators within one run (the
             ``sbn`` gradient-variance study); ``None`` when the caller gives none.
@@ -141,6 +144,7 @@ class ResolvedEstimator:
     estimator: Estimator
     latent: LatentFamily = "softmax"
     others: Callable[[str], Estimator] | None = None
+    latent_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.latent not in LATENT_FAMILIES:

@@ -325,6 +325,21 @@ class RelaxOptions(EstimatorOptions):
         _check_positive_ints(self, "num_samples", "critic_hidden")
 
 
+@dataclass(frozen=True)
+class TopKOptions(EstimatorOptions):
+    """Options of top-k sparsemax marginalization.
+
+    Attributes:
+        k: structures kept by the k-best search (the support has at most k; Correia et al.:
+            10).
+    """
+
+    k: int = 10
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "k")
+
+
 OptionsT = TypeVar("OptionsT", bound=EstimatorOptions)
 
 
@@ -339,13 +354,16 @@ class EstimatorEntry(Generic[OptionsT]):
         options: the default options (the paper settings), an instance of the entry's
             :class:`EstimatorOptions` subclass.
         latent: the latent family the experiment should use with it (``"softmax"``: its usual
-            family; ``"sparsemax"``: ``SparsemaxCategorical``, whose support is summed exactly).
+            family; ``"sparsemax"``: ``SparsemaxCategorical``, whose support is summed exactly;
+            ``"topk-sparsemax"``: ``TopKSparsemax`` over bit-vectors).
+        latent_options: ``(options) -> settings of the latent family`` (top-k's ``k``).
     """
 
     description: str
     make: Callable[[OptionsT], Estimator]
     options: OptionsT
     latent: LatentFamily = "softmax"
+    latent_options: Callable[[OptionsT], dict[str, Any]] | None = None
 
     def build(self, options: OptionsT | None = None) -> Estimator:
         """A fresh estimator with ``options`` (default: :attr:`options`), validated first.
@@ -379,7 +397,11 @@ class EstimatorEntry(Generic[OptionsT]):
 
     def resolve(self, name: str, options: OptionsT | None = None) -> ResolvedEstimator:
         """A fresh estimator with its name and latent family, as an experiment receives it."""
-        return ResolvedEstimator(name, self.build(options), self.latent, others=_build_named)
+        chosen = self.options if options is None else options
+        family = {} if self.latent_options is None else self.latent_options(chosen)
+        return ResolvedEstimator(
+            name, self.build(options), self.latent, others=_build_named, latent_options=family
+        )
 
 
 def _baseline(options: ScoreFunctionOptions) -> Any:
@@ -508,6 +530,14 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
         lambda o: Marginalize(o.max_support),
         SupportOptions(),
         latent="sparsemax",
+    ),
+    "topk-sparsemax": EstimatorEntry(
+        "top-k sparsemax latent over bit-vectors, exact sum over its at most k structures "
+        "(Correia et al.)",
+        lambda o: Marginalize(max(o.k, 1)),
+        TopKOptions(),
+        latent="topk-sparsemax",
+        latent_options=lambda o: {"k": o.k},
     ),
 }
 
