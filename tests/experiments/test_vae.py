@@ -66,6 +66,12 @@ CASES = [
 ]
 
 
+def test_vae_offers_only_the_latent_families_it_builds():
+    offered = supported_estimators(EXPERIMENT)
+    assert "sparsemap" not in offered and "relax" not in offered and "e-reinforce" not in offered
+    assert {"sparsemax", "topk-sparsemax", "gs", "local-reparam"} <= set(offered)
+
+
 @pytest.mark.parametrize(("latent", "name"), CASES)
 def test_every_estimator_trains_and_evaluates(latent, name):
     torch.manual_seed(0)

@@ -75,6 +75,9 @@ def test_relax_critic_width_is_an_option_and_relax_is_offered_where_it_applies()
     assert out.per_sample.shape == (2, 3)
     assert ESTIMATORS["relax"].applies_to(lg.KSubset)
     assert not ESTIMATORS["relax"].applies_to(lg.Categorical)
-    for experiment in all_experiments().values():  # none has a recursive Gumbel-max latent yet
-        assert "relax" not in supported_estimators(experiment)
+    for experiment in all_experiments().values():  # only where every latent has a trace
+        if "relax" in supported_estimators(experiment):
+            families = experiment.latent_families
+            assert families and all(ESTIMATORS["relax"].applies_to(f) for f in families)
+    assert "relax" in supported_estimators(all_experiments()["rgm-toy"])
     assert "relax" in supported_estimators()

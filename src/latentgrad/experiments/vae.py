@@ -59,6 +59,9 @@ from latentgrad.schedules import Scheduled
 LATENTS = ("categorical", "bernoulli")
 OPTIMIZERS = ("adam", "sgd")
 
+#: The latent families (``ResolvedEstimator.latent``) the VAE builds; others are refused.
+FAMILIES = ("softmax", "sparsemax", "topk-sparsemax")
+
 #: Samples x examples decoded at once by :func:`importance_weighted_bound` (memory bound:
 #: about 13 MB per decoder-output-sized tensor with 784 pixels; larger chunks are slower on CPU).
 EVAL_CHUNK = 2**12
@@ -358,6 +361,12 @@ class VAETrainable:
         self.data = data
         input_dim = data.train.shape[-1]
         self.estimator = chosen.estimator
+        if chosen.latent not in FAMILIES:
+            raise ValueError(
+                f"estimator {chosen.name!r} asks for a {chosen.latent!r} latent, which the VAE "
+                f"does not have (its families: {', '.join(FAMILIES)}); the bitvae experiment "
+                "has SparseMAP over bit-vectors"
+            )
         sparsemax = chosen.latent == "sparsemax"
         if sparsemax and config.latent == "bernoulli":
             raise ValueError(
@@ -461,4 +470,5 @@ EXPERIMENT = Experiment(
     build=build,
     primary_metric="nll",
     latent_families=(Categorical, Bernoulli),
+    latent_kinds=("softmax", "sparsemax", "topk-sparsemax"),
 )

@@ -42,10 +42,13 @@ from latentgrad.lab.config import is_positive_int, require
 
 #: The latent families an estimator entry can ask the experiment for: ``"softmax"`` (the
 #: experiment's usual family, e.g. ``Categorical`` or ``Bernoulli``), ``"sparsemax"``
-#: (``SparsemaxCategorical``, whose small support is summed exactly) or ``"topk-sparsemax"``
-#: (``TopKSparsemax`` over bit-vectors, with ``k`` in ``ResolvedEstimator.latent_options``).
-LatentFamily = Literal["softmax", "sparsemax", "topk-sparsemax"]
-LATENT_FAMILIES: tuple[LatentFamily, ...] = ("softmax", "sparsemax", "topk-sparsemax")
+#: (``SparsemaxCategorical``, whose small support is summed exactly), ``"topk-sparsemax"``
+#: (``TopKSparsemax`` over bit-vectors, with ``k`` in ``ResolvedEstimator.latent_options``) or
+#: ``"sparsemap"`` (``SparseMAP`` over bit-vectors; ``latent_options`` holds ``structures``,
+#: ``"free"`` for all bit-vectors or ``"budget"`` for those with at most ``budget`` ones, and
+#: ``budget``, ``None`` meaning the experiment's default).
+LatentFamily = Literal["softmax", "sparsemax", "topk-sparsemax", "sparsemap"]
+LATENT_FAMILIES: tuple[LatentFamily, ...] = ("softmax", "sparsemax", "topk-sparsemax", "sparsemap")
 
 
 @dataclass
@@ -128,7 +131,8 @@ class ResolvedEstimator:
             optimizer).
         latent: the latent family the estimator asks for (see :data:`LatentFamily`).
         latent_options: settings of that family from the estimator's options (``{"k": 10}``
-            for ``"topk-sparsemax"``); empty for the others.
+            for ``"topk-sparsemax"``, ``{"structures": "budget", "budget": None}`` for
+            ``"sparsemap"`` with a budget); empty for the others.
         others: ``name -> Estimator``, a fresh estimator of another registered name with its
             default options, for experiments that compare estimators within one run (the
             ``sbn`` gradient-variance study); ``None`` when the caller gives none.
@@ -195,6 +199,8 @@ class Experiment:
         latent_families: the distribution classes of the experiment's latents; an estimator
             that needs a capability one of them lacks (``RELAX`` needs an execution trace) is
             not offered. ``None``: no such filter.
+        latent_kinds: the latent families (:data:`LatentFamily`) the experiment can build; an
+            estimator entry asking for another is not offered. ``None``: any.
         artifacts: ``(run_dir, figures) -> paths``, called when a run has finished, to write files of its own from the run's
             records (``metrics.jsonl``): tables, and figures when ``figures`` is true (the
             runner's ``plots``). ``None``: nothing beyond the runner's files.
@@ -207,4 +213,5 @@ class Experiment:
     primary_metric: str = "nll"
     estimators: tuple[str, ...] | None = field(default=None)
     latent_families: tuple[type, ...] | None = field(default=None)
+    latent_kinds: tuple[LatentFamily, ...] | None = field(default=None)
     artifacts: Callable[[Path, bool], list[Path]] | None = field(default=None)

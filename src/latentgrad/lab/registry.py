@@ -44,6 +44,7 @@ from latentgrad.estimators import (
     DARN,
     NVIL,
     RELAX,
+    EReinforce,
     Estimator,
     GumbelSoftmax,
     IndependentSample,
@@ -57,6 +58,7 @@ from latentgrad.estimators import (
     ScoreFunction,
     StraightThrough,
     SumAndSample,
+    TReinforce,
 )
 from latentgrad.lab.config import (
     ConfigError,
@@ -340,6 +342,25 @@ class TopKOptions(EstimatorOptions):
         _check_positive_ints(self, "k")
 
 
+@dataclass(frozen=True)
+class SparseMAPBudgetOptions(EstimatorOptions):
+    """Options of SparseMAP marginalization over bit-vectors with at most ``budget`` ones.
+
+    Attributes:
+        budget: the largest number of ones of a structure (none: the experiment's default; the
+            bit-vector VAE's is half the bits, Correia et al.'s 16 of 32 and 64 of 128).
+        max_support: largest support summed; a larger latent is refused when the run starts.
+    """
+
+    budget: int | None = None
+    max_support: int = 2**16
+
+    def validate(self) -> None:
+        budget = self.budget
+        require(is_positive_int(budget, optional=True), "budget", "a positive int or none", budget)
+        _check_positive_ints(self, "max_support")
+
+
 OptionsT = TypeVar("OptionsT", bound=EstimatorOptions)
 
 
@@ -355,8 +376,10 @@ class EstimatorEntry(Generic[OptionsT]):
             :class:`EstimatorOptions` subclass.
         latent: the latent family the experiment should use with it (``"softmax"``: its usual
             family; ``"sparsemax"``: ``SparsemaxCategorical``, whose support is summed exactly;
-            ``"topk-sparsemax"``: ``TopKSparsemax`` over bit-vectors).
-        latent_options: ``(options) -> settings of the latent family`` (top-k's ``k``).
+            ``"topk-sparsemax"``: ``TopKSparsemax`` over bit-vectors; ``"sparsemap"``:
+            ``SparseMAP`` over bit-vectors).
+        latent_options: ``(options) -> settings of the latent family`` (top-k's ``k``,
+            SparseMAP's ``structures`` and ``budget``).
     """
 
     description: str
@@ -539,12 +562,54 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
         latent="topk-sparsemax",
         latent_options=lambda o: {"k": o.k},
     ),
+    "sparsemap": EstimatorEntry(
+        "SparseMAP latent over free bit-vectors, exact sum over its few structures "
+        "(Correia et al.)",
+        lambda o: Marginalize(o.max_support),
+        SupportOptions(),
+        latent="sparsemap",
+        latent_options=lambda o: {"structures": "free", "budget": None},
+    ),
+    "sparsemap-budget": EstimatorEntry(
+        "SparseMAP latent over bit-vectors with at most budget ones, exact sum over its few "
+        "structures (Correia et al.)",
+        lambda o: Marginalize(o.max_support),
+        SparseMAPBudgetOptions(),
+        latent="sparsemap",
+        latent_options=lambda o: {"structures": "budget", "budget": o.budget},
+    ),
+    # Struminsky et al. (2021): the score of the noise (E-) or of the execution trace (T-) of
+    # a recursive Gumbel-max family, 3 samples per step as in their toy experiments; "+" adds
+    # the leave-one-out baseline.
+    "e-reinforce": EstimatorEntry(
+        "E-REINFORCE: score of the exponential noise, 3 samples, no baseline (recursive "
+        "Gumbel-max families; Struminsky et al.)",
+        lambda o: EReinforce(o.num_samples, _baseline(o)),
+        ScoreFunctionOptions(num_samples=3),
+    ),
+    "t-reinforce": EstimatorEntry(
+        "T-REINFORCE: score of the execution trace, 3 samples, no baseline (recursive "
+        "Gumbel-max families; Struminsky et al.)",
+        lambda o: TReinforce(o.num_samples, _baseline(o)),
+        ScoreFunctionOptions(num_samples=3),
+    ),
+    "e-reinforce+": EstimatorEntry(
+        "E-REINFORCE+: score of the exponential noise, 3 samples, leave-one-out baseline",
+        lambda o: EReinforce(o.num_samples, _baseline(o)),
+        ScoreFunctionOptions(num_samples=3, baseline="leave-one-out"),
+    ),
+    "t-reinforce+": EstimatorEntry(
+        "T-REINFORCE+: score of the execution trace, 3 samples, leave-one-out baseline",
+        lambda o: TReinforce(o.num_samples, _baseline(o)),
+        ScoreFunctionOptions(num_samples=3, baseline="leave-one-out"),
+    ),
 }
 
 
 def supported_estimators(experiment: Experiment | None = None) -> list[str]:
     """The registered names, in registry order, that ``experiment`` supports (all: ``None``):
-    those in its ``estimators`` list, if it has one, whose needs its ``latent_families`` meet.
+    those in its ``estimators`` list, if it has one, asking for a latent family among its
+    ``latent_kinds``, whose needs its ``latent_families`` meet.
 
     Example:
         >>> supported_estimators()[:3]
@@ -554,10 +619,12 @@ def supported_estimators(experiment: Experiment | None = None) -> list[str]:
         return list(ESTIMATORS)
     allowed = experiment.estimators
     families = experiment.latent_families
+    kinds = experiment.latent_kinds
     return [
         name
         for name, entry in ESTIMATORS.items()
         if (allowed is None or name in allowed)
+        and (kinds is None or entry.latent in kinds)
         and (families is None or all(entry.applies_to(f) for f in families))
     ]
 

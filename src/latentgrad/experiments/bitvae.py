@@ -1,0 +1,710 @@
+"""Bit-vector VAE on Fashion-MNIST: Correia, Niculae, Aziz & Martins (NeurIPS 2020), Section 5.
+
+An image ``x`` of ``P`` pixels, each a categorical over ``levels`` grey levels (256), is encoded
+into ``q(z | x)`` over bit-vectors ``z in {0, 1}^D`` and decoded into ``p(x | z)``, a
+categorical per pixel, under the uniform prior ``p(z) = 2^-D``:
+
+- encoder ``P-128-D`` (ReLU): the scores ``s`` of the ``D`` bits;
+- decoder ``D-128-(P x 5)`` (ReLU), then one linear map ``5 -> levels`` applied to each pixel's
+  5 features: the pixel logits.
+
+Training minimizes the negative ELBO
+
+    E_q[-log p(x | z)] + KL(q(z | x) || p(z)),     KL = D log 2 - H(q),
+
+with the expectation's gradient from the chosen estimator and the KL analytic. The latent
+family comes with the estimator:
+
+- ``sf-ma``, ``sfe+``, ``nvil``, ``gs``, ``st-gs``: factorized bits, ``Bernoulli(logits=s)``;
+- ``topk-sparsemax``: :class:`~latentgrad.TopKSparsemax` over all bit-vectors (``k = 10``);
+- ``sparsemap``: :class:`~latentgrad.SparseMAP` over free bit-vectors (its mean is
+  ``clamp(s, 0, 1)``); ``sparsemap-budget``: over bit-vectors with at most ``budget`` ones
+  (default ``D // 2``: Correia et al.'s 16 for ``D = 32`` and 64 for ``D = 128``).
+
+For the sparse families the expectation is an exact sum over the few structures of nonzero
+weight (:class:`~latentgrad.Marginalize`) and ``H(q)`` is the entropy over that support.
+
+**The bound.** ``log p(x)`` is estimated by importance sampling with ``S = eval_samples``
+(1024) draws from the proposal
+
+    r(z | x) = (1 - eps) q(z | x) + eps 2^-D,     eps = uniform_mix (0.1),
+
+the encoder's posterior mixed with the uniform distribution over ``{0, 1}^D``:
+
+    log p(x) >= E_r[log (1/S) sum_s p(x | z_s) p(z_s) / r(z_s | x)].
+
+A sparse ``q`` has zero mass on all but a few bit-vectors, while ``p(x, z) > 0`` for every
+``z`` (uniform prior, softmax pixels). Importance sampling with ``q`` alone would only sum
+``p(x, z)`` over the support of ``q``, a lower bound of a smaller quantity. ``r`` is positive
+everywhere (``r(z) >= eps 2^-D``), so ``E_r[p(x, z) / r(z)] = sum_z p(x, z) = p(x)``: the
+average of the weights is unbiased for ``p(x)`` and, by Jensen's inequality, its log is a
+lower bound of ``log p(x)`` in expectation, tightening as ``S`` grows. The same proposal serves
+every family, so the bounds compare; it costs little where ``q`` is good: a draw from the
+``q`` component gets the weight ``p(x, z) / r(z) ~ p(x, z) / ((1 - eps) q(z))``, and a fraction
+``1 - eps`` of the draws come from it, so the estimate is close to importance sampling with
+``q`` itself (when ``q(z) >> 2^-D``). Bits per dimension: ``bpd = -log p(x) / (P log 2)``.
+
+**Pixels.** Grey levels in ``[0, 1]`` (Fashion-MNIST: ``/ 255``) become the integers
+``round(x (levels - 1))``, so Fashion-MNIST's pixels are its 256 grey levels. The embedded
+``digits`` set is binary, so its pixels take 2 of the 256 levels (0 and 255); ``--levels 2``
+models them with 2 levels instead.
+
+Paper settings kept as defaults: Fashion-MNIST (55,000 / 5,000 / 10,000), ``D = 32``
+(``num_bits``; the paper also runs 128), batch 64, Adam, 100 epochs, the per-estimator
+learning rates of Correia et al.'s scripts (``lr=None``; see :data:`LEARNING_RATES`), 1024
+importance samples. Our choices: the proposal above, ``valid_samples`` = 100 samples for the
+per-epoch validation bound.
+
+References:
+    [1] Correia, Niculae, Aziz & Martins, "Efficient Marginalization of Discrete and Structured
+        Latent Variables via Sparsity", NeurIPS 2020.
+    [2] Niculae, Martins, Blondel & Cardie, "SparseMAP: Differentiable Sparse Structured
+        Inference", ICML 2018.
+    [3] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentgrad.distributions import Bernoulli, SparseMAP, TopKSparsemax
+from latentgrad.estimators import GumbelSoftmax, LatentDistribution
+from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.images import (
+    ACTIVATIONS,
+    EVAL_DATA_SEED,
+    SPLITS,
+    DataSplitsLike,
+    chunk_sizes,
+    make_optimizer,
+    mlp,
+)
+from latentgrad.mappings.oracles import BudgetBits, FreeBits
+from latentgrad.schedules import Scheduled
+
+#: Correia et al.'s estimators: SFE (``sf-ma``: a moving-average baseline), SFE+, NVIL, GS and
+#: ST-GS on factorized bits; top-k sparsemax, SparseMAP and SparseMAP with a budget.
+ESTIMATORS = (
+    "sf-ma",
+    "sfe+",
+    "nvil",
+    "gs",
+    "st-gs",
+    "topk-sparsemax",
+    "sparsemap",
+    "sparsemap-budget",
+)
+
+#: Learning rates of Correia et al.'s scripts by latent size and estimator (the budget at
+#: ``D = 128`` uses SparseMAP's 2e-3, as their script does).
+LEARNING_RATES: Mapping[int, Mapping[str, float]] = {
+    32: {
+        "sf-ma": 1e-3,
+        "sfe+": 1e-3,
+        "nvil": 1e-3,
+        "gs": 1e-3,
+        "st-gs": 1e-3,
+        "topk-sparsemax": 2e-3,
+        "sparsemap": 2e-3,
+        "sparsemap-budget": 2e-3,
+    },
+    128: {
+        "sf-ma": 1e-3,
+        "sfe+": 1e-3,
+        "nvil": 5e-4,
+        "gs": 1e-3,
+        "st-gs": 5e-4,
+        "topk-sparsemax": 1e-3,
+        "sparsemap": 2e-3,
+        "sparsemap-budget": 2e-3,
+    },
+}
+
+#: The learning rate of an estimator missing from the table.
+DEFAULT_LR = 1e-3
+
+#: Samples x examples decoded at once by :func:`importance_sampled_bound`: each is ``P x
+#: levels`` logits (0.8 MB in float32 for Fashion-MNIST), and a pass holds a few such tensors.
+EVAL_CHUNK = 2**8
+
+#: The latent families this experiment builds, by ``ResolvedEstimator.latent``.
+FAMILIES = ("softmax", "topk-sparsemax", "sparsemap")
+
+
+def preset_bits(num_bits: int) -> int:
+    """The latent size whose learning rates apply: 32 below 64 bits, 128 from 64 on.
+
+    Example:
+        >>> preset_bits(8), preset_bits(32), preset_bits(64), preset_bits(200)
+        (32, 32, 128, 128)
+    """
+    return 32 if num_bits < 64 else 128
+
+
+def default_budget(num_bits: int) -> int:
+    """Half the bits (at least 1): Correia et al.'s budgets, 16 of 32 and 64 of 128.
+
+    Example:
+        >>> default_budget(32), default_budget(128), default_budget(1)
+        (16, 64, 1)
+    """
+    return max(1, num_bits // 2)
+
+
+@dataclass
+class BitVAEConfig(ExperimentConfig):
+    """Settings of the bit-vector VAE; the defaults are Correia et al.'s (module docstring).
+
+    Attributes:
+        lr: learning rate (``None``: Correia et al.'s for the estimator and ``num_bits``, see
+            :data:`LEARNING_RATES`; sizes below 64 bits take the ``D = 32`` rates, others
+            the ``D = 128`` ones).
+        eval_samples: importance samples per image in the test bound (paper: 1024).
+        num_bits: ``D``, the bits of the latent (paper: 32 and 128).
+        hidden: hidden units of the encoder and of the decoder (paper: 128).
+        pixel_features: decoder features per pixel, mapped linearly to the pixel's logits
+            (paper: 5).
+        levels: grey levels per pixel, 2 to 256: ``round(x (levels - 1))`` of the images'
+            values ``x`` in [0, 1] (paper: 256).
+        activation: hidden units, ``"relu"`` (Correia et al.'s) or ``"tanh"``.
+        uniform_mix: ``eps`` in (0, 1], the weight of the uniform distribution over
+            ``{0, 1}^D`` in the importance-sampling proposal ``(1 - eps) q + eps uniform``.
+        valid_samples: importance samples for the validation bound (``None``:
+            ``eval_samples``).
+    """
+
+    estimator: str = "sparsemap"
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float | None = None  # type: ignore[assignment]
+    dataset: str = "fashion-mnist"
+    eval_samples: int = 1024
+    num_bits: int = 32
+    hidden: int = 128
+    pixel_features: int = 5
+    levels: int = 256
+    activation: Literal["relu", "tanh"] = "relu"
+    uniform_mix: float = 0.1
+    valid_samples: int | None = 100
+
+    def resolved_lr(self) -> float:
+        """``lr``, or Correia et al.'s learning rate for the estimator and ``num_bits``.
+
+        Example:
+            >>> BitVAEConfig(estimator="nvil", num_bits=128).resolved_lr()
+            0.0005
+            >>> BitVAEConfig().resolved_lr(), BitVAEConfig(lr=0.01).resolved_lr()
+            (0.002, 0.01)
+        """
+        if self.lr is not None:
+            return self.lr
+        return LEARNING_RATES[preset_bits(self.num_bits)].get(self.estimator, DEFAULT_LR)
+
+    def validate(self) -> None:
+        """Check the shared settings, then these (see :meth:`ExperimentConfig.validate`).
+
+        ``lr`` may be ``None`` (the preset's); a given one must be positive and finite.
+
+        Raises:
+            InvalidConfigValue: (a ``ValueError``) naming the first field out of range.
+
+        Example:
+            >>> BitVAEConfig(num_bits=0).validate()
+            Traceback (most recent call last):
+            ...
+            latentgrad.lab.config.InvalidConfigValue: num_bits must be a positive int, got 0
+        """
+        bits = self.num_bits
+        require(is_positive_int(bits), "num_bits", "a positive int", bits)
+        shared = dataclasses.replace(self, lr=self.resolved_lr())
+        super(BitVAEConfig, shared).validate()
+        for name in ("hidden", "pixel_features"):
+            value = getattr(self, name)
+            require(is_positive_int(value), name, "a positive int", value)
+        levels = self.levels
+        ok = is_positive_int(levels) and 2 <= levels <= 256
+        require(ok, "levels", "an int in [2, 256]", levels)
+        act = self.activation
+        require(act in ACTIVATIONS, "activation", "one of " + ", ".join(ACTIVATIONS), act)
+        mix = self.uniform_mix
+        ok = isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0 < mix <= 1
+        require(ok, "uniform_mix", "a number in (0, 1]", mix)
+        samples = self.valid_samples
+        require(
+            is_positive_int(samples, optional=True),
+            "valid_samples",
+            "a positive int or none",
+            samples,
+        )
+        budget = self.estimator_options.get("budget")
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            check_budget(budget, bits)
+
+
+def check_budget(budget: int, num_bits: int) -> None:
+    """Refuse a budget above the number of bits, naming the option."""
+    require(budget <= num_bits, "budget", f"at most num_bits ({num_bits})", budget)
+
+
+def quantize(x: Tensor, levels: int) -> Tensor:
+    """Grey levels ``x`` in [0, 1] as the integers ``round(x (levels - 1))``, ``uint8``.
+
+    Example:
+        >>> quantize(torch.tensor([0.0, 0.5, 1.0, 254.6 / 255]), 256).tolist()
+        [0, 128, 255, 255]
+    """
+    if not 2 <= levels <= 256:
+        raise ValueError(f"levels must be in [2, 256], got {levels}")
+    return (x.clamp(0.0, 1.0) * (levels - 1)).round().to(torch.uint8)
+
+
+class PixelLevels:
+    """Training batches and fixed evaluation sets of images as integer grey levels.
+
+    Args:
+        data: splits of shape ``(N, P)`` with values in [0, 1].
+        levels: grey levels per pixel (see :func:`quantize`).
+        batch_size: training batch size.
+        max_steps_per_epoch: cap on the batches of an epoch (``None``: the whole split).
+        max_eval_examples: cap on the evaluated examples, a fixed random subset (``None``: all).
+
+    Shape:
+        batches and evaluation sets: ``(B, P)``, ``int64`` in ``[0, levels)``.
+
+    Example:
+        >>> from latentgrad.data import load_dataset
+        >>> images = PixelLevels(load_dataset("digits"), 256, 64, 2, 50)
+        >>> [tuple(b.shape) for b in images.train_batches()], images.eval_data("test").shape
+        ([(64, 64), (64, 64)], torch.Size([50, 64]))
+        >>> sorted(images.eval_data("test").unique().tolist())
+        [0, 255]
+    """
+
+    def __init__(
+        self,
+        data: DataSplitsLike,
+        levels: int,
+        batch_size: int,
+        max_steps_per_epoch: int | None = None,
+        max_eval_examples: int | None = None,
+    ) -> None:
+        self.levels = levels
+        self.batch_size = batch_size
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.max_eval_examples = max_eval_examples
+        # uint8 storage: Fashion-MNIST's training split is 43 MB instead of 345 MB as int64.
+        self.splits = {split: quantize(getattr(data, split), levels) for split in SPLITS}
+        self._eval_cache: dict[str, Tensor] = {}
+
+    @property
+    def num_pixels(self) -> int:
+        return int(self.splits["train"].shape[-1])
+
+    def train_batches(self) -> Iterator[Tensor]:
+        """Shuffled minibatches of the training split (``torch.randperm``, global RNG)."""
+        train = self.splits["train"]
+        order = torch.randperm(train.shape[0])
+        steps = math.ceil(train.shape[0] / self.batch_size)
+        if self.max_steps_per_epoch is not None:
+            steps = min(steps, self.max_steps_per_epoch)
+        for i in range(steps):
+            yield train[order[i * self.batch_size : (i + 1) * self.batch_size]].long()
+
+    def eval_data(self, split: str) -> Tensor:
+        """The evaluation examples of ``split``: at most ``max_eval_examples``, a subset fixed
+        by :data:`~latentgrad.lab.images.EVAL_DATA_SEED`."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._eval_cache:
+            x = self.splits[split]
+            limit = self.max_eval_examples
+            if limit is not None and limit < x.shape[0]:
+                generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
+                x = x[torch.randperm(x.shape[0], generator=generator)[:limit]]
+            self._eval_cache[split] = x.long()
+        return self._eval_cache[split]
+
+
+class BitVectorVAE(nn.Module):
+    """Encoder ``q(z | x)`` over ``{0, 1}^D``, decoder ``p(x | z)`` with categorical pixels,
+    uniform prior ``p(z) = 2^-D``.
+
+    Args:
+        num_pixels: pixels ``P`` per image.
+        num_bits: bits ``D`` of the latent.
+        levels: grey levels per pixel (classes of each pixel's categorical).
+        hidden: hidden units of the encoder and of the decoder.
+        pixel_features: decoder features per pixel, mapped to the pixel's logits by one
+            linear map shared by the pixels.
+        activation: ``"relu"`` or ``"tanh"``.
+        family: ``"softmax"`` (factorized ``Bernoulli`` bits), ``"topk-sparsemax"`` or
+            ``"sparsemap"``.
+        k: the structures of top-k sparsemax.
+        budget: SparseMAP over bit-vectors with at most ``budget`` ones (``None``: free bits).
+
+    Shape:
+        ``x``: ``(B, P)`` integer levels; ``z``: ``S + (B, D)`` with any leading ``S``;
+        ``log_likelihood(x)(z)``: ``S + (B,)``.
+
+    Example:
+        >>> import torch
+        >>> vae = BitVectorVAE(6, 4, levels=8, hidden=5, pixel_features=2, family="sparsemap")
+        >>> x = torch.randint(0, 8, (3, 6))
+        >>> q = vae.posterior(x)
+        >>> values, probs = q.support_probs()
+        >>> values.shape[1:], vae.log_likelihood(x)(values).shape == probs.shape
+        (torch.Size([3, 4]), True)
+    """
+
+    def __init__(
+        self,
+        num_pixels: int,
+        num_bits: int,
+        *,
+        levels: int = 256,
+        hidden: int = 128,
+        pixel_features: int = 5,
+        activation: str = "relu",
+        family: str = "softmax",
+        k: int = 10,
+        budget: int | None = None,
+    ) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        self.num_pixels = num_pixels
+        self.num_bits = num_bits
+        self.levels = levels
+        self.pixel_features = pixel_features
+        self.family = family
+        self.k = k
+        self.budget = budget
+        self.encoder = mlp([num_pixels, hidden, num_bits], activation)
+        self.decoder = mlp([num_bits, hidden, num_pixels * pixel_features], activation)
+        self.pixel_logits = nn.Linear(pixel_features, levels)
+
+    @property
+    def log_num_values(self) -> float:
+        """``D log 2 = -log p(z)`` for every ``z`` under the uniform prior."""
+        return self.num_bits * math.log(2.0)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether ``q`` has a few structures of nonzero weight (summed exactly)."""
+        return self.family != "softmax"
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The encoder's input: the levels scaled to [0, 1]."""
+        return x.float() / (self.levels - 1)
+
+    def posterior(self, x: Tensor) -> LatentDistribution:
+        """``q(z | x)`` with batch shape ``(B,)`` and event shape ``(D,)``."""
+        scores = self.encoder(self.inputs(x))
+        if self.family == "topk-sparsemax":
+            return TopKSparsemax(scores, k=self.k, validate_args=False)
+        if self.family == "sparsemap":
+            d = self.num_bits
+            oracle = FreeBits(d) if self.budget is None else BudgetBits(d, self.budget)
+            # No support check: the bound evaluates log q at every bit-vector (0 off its support).
+            return SparseMAP(scores, oracle, validate_args=False)
+        return Bernoulli(logits=scores)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel logits of ``p(x | z)``, shape ``z.shape[:-1] + (P, levels)``."""
+        features = self.decoder(z).unflatten(-1, (self.num_pixels, self.pixel_features))
+        return self.pixel_logits(features)
+
+    def log_likelihood(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """``fn(z) = log p(x | z)`` summed over pixels, for ``z`` of shape ``S + (B, D)``;
+        ``x`` broadcasts over the leading sample dims."""
+
+        def fn(z: Tensor) -> Tensor:
+            logits = self.decode(z)
+            target = x.expand(logits.shape[:-1])
+            nll = F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none")
+            return -nll.view(target.shape).sum(-1)
+
+        return fn
+
+    def reconstruction_loss(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """``loss_fn(z) = -log p(x | z)``, the loss the estimators see."""
+        log_likelihood = self.log_likelihood(x)
+        return lambda z: -log_likelihood(z)
+
+    def kl_to_prior(self, q: LatentDistribution) -> Tensor:
+        """``KL(q || uniform) = D log 2 - H(q)``, shape ``(B,)`` (``H`` over the support of a
+        sparse ``q``)."""
+        return self.log_num_values - q.entropy()
+
+
+class Bound(NamedTuple):
+    """Per-example evaluation terms (nats), each of shape ``(B,)``, float64.
+
+    Attributes:
+        log_px: the importance-sampled estimate of ``log p(x)`` (a lower bound in expectation).
+        elbo: ``E_q[log p(x | z)] - KL(q || p)``: the expectation exact over the support of a
+            sparse ``q``, importance-sampled with the same draws otherwise.
+        kl: ``KL(q(z | x) || p(z))``.
+        support_size: bit-vectors of nonzero ``q(z | x)`` (``2^D`` for factorized bits).
+    """
+
+    log_px: Tensor
+    elbo: Tensor
+    kl: Tensor
+    support_size: Tensor
+
+
+def proposal_sample(
+    q: LatentDistribution, num_samples: int, uniform_mix: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Draws from ``r = (1 - eps) q + eps uniform({0, 1}^D)`` with ``log r`` and ``log q``.
+
+    Each draw comes from ``q`` with probability ``1 - eps`` and is a uniform bit-vector
+    otherwise; ``r(z) >= eps 2^-D > 0`` for every ``z``. Uses torch's global RNG.
+
+    Args:
+        q: the posterior, batch shape ``(B,)``, event shape ``(D,)``.
+        num_samples: draws ``S`` per example.
+        uniform_mix: ``eps`` in (0, 1].
+
+    Returns:
+        ``(z, log_r, log_q)``, shapes ``(S, B, D)``, ``(S, B)`` and ``(S, B)``, the last two
+        float64 (``log_q`` is ``-inf`` off the support of a sparse ``q``).
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> z, log_r, log_q = proposal_sample(lg.Bernoulli(logits=torch.zeros(2, 3)), 5, 0.5)
+        >>> z.shape, torch.allclose(log_r, torch.full((5, 2), -3 * math.log(2.0), dtype=torch.float64))
+        (torch.Size([5, 2, 3]), True)
+    """
+    from_q = q.sample((num_samples,))
+    uniform = torch.randint_like(from_q, 0, 2)
+    pick = torch.rand(from_q.shape[:-1], device=from_q.device) < uniform_mix
+    z = torch.where(pick.unsqueeze(-1), uniform, from_q)
+    log_q = q.log_prob(z).double()
+    log_keep = math.log1p(-uniform_mix) if uniform_mix < 1 else -math.inf
+    log_uniform = math.log(uniform_mix) - z.shape[-1] * math.log(2.0)
+    log_r = torch.logaddexp(log_q + log_keep, torch.full_like(log_q, log_uniform))
+    return z, log_r, log_q
+
+
+@torch.no_grad()
+def importance_sampled_bound(
+    model: BitVectorVAE,
+    x: Tensor,
+    num_samples: int,
+    uniform_mix: float = 0.1,
+    chunk: int = EVAL_CHUNK,
+) -> Bound:
+    """``log p(x) >= E log (1/S) sum_s p(x | z_s) p(z_s) / r(z_s | x)``, ``z_s ~ r``, with the
+    proposal ``r = (1 - eps) q + eps uniform`` of :func:`proposal_sample`; and the ELBO.
+
+    ``r > 0`` everywhere, so the mean weight is unbiased for ``p(x)`` whatever the support of
+    ``q`` (see the module docstring). The ELBO's ``E_q[log p(x | z)]`` is the exact sum over the
+    support of a sparse ``q``; for factorized bits it is ``(1/S) sum_s (q / r)(z_s) log p(x |
+    z_s)``, unbiased, on the same draws. The decoder sees at most ``chunk`` (samples x examples)
+    at a time. Uses torch's global RNG.
+
+    Args:
+        model: the VAE.
+        x: integer levels, shape ``(B, P)``.
+        num_samples: importance samples ``S`` per example.
+        uniform_mix: ``eps`` in (0, 1].
+        chunk: samples x examples per decoder pass.
+
+    Returns:
+        :class:`Bound` per example.
+
+    Example:
+        >>> import torch
+        >>> vae = BitVectorVAE(6, 3, levels=4, hidden=5, pixel_features=2, family="sparsemap")
+        >>> b = importance_sampled_bound(vae, torch.randint(0, 4, (5, 6)), 64)
+        >>> b.log_px.shape, bool((b.kl >= -1e-5).all()), bool((b.support_size >= 1).all())
+        (torch.Size([5]), True, True)
+    """
+    if not 0 < uniform_mix <= 1:
+        raise ValueError(f"uniform_mix must be in (0, 1], got {uniform_mix}")
+    examples, samples = chunk_sizes(num_samples, chunk)
+    parts: list[Bound] = []
+    for xs in x.split(examples):
+        q = model.posterior(xs)
+        log_likelihood = model.log_likelihood(xs)
+        log_weights: list[Tensor] = []
+        expected = torch.zeros(xs.shape[0], dtype=torch.float64, device=xs.device)
+        for start in range(0, num_samples, samples):
+            z, log_r, log_q = proposal_sample(q, min(samples, num_samples - start), uniform_mix)
+            ll = log_likelihood(z).double()
+            log_weights.append(ll - model.log_num_values - log_r)
+            expected += ((log_q - log_r).exp() * ll).sum(0)
+        log_px = torch.cat(log_weights).logsumexp(0) - math.log(num_samples)
+        kl = model.kl_to_prior(q).double()
+        if model.sparse:
+            values, probs = q.support_probs()
+            ll = log_likelihood(values).double()
+            expected = torch.where(probs > 0, probs.double() * ll, torch.zeros_like(ll)).sum(0)
+            support = (probs > 0).sum(0).double()
+        else:
+            expected = expected / num_samples
+            support = torch.full_like(kl, 2.0**model.num_bits)
+        parts.append(Bound(log_px, expected - kl, kl, support))
+    return Bound(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
+
+
+def _relaxed_value(estimator: object) -> bool:
+    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples."""
+    return (
+        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
+    )
+
+
+def _family_settings(
+    config: BitVAEConfig, chosen: ResolvedEstimator
+) -> tuple[str, int, int | None]:
+    """``(family, k, budget)`` of the latent ``chosen`` asks for, checked against the config."""
+    family = chosen.latent
+    if family not in FAMILIES:
+        raise ValueError(
+            f"estimator {chosen.name!r} asks for a {family!r} latent, which the bit-vector VAE "
+            f"does not have (its families: {', '.join(FAMILIES)})"
+        )
+    options = chosen.latent_options
+    k = int(options.get("k", 10))
+    budget: int | None = None
+    if family == "sparsemap" and options.get("structures", "free") == "budget":
+        given = options.get("budget")
+        budget = default_budget(config.num_bits) if given is None else int(given)
+        check_budget(budget, config.num_bits)
+    return family, k, budget
+
+
+class BitVAETrainable:
+    """The bit-vector VAE, its estimator and optimizer, as the runner drives them.
+
+    Args:
+        config: the experiment settings.
+        chosen: the estimator the runner resolved from ``config.estimator``, with the latent
+            family it asks for (``"softmax"``: factorized bits; ``"topk-sparsemax"``, ``k``
+            from ``chosen.latent_options``; ``"sparsemap"``, with ``structures`` and ``budget``
+            from ``chosen.latent_options``, ``budget=None`` meaning :func:`default_budget`).
+        data: splits of shape ``(N, P)`` with values in [0, 1] (quantized to ``config.levels``).
+
+    Attributes:
+        model: the :class:`BitVectorVAE`.
+        estimator: the gradient estimator (``chosen.estimator``).
+        modules: ``{"model", "estimator"}``.
+        optimizer: Adam over the model's and the estimator's parameters (NVIL's network).
+    """
+
+    def __init__(
+        self, config: BitVAEConfig, chosen: ResolvedEstimator, data: DataSplitsLike
+    ) -> None:
+        config.validate()
+        self.config = config
+        family, k, budget = _family_settings(config, chosen)
+        self.images = PixelLevels(
+            data,
+            config.levels,
+            config.batch_size,
+            config.max_steps_per_epoch,
+            config.max_eval_examples,
+        )
+        self.model = BitVectorVAE(
+            self.images.num_pixels,
+            config.num_bits,
+            levels=config.levels,
+            hidden=config.hidden,
+            pixel_features=config.pixel_features,
+            activation=config.activation,
+            family=family,
+            k=k,
+            budget=budget,
+        )
+        self.estimator = chosen.estimator
+        self.modules = nn.ModuleDict({"model": self.model, "estimator": self.estimator})
+        self.optimizer = make_optimizer("adam", self.modules.parameters(), config.resolved_lr())
+
+    def train_batches(self, epoch: int) -> Iterator[Tensor]:
+        """Shuffled minibatches of the training split, integer levels."""
+        return self.images.train_batches()
+
+    def train_step(self, batch: Tensor) -> Mapping[str, float]:
+        """One Adam step on the negative ELBO; the estimator's schedule advances after it.
+
+        Reports ``loss`` (the training negative ELBO: the estimator's value of
+        ``E_q[-log p(x | z)]``, exact for the sparse families, plus the analytic KL),
+        ``loss_evals`` (decoder calls per image: the padded support for the sparse families),
+        ``kl`` and, for the sparse families, ``support_size`` (structures of nonzero weight per
+        image, mean over the batch). A Gumbel-Softmax without ``honest_value`` reports its
+        relaxed objective as ``relaxed_loss`` and ``loss`` as NaN.
+        """
+        self.modules.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        q = self.model.posterior(batch)
+        loss_fn = self.model.reconstruction_loss(batch)
+        out = self.estimator(q, loss_fn, context=self.model.inputs(batch))
+        kl = self.model.kl_to_prior(q)
+        (out.surrogate.mean() + kl.mean()).backward()
+        self.optimizer.step()
+        if isinstance(self.estimator, Scheduled):
+            self.estimator.step()
+        kl = kl.detach()
+        loss = float((out.value + kl).mean())
+        metrics = {"loss": loss, "loss_evals": float(out.loss_evals), "kl": float(kl.mean())}
+        if "support_size" in out.extras:
+            metrics["support_size"] = float(out.extras["support_size"].double().mean())
+        if _relaxed_value(self.estimator):
+            metrics.update(loss=math.nan, relaxed_loss=loss)
+        return metrics
+
+    def evaluate(self, split: str) -> Mapping[str, float]:
+        """``nelbo``, ``nll`` (the importance-sampled ``-log p(x)``) and ``kl`` in nats per image,
+        ``bpd`` (``nll / (P log 2)``) and ``support_size`` (bit-vectors of nonzero ``q``).
+
+        ``eval_samples`` importance samples (``valid_samples`` on ``"valid"``), drawn from
+        torch's global RNG, whose state is restored afterwards (the runner seeds it).
+        """
+        x = self.images.eval_data(split)
+        samples = self.config.eval_samples
+        if split == "valid" and self.config.valid_samples is not None:
+            samples = self.config.valid_samples
+        self.modules.eval()
+        with torch.random.fork_rng(devices=[]):
+            bound = importance_sampled_bound(self.model, x, samples, self.config.uniform_mix)
+        nll = float(-bound.log_px.mean())
+        return {
+            "nelbo": float(-bound.elbo.mean()),
+            "nll": nll,
+            "bpd": nll / (self.images.num_pixels * math.log(2.0)),
+            "kl": float(bound.kl.mean()),
+            "support_size": float(bound.support_size.mean()),
+        }
+
+
+def build(config: BitVAEConfig, chosen: ResolvedEstimator) -> BitVAETrainable:
+    """Load ``config.dataset`` and build the bit-vector VAE around ``chosen``'s estimator."""
+    from latentgrad.data import load_dataset
+
+    return BitVAETrainable(config, chosen, load_dataset(config.dataset, data_dir=config.data))
+
+
+EXPERIMENT = Experiment(
+    name="bitvae",
+    description=(
+        "bit-vector VAE on Fashion-MNIST with 256-way pixels, D = 32 or 128 bits, SparseMAP "
+        "and top-k sparsemax against sampling estimators, bits/dim by importance sampling "
+        "(Correia et al. 2020)"
+    ),
+    config_class=BitVAEConfig,
+    build=build,
+    primary_metric="bpd",
+    estimators=ESTIMATORS,
+)

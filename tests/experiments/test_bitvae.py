@@ -1,0 +1,302 @@
+"""The bit-vector VAE (Correia et al. 2020) at tiny size, on the digits and toy tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentgrad.cli import main
+from latentgrad.data import DataSplits, load_dataset
+from latentgrad.experiments import bitvae
+from latentgrad.experiments.bitvae import (
+    EXPERIMENT,
+    BitVAEConfig,
+    BitVAETrainable,
+    BitVectorVAE,
+    importance_sampled_bound,
+    proposal_sample,
+    quantize,
+)
+from latentgrad.lab import ESTIMATORS, ResolvedEstimator
+from latentgrad.lab.catalog import all_experiments
+from latentgrad.lab.config import InvalidConfigValue
+from latentgrad.lab.registry import resolve_options, supported_estimators
+from latentgrad.lab.runner import run
+from latentgrad.mappings.oracles import bit_vectors
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return load_dataset("digits")
+
+
+def tiny_config(**overrides: object) -> BitVAEConfig:
+    settings: dict[str, object] = {
+        "dataset": "digits",
+        "num_bits": 6,
+        "hidden": 16,
+        "pixel_features": 2,
+        "levels": 2,
+        "epochs": 2,
+        "max_steps_per_epoch": 3,
+        "max_eval_examples": 20,
+        "eval_samples": 32,
+        "valid_samples": 8,
+    }
+    settings.update(overrides)
+    return BitVAEConfig(**settings)  # type: ignore[arg-type]
+
+
+def resolved(name: str, **options: object) -> ResolvedEstimator:
+    return ESTIMATORS[name].resolve(name, resolve_options(name, options) if options else None)
+
+
+def make(config: BitVAEConfig, data: DataSplits, **options: object) -> BitVAETrainable:
+    return BitVAETrainable(config, resolved(config.estimator, **options), data)
+
+
+@pytest.mark.parametrize("name", bitvae.ESTIMATORS)
+def test_every_estimator_trains_and_evaluates(name: str, digits: DataSplits) -> None:
+    torch.manual_seed(0)
+    trainable = make(tiny_config(estimator=name), digits)
+    for batch in trainable.train_batches(0):
+        metrics = trainable.train_step(batch)
+    assert set(metrics) >= {"loss", "loss_evals", "kl"}
+    assert all(math.isfinite(v) for v in metrics.values()) and metrics["kl"] >= -1e-5
+    if trainable.model.sparse:  # decoder calls: the padded support, at least the nonzero ones
+        assert 1 <= metrics["support_size"] <= metrics["loss_evals"]
+    for split in ("valid", "test"):
+        result = trainable.evaluate(split)
+        assert set(result) == {"nelbo", "nll", "bpd", "kl", "support_size"}
+        assert all(math.isfinite(v) for v in result.values()) and result["nll"] > 0
+        assert result["bpd"] == pytest.approx(result["nll"] / (64 * math.log(2)))
+
+
+def test_the_latent_family_follows_the_estimator(digits: DataSplits) -> None:
+    x = digits.train[:5].long()
+    kinds = {
+        "gs": "Bernoulli",
+        "topk-sparsemax": "TopKSparsemax",
+        "sparsemap": "SparseMAP",
+        "sparsemap-budget": "SparseMAP",
+    }
+    for name, kind in kinds.items():
+        trainable = make(tiny_config(estimator=name, num_bits=8), digits)
+        assert type(trainable.model.posterior(x)).__name__ == kind
+    top = make(tiny_config(estimator="topk-sparsemax"), digits, k=3).model
+    values, probs = top.posterior(x).support_probs()
+    assert values.shape[0] <= 3
+    budget = make(tiny_config(estimator="sparsemap-budget", num_bits=8), digits).model
+    assert budget.budget == 4  # the default: half the bits
+    values, probs = budget.posterior(x).support_probs()
+    assert bool((values.sum(-1)[probs > 0] <= 4).all())
+    assert make(tiny_config(estimator="sparsemap"), digits).model.budget is None
+    given = make(tiny_config(estimator="sparsemap-budget"), digits, budget=2)
+    assert given.model.budget == 2
+
+
+def model_with_exact_likelihood(family: str, seed: int = 0) -> BitVectorVAE:
+    """A small random VAE (4 bits) whose decoder depends strongly on z."""
+    torch.manual_seed(seed)
+    model = BitVectorVAE(6, 4, levels=4, hidden=8, pixel_features=2, family=family)
+    with torch.no_grad():
+        for layer in (model.encoder[0], model.encoder[2], model.decoder[2]):
+            layer.weight.mul_(3.0)
+    return model
+
+
+def exact_log_px(model: BitVectorVAE, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x) = logsumexp_z log p(x | z) - D log 2`` over all ``2^D`` bit-vectors."""
+    z = bit_vectors(model.num_bits).float()  # (2^D, D)
+    ll = model.log_likelihood(x)(z.unsqueeze(1).expand(-1, x.shape[0], -1)).double()
+    return ll.logsumexp(0) - model.log_num_values
+
+
+@pytest.mark.parametrize("family", ["softmax", "topk-sparsemax", "sparsemap"])
+@torch.no_grad()
+def test_the_bound_is_unbiased_in_p_and_below_log_p_in_expectation(family: str) -> None:
+    model = model_with_exact_likelihood(family)
+    x = torch.randint(0, 4, (3, 6), generator=torch.Generator().manual_seed(1))
+    truth = exact_log_px(model, x)
+    torch.manual_seed(2)
+    # The weights p(x, z) / r(z): their mean is unbiased for p(x) (r > 0 everywhere).
+    z, log_r, _ = proposal_sample(model.posterior(x), 4096, 0.1)
+    ll = model.log_likelihood(x)(z).double()
+    ratio = (ll - model.log_num_values - log_r - truth).exp()  # w / p(x), mean 1
+    se = ratio.std(0) / math.sqrt(ratio.shape[0])
+    assert bool(((ratio.mean(0) - 1).abs() < 4 * se + 1e-9).all()), (ratio.mean(0), se)
+    # The log of the mean is a lower bound in expectation: average over repeated estimates.
+    estimates = torch.stack([importance_sampled_bound(model, x, 16).log_px for _ in range(200)])
+    spread = 4 * estimates.std(0) / math.sqrt(estimates.shape[0])
+    assert bool((estimates.mean(0) <= truth + spread).all())
+    # 1024 samples: the mean ratio has twice the standard error of 4096 draws' (se).
+    many = importance_sampled_bound(model, x, 1024)
+    assert bool(((many.log_px - truth).abs() < 8 * se + 2 * (2 * se) ** 2 + 1e-6).all())
+    assert bool((many.elbo <= truth + 1e-9).all())  # the ELBO is below log p(x)
+
+
+@torch.no_grad()
+def test_the_sparse_elbo_is_exact_and_the_bound_beats_it() -> None:
+    model = model_with_exact_likelihood("sparsemap", seed=3)
+    x = torch.randint(0, 4, (4, 6), generator=torch.Generator().manual_seed(4))
+    q = model.posterior(x)
+    values, probs = q.support_probs()
+    expected = (probs.double() * model.log_likelihood(x)(values).double()).sum(0)
+    torch.manual_seed(5)
+    bound = importance_sampled_bound(model, x, 1024, chunk=100)
+    torch.testing.assert_close(bound.elbo, expected - bound.kl)
+    assert bool((bound.log_px >= bound.elbo - 0.05).all())  # nll <= nelbo, up to the MC error
+    torch.testing.assert_close(bound.support_size, (probs > 0).sum(0).double())
+
+
+@pytest.mark.parametrize("family", ["softmax", "topk-sparsemax", "sparsemap"])
+def test_kl_is_d_log_2_minus_the_entropy_by_enumeration(family: str) -> None:
+    model = model_with_exact_likelihood(family)
+    x = torch.randint(0, 4, (3, 6), generator=torch.Generator().manual_seed(6))
+    q = model.posterior(x)
+    z = bit_vectors(model.num_bits).float().unsqueeze(1).expand(-1, 3, -1)
+    log_q = q.log_prob(z).double()
+    kl = torch.where(log_q > -math.inf, log_q.exp() * (log_q + model.log_num_values), 0.0).sum(0)
+    torch.testing.assert_close(model.kl_to_prior(q).double(), kl, rtol=1e-5, atol=1e-5)
+
+
+def test_the_proposal_covers_every_bit_vector() -> None:
+    model = model_with_exact_likelihood("sparsemap")
+    q = model.posterior(torch.zeros(2, 6, dtype=torch.long))
+    torch.manual_seed(7)
+    z, log_r, log_q = proposal_sample(q, 2000, 0.5)
+    assert bool(torch.isfinite(log_r).all()) and bool((log_q == -math.inf).any())
+    assert len({tuple(v) for v in z[:, 0].tolist()}) == 16  # all 2^4 bit-vectors are drawn
+    assert bool((log_r >= math.log(0.5) - 4 * math.log(2) - 1e-9).all())
+
+
+def test_pixels_are_quantized_to_the_levels() -> None:
+    x = torch.tensor([[0.0, 0.4, 1.0]])
+    assert quantize(x, 256).tolist() == [[0, 102, 255]]
+    assert quantize(x, 2).tolist() == [[0, 0, 1]]
+    fashion_like = torch.arange(256.0) / 255
+    assert quantize(fashion_like, 256).long().tolist() == list(range(256))
+
+
+def test_presets_and_learning_rates_resolve() -> None:
+    assert BitVAEConfig().num_bits == 32 and BitVAEConfig().batch_size == 64
+    assert BitVAEConfig().eval_samples == 1024 and BitVAEConfig().lr is None
+    for bits, name, lr in [
+        (32, "sf-ma", 1e-3),
+        (32, "st-gs", 1e-3),
+        (32, "topk-sparsemax", 2e-3),
+        (32, "sparsemap-budget", 2e-3),
+        (128, "gs", 1e-3),
+        (128, "nvil", 5e-4),
+        (128, "st-gs", 5e-4),
+        (128, "topk-sparsemax", 1e-3),
+        (128, "sparsemap", 2e-3),
+        (128, "sparsemap-budget", 2e-3),
+        (8, "sparsemap", 2e-3),  # small latents take the D = 32 rates
+    ]:
+        assert BitVAEConfig(estimator=name, num_bits=bits).resolved_lr() == lr, (bits, name)
+    assert BitVAEConfig(lr=0.01).resolved_lr() == 0.01
+    assert set(bitvae.LEARNING_RATES[32]) == set(bitvae.ESTIMATORS)
+    assert (bitvae.default_budget(32), bitvae.default_budget(128)) == (16, 64)
+    BitVAEConfig(lr=None).validate()
+
+
+def test_the_optimizer_gets_the_preset_learning_rate(digits: DataSplits) -> None:
+    trainable = make(tiny_config(estimator="topk-sparsemax"), digits)
+    assert trainable.optimizer.param_groups[0]["lr"] == 2e-3
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_bits", 0),
+        ("hidden", 0),
+        ("pixel_features", 0),
+        ("levels", 1),
+        ("levels", 257),
+        ("activation", "gelu"),
+        ("uniform_mix", 0.0),
+        ("uniform_mix", 1.5),
+        ("valid_samples", 0),
+        ("lr", -1.0),
+        ("eval_samples", 0),
+    ],
+)
+def test_validate_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(InvalidConfigValue, match=f"^{field} "):
+        tiny_config(**{field: value}).validate()
+
+
+def test_a_budget_above_the_bits_is_refused(digits: DataSplits) -> None:
+    config = tiny_config(estimator="sparsemap-budget", estimator_options={"budget": 7})
+    with pytest.raises(InvalidConfigValue, match=r"^budget must be at most num_bits \(6\)"):
+        config.validate()
+    with pytest.raises(InvalidConfigValue, match=r"^budget must be at most num_bits \(6\)"):
+        make(tiny_config(estimator="sparsemap-budget"), digits, budget=7)
+    tiny_config(uniform_mix=1.0).validate()  # pure uniform proposal: valid, if noisy
+
+
+def test_the_vae_refuses_the_sparsemap_family() -> None:
+    from latentgrad.experiments.vae import VAEConfig, VAETrainable
+
+    x = (torch.rand(16, 8, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    data = type("Splits", (), {"train": x, "valid": x, "test": x, "binary": True})()
+    with pytest.raises(ValueError, match="asks for a 'sparsemap' latent, which the VAE"):
+        VAETrainable(
+            VAEConfig(estimator="sparsemap", latent="bernoulli"), resolved("sparsemap"), data
+        )
+
+
+def test_experiment_is_registered_with_its_estimators() -> None:
+    assert all_experiments()["bitvae"] is EXPERIMENT
+    assert EXPERIMENT.primary_metric == "bpd"
+    assert supported_estimators(EXPERIMENT) == list(bitvae.ESTIMATORS)
+    assert ESTIMATORS["sparsemap"].latent == ESTIMATORS["sparsemap-budget"].latent == "sparsemap"
+    assert resolved("sparsemap").latent_options == {"structures": "free", "budget": None}
+    assert resolved("sparsemap-budget", budget=3).latent_options["budget"] == 3
+
+
+def test_runs_through_the_runner(tmp_path: Path) -> None:
+    config = tiny_config(estimator="sparsemap", epochs=1, max_steps_per_epoch=2)
+    results = run(EXPERIMENT, config, tmp_path / "run", progress=False, plots=False)
+    assert results["primary_metric"] == "bpd" and results["epochs"] == 1
+    assert set(results["test"]) == {"nelbo", "nll", "bpd", "kl", "support_size"}
+    assert results["train_final"]["support_size"] >= 1
+    assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_command_line_runs_it_on_the_digits(tmp_path: Path) -> None:
+    argv = [
+        "run",
+        "bitvae",
+        "--dataset",
+        "digits",
+        "--estimator",
+        "sparsemap-budget",
+        "--budget",
+        "3",
+        "--num-bits",
+        "8",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--max-eval-examples",
+        "10",
+        "--eval-samples",
+        "16",
+        "--hidden",
+        "16",
+        "--run-dir",
+        str(tmp_path / "cli"),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert results["experiment"] == "bitvae" and results["estimator"] == "sparsemap-budget"
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert config["config"]["estimator_options"]["budget"] == 3
