@@ -83,8 +83,8 @@ class BinaryImages:
     Example:
         >>> from latentgrad.data import load_dataset
         >>> images = BinaryImages(load_dataset("digits"), 100, 3, 50)
-        >>> [b.shape for b in images.train_batches()]
-        [torch.Size([100, 64]), torch.Size([100, 64]), torch.Size([100, 64])]
+        >>> [tuple(b.shape) for b in images.train_batches()]
+        [(100, 64), (100, 64), (100, 64)]
         >>> images.eval_data("test").shape
         torch.Size([50, 64])
     """
