@@ -83,8 +83,9 @@ class BinaryImages:
     Example:
         >>> from latentgrad.data import load_dataset
         >>> images = BinaryImages(load_dataset("digits"), 100, 3, 50)
-        >>> [tuple(b.shape) for b in images.train_batches()]
-        [(100, 64), (100, 64), (100, 64)]
+        >>> batches = list(images.train_batches())
+        >>> len(batches), tuple(batches[0].shape)
+        (3, (100, 64))
         >>> images.eval_data("test").shape
         torch.Size([50, 64])
     """
