@@ -12,19 +12,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from _common import quartiles
 
 from latentgrad.lab.compare import build_for, make_problem, run_once, warm_up
 from latentgrad.lab.registry import ESTIMATORS
 from latentgrad.testing.problems import replicated_and_exact
-
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
 
 
 def main() -> None:

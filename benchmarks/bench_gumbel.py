@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import quartiles
 
 from latentgrad.distributions.categorical import Categorical
 from latentgrad.estimators.relaxed import GumbelSoftmax
@@ -59,11 +60,6 @@ def make_cases(logits: torch.Tensor, w: torch.Tensor, tau: float) -> dict[str, C
         "torch hard": torch_hard,
         "latentgrad hard": lg_hard,
     }
-
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
 
 
 def main() -> None:

@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from _common import interleaved_times, quartiles
 
 from latentgrad.estimators import Chain
 from latentgrad.experiments.sbn import SigmoidBeliefNet
 from latentgrad.lab.registry import make_estimator
-
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
 
 
 def main() -> None:
@@ -70,14 +65,8 @@ def main() -> None:
         out.surrogate.mean().backward()
         return out.loss_evals
 
-    evals = {key: step(*case) for key, case in cases.items()}  # warm-up
-    times: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
+    evals, times = interleaved_times(cases, step, args.rounds)
     keys = list(cases)
-    for r in range(args.rounds):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            start = time.perf_counter()
-            step(*cases[key])
-            times[key].append(1000 * (time.perf_counter() - start))
     print(
         f"\n{'estimator':<18} {'units/layer':>11} {'evals':>6} {'ms/step (median [IQR])':>26} "
         f"{'ms/eval':>8} {'/ rows':>7}"

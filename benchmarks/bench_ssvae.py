@@ -34,17 +34,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import interleaved_times, quartiles
 
 from latentgrad.estimators import Estimator
 from latentgrad.experiments.ssvae import M2
 from latentgrad.lab.registry import make_estimator
 
 PIXELS = 784
-
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
 
 
 def synthetic(classes: int, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -123,14 +119,8 @@ def main() -> None:
             supports[("sparsemax-trained", k)] = support_size(trained, held_out)
             print(f"K={k}: {args.train_steps} warm-start steps in {seconds:.1f} s")
 
-    evals = {key: step(*case) for key, case in cases.items()}  # warm-up
-    times: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
+    evals, times = interleaved_times(cases, step, args.rounds)
     keys = list(cases)
-    for r in range(args.rounds):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            start = time.perf_counter()
-            step(*cases[key])
-            times[key].append(1000 * (time.perf_counter() - start))
 
     print(
         f"\n{'estimator':<18} {'K':>4} {'rows/image':>10} {'support':>8} "

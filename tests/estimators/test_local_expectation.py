@@ -1,5 +1,8 @@
-"""Tests of LocalExpectation: unbiasedness (one layer and chains of Bernoulli and categorical
-layers, against exact enumeration), Markov-blanket weights, numerics and bad input."""
+"""Tests of LocalExpectation: one layer is LocalReparam's computation, unbiasedness of chains of
+Bernoulli and categorical layers (against exact enumeration), Markov-blanket weights, numerics.
+
+The tests that hold for LocalReparam and LocalExpectation alike (one-layer unbiasedness,
+extreme logits, bad input) run on both in test_local_reparam.py."""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import latentgrad as lg
-from latentgrad.distributions import DiscreteDistribution
 from latentgrad.estimators import local_expectation
 from latentgrad.estimators.local_expectation import LocalExpectation
 from latentgrad.estimators.local_reparam import LocalReparam
@@ -23,7 +25,6 @@ from latentgrad.testing import (
     check_unbiased,
     quadratic_loss,
     replicated_gradients,
-    single_layer_gradients,
 )
 from latentgrad.testing.examples import FamilyExample, family_examples
 
@@ -38,17 +39,6 @@ FAMILIES: dict[str, FamilyExample] = {
         names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
     )
 }
-
-
-@pytest.mark.stat
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("num_samples", [1, 3])
-def test_unbiased_single_layer(family: str, num_samples: int) -> None:
-    torch.manual_seed(0)
-    est = LocalExpectation(num_samples=num_samples)
-    grads, expected = single_layer_gradients(FAMILIES[family], est, REPLICATES)
-    assert torch.isfinite(grads).all()
-    assert_unbiased(grads, expected, name=f"LocalExpectation on {family}")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -267,37 +257,6 @@ def test_chain_joint_in_chain_module() -> None:
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
-def _finite_run(
-    dist_fn: Callable[[Tensor], DiscreteDistribution | lg.Independent],
-    logits: Tensor,
-    event_ndim: int = 1,
-) -> None:
-    logits = logits.clone().requires_grad_(True)
-    theta = torch.tensor(1.5, dtype=logits.dtype, requires_grad=True)
-    out = LocalExpectation(num_samples=2)(
-        dist_fn(logits), lambda z: z.flatten(z.dim() - event_ndim).sum(-1) * theta + 1e3
-    )
-    out.surrogate.float().sum().backward()
-    assert torch.isfinite(out.value.float()).all()
-    assert torch.isfinite(out.surrogate.float()).all()
-    assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()
-    assert theta.grad is not None and torch.isfinite(theta.grad.float())
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
-    torch.manual_seed(0)
-    big = (torch.randn(3, 5) * 1e4).to(dtype)
-    _finite_run(lambda x: lg.Categorical(logits=x), big)
-    _finite_run(lambda x: lg.Bernoulli(logits=x), big)
-    _finite_run(lambda x: lg.Categorical(logits=x).to_event(1), big, 2)
-    neg = torch.full((3, 5), -torch.inf, dtype=dtype)
-    neg[:, 2] = 0
-    _finite_run(lambda x: lg.Categorical(logits=x), neg)
-    inf = torch.tensor([[torch.inf, -torch.inf, 0.0]], dtype=dtype)
-    _finite_run(lambda x: lg.Bernoulli(logits=x), inf)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_chain_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
@@ -332,68 +291,3 @@ def test_chain_impossible_categories_in_a_lower_layer() -> None:
     assert torch.isfinite(out.surrogate).all()
     assert torch.isfinite(logits1.grad).all() and torch.isfinite(w.grad).all()
     assert torch.isinf(out.extras["variant_losses"]).any()
-
-
-# -- bad input ------------------------------------------------------------------------------------
-
-
-class _NoUnits(DiscreteDistribution):
-    """A family with noise but without independent units."""
-
-    _param_names = ("logits",)
-
-    def __init__(self, logits: Tensor) -> None:
-        self.logits = logits
-        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
-
-    def sample_noise(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        return torch.rand(torch.Size(sample_shape) + self.logits.shape)
-
-    def from_noise(self, noise: Tensor) -> Tensor:
-        return (noise < torch.sigmoid(self.logits)).to(self.logits.dtype)
-
-
-def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="num_samples"):
-        LocalExpectation(num_samples=0)
-    with pytest.raises(TypeError, match="num_samples"):
-        LocalExpectation(num_samples=2.0)  # type: ignore[arg-type]
-    est = LocalExpectation()
-    q = lg.Bernoulli(logits=torch.zeros(2, 3))
-    with pytest.raises(TypeError, match="dist"):
-        est(torch.distributions.Bernoulli(logits=torch.zeros(2)), lambda z: z)
-    with pytest.raises(TypeError, match="loss_fn"):
-        est(q, "loss")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="loss_fn"):
-        est(q, lambda z: z.sum((-1, -2)))
-    with pytest.raises(TypeError, match="local_variants"):
-        est(_NoUnits(torch.zeros(2, 3)), lambda z: z.sum(-1))
-
-
-def test_bad_chain_arguments() -> None:
-    est = LocalExpectation()
-    q = lg.Bernoulli(logits=torch.zeros(2, 3))
-
-    def loss(zs: list[Tensor]) -> Tensor:
-        return zs[-1].sum(-1)
-
-    with pytest.raises(TypeError, match="first"):
-        est.chain(torch.distributions.Bernoulli(logits=torch.zeros(2)), [], loss)
-    with pytest.raises(TypeError, match=r"LocalExpectation\.chain"):
-        est.chain(_NoUnits(torch.zeros(2, 3)), [], loss)
-    with pytest.raises(TypeError, match="conditionals"):
-        est.chain(q, lambda z: q, loss)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"conditionals\[1\]"):
-        est.chain(q, [lambda z: q, 3], loss)  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="loss_fn"):
-        est.chain(q, [], None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"conditionals\[0\]"):
-        est.chain(q, [lambda z: torch.distributions.Bernoulli(logits=z)], loss)
-    with pytest.raises(ValueError, match=r"conditionals\[0\].*to_event"):
-        est.chain(
-            q, [lambda z: lg.Categorical(logits=z.unsqueeze(-1).expand(-1, -1, -1, -1, 2))], loss
-        )
-    with pytest.raises(TypeError, match=r"conditionals\[0\]\.local_variants"):
-        est.chain(q, [lambda z: _NoUnits(z)], loss)
-    with pytest.raises(ValueError, match="loss_fn"):
-        est.chain(q, [], lambda zs: zs[0].sum((-1, -2)))

@@ -1,4 +1,8 @@
-"""Tests of LocalReparam: unbiasedness (one layer and chains), common random numbers, variance."""
+"""Tests of LocalReparam: unbiasedness (one layer and chains), common random numbers, variance.
+
+One-layer unbiasedness, numerics and bad input are tested on its subclass LocalExpectation too
+(the same code for one layer); LocalExpectation's chains are tested in test_local_expectation.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from torch import Tensor
 
 import latentgrad as lg
 from latentgrad.distributions import DiscreteDistribution
+from latentgrad.estimators.local_expectation import LocalExpectation
 from latentgrad.estimators.local_reparam import LocalReparam
 from latentgrad.testing import (
     assert_unbiased,
@@ -25,6 +30,9 @@ from latentgrad.testing.examples import FamilyExample, family_examples
 F64 = torch.float64
 REPLICATES = 4000
 
+#: LocalReparam and its subclass, for the tests that hold for both.
+LOCAL_ESTIMATORS = [LocalReparam, LocalExpectation]
+
 
 # The families of the registry of examples that LocalReparam is tested on (batched, -inf too).
 FAMILIES: dict[str, FamilyExample] = {
@@ -38,12 +46,13 @@ FAMILIES: dict[str, FamilyExample] = {
 @pytest.mark.stat
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("num_samples", [1, 3])
-def test_unbiased_single_layer(family: str, num_samples: int) -> None:
+@pytest.mark.parametrize("cls", LOCAL_ESTIMATORS, ids=lambda c: c.__name__)
+def test_unbiased_single_layer(cls: type[LocalReparam], family: str, num_samples: int) -> None:
     torch.manual_seed(0)
-    est = LocalReparam(num_samples=num_samples)
+    est = cls(num_samples=num_samples)
     grads, expected = single_layer_gradients(FAMILIES[family], est, REPLICATES)
     assert torch.isfinite(grads).all()
-    assert_unbiased(grads, expected, name=f"LocalReparam on {family}")
+    assert_unbiased(grads, expected, name=f"{cls.__name__} on {family}")
 
 
 @pytest.mark.stat
@@ -277,13 +286,14 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
 def _finite_run(
+    cls: type[LocalReparam],
     dist_fn: Callable[[Tensor], DiscreteDistribution | lg.Independent],
     logits: Tensor,
     event_ndim: int = 1,
 ) -> None:
     logits = logits.clone().requires_grad_(True)
     theta = torch.tensor(1.5, dtype=logits.dtype, requires_grad=True)
-    out = LocalReparam(num_samples=2)(
+    out = cls(num_samples=2)(
         dist_fn(logits), lambda z: z.flatten(z.dim() - event_ndim).sum(-1) * theta + 1e3
     )
     out.surrogate.float().sum().backward()
@@ -294,19 +304,20 @@ def _finite_run(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("cls", LOCAL_ESTIMATORS, ids=lambda c: c.__name__)
+def test_extreme_logits_stay_finite(cls: type[LocalReparam], dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     big = (torch.randn(3, 5) * 1e4).to(dtype)
-    _finite_run(lambda x: lg.Categorical(logits=x), big)
-    _finite_run(lambda x: lg.Bernoulli(logits=x), big)
-    _finite_run(lambda x: lg.Categorical(logits=x).to_event(1), big, 2)
+    _finite_run(cls, lambda x: lg.Categorical(logits=x), big)
+    _finite_run(cls, lambda x: lg.Bernoulli(logits=x), big)
+    _finite_run(cls, lambda x: lg.Categorical(logits=x).to_event(1), big, 2)
     neg = torch.full((3, 5), -torch.inf, dtype=dtype)
     neg[:, 2] = 0
-    _finite_run(lambda x: lg.Categorical(logits=x), neg)
-    _finite_run(lambda x: lg.Categorical(logits=x), torch.full((3, 5), -1e4, dtype=dtype))
-    _finite_run(lambda x: lg.Categorical(logits=x), torch.zeros(3, 1, dtype=dtype))
+    _finite_run(cls, lambda x: lg.Categorical(logits=x), neg)
+    _finite_run(cls, lambda x: lg.Categorical(logits=x), torch.full((3, 5), -1e4, dtype=dtype))
+    _finite_run(cls, lambda x: lg.Categorical(logits=x), torch.zeros(3, 1, dtype=dtype))
     inf = torch.tensor([[torch.inf, -torch.inf, 0.0]], dtype=dtype)
-    _finite_run(lambda x: lg.Bernoulli(logits=x), inf)
+    _finite_run(cls, lambda x: lg.Bernoulli(logits=x), inf)
 
 
 def test_nan_loss_at_impossible_variant_is_ignored() -> None:
@@ -350,14 +361,15 @@ class _NoUnits(DiscreteDistribution):
         return (noise < torch.sigmoid(self.logits)).to(self.logits.dtype)
 
 
-def test_bad_arguments() -> None:
+@pytest.mark.parametrize("cls", LOCAL_ESTIMATORS, ids=lambda c: c.__name__)
+def test_bad_arguments(cls: type[LocalReparam]) -> None:
     with pytest.raises(ValueError, match="num_samples"):
-        LocalReparam(num_samples=0)
+        cls(num_samples=0)
     with pytest.raises(TypeError, match="num_samples"):
-        LocalReparam(num_samples=2.0)  # type: ignore[arg-type]
+        cls(num_samples=2.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="num_samples"):
-        LocalReparam(num_samples=True)
-    est = LocalReparam()
+        cls(num_samples=True)
+    est = cls()
     q = lg.Bernoulli(logits=torch.zeros(2, 3))
     with pytest.raises(TypeError, match="dist"):
         est(torch.distributions.Bernoulli(logits=torch.zeros(2)), lambda z: z)
@@ -369,8 +381,9 @@ def test_bad_arguments() -> None:
         est(_NoUnits(torch.zeros(2, 3)), lambda z: z.sum(-1))
 
 
-def test_bad_chain_arguments() -> None:
-    est = LocalReparam()
+@pytest.mark.parametrize("cls", LOCAL_ESTIMATORS, ids=lambda c: c.__name__)
+def test_bad_chain_arguments(cls: type[LocalReparam]) -> None:
+    est = cls()
     q = lg.Bernoulli(logits=torch.zeros(2, 3))
 
     def loss(zs: list[Tensor]) -> Tensor:
@@ -378,6 +391,8 @@ def test_bad_chain_arguments() -> None:
 
     with pytest.raises(TypeError, match="first"):
         est.chain(torch.distributions.Bernoulli(logits=torch.zeros(2)), [], loss)
+    with pytest.raises(TypeError, match=rf"{cls.__name__}\.chain"):
+        est.chain(_NoUnits(torch.zeros(2, 3)), [], loss)
     with pytest.raises(TypeError, match="conditionals"):
         est.chain(q, lambda z: q, loss)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"conditionals\[1\]"):
@@ -392,3 +407,5 @@ def test_bad_chain_arguments() -> None:
         )
     with pytest.raises(TypeError, match=r"conditionals\[0\]\.local_variants"):
         est.chain(q, [lambda z: _NoUnits(z)], loss)
+    with pytest.raises(ValueError, match="loss_fn"):
+        est.chain(q, [], lambda zs: zs[0].sum((-1, -2)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latentgrad.cli import main
-from latentgrad.data import DataSplits, load_dataset
+from latentgrad.data import DataSplits
 from latentgrad.experiments import bitvae
 from latentgrad.experiments.bitvae import (
     EXPERIMENT,
@@ -27,11 +27,6 @@ from latentgrad.lab.config import InvalidConfigValue
 from latentgrad.lab.registry import resolve_options, supported_estimators
 from latentgrad.lab.runner import run
 from latentgrad.mappings.oracles import bit_vectors
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
 
 
 def tiny_config(**overrides: object) -> BitVAEConfig:

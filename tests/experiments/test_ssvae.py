@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from latentgrad.cli import main
-from latentgrad.data import DataSplits, load_dataset
+from latentgrad.data import DataSplits
 from latentgrad.experiments import ssvae
 from latentgrad.experiments.ssvae import (
     EXPERIMENT,
@@ -40,11 +40,6 @@ SAMPLED_EVALS = {
     "st-gs": 1,
     "sum-and-sample": 2,
 }
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataSplits:
-    return load_dataset("digits")
 
 
 def tiny_config(**overrides: object) -> SSVAEConfig:

@@ -70,9 +70,8 @@ def test_every_estimator_trains_and_evaluates(latent: str, name: str) -> None:
         assert 0 < result["nll"] <= result["expected_nll"] + 1e-9
 
 
-def test_local_marginalization_flips_every_unit_of_both_layers_in_one_loss_call() -> None:
-    torch.manual_seed(0)
-    trainable = make(tiny_config(estimator="local-reparam", latent="categorical"))
+def record_loss_calls(trainable: StructuredOutputTrainable) -> list[tuple[int, ...]]:
+    """The shapes of the samples ``z`` of every later call of the network's loss."""
     calls: list[tuple[int, ...]] = []
     nll = trainable.net.nll
 
@@ -81,6 +80,13 @@ def test_local_marginalization_flips_every_unit_of_both_layers_in_one_loss_call(
         return nll(z, x)
 
     trainable.net.nll = counting  # type: ignore[method-assign,assignment]
+    return calls
+
+
+def test_local_marginalization_flips_every_unit_of_both_layers_in_one_loss_call() -> None:
+    torch.manual_seed(0)
+    trainable = make(tiny_config(estimator="local-reparam", latent="categorical"))
+    calls = record_loss_calls(trainable)
     metrics = trainable.train_step(next(iter(trainable.train_batches(0))))
     variants = 2 * (3 - 1)  # per layer: 2 units, 2 other classes each
     assert metrics["loss_evals"] == 1 + 2 * variants
@@ -91,14 +97,7 @@ def test_local_marginalization_flips_every_unit_of_both_layers_in_one_loss_call(
 def test_nested_estimators_call_the_loss_once(name: str) -> None:
     torch.manual_seed(0)
     trainable = make(tiny_config(estimator=name))
-    calls = []
-    nll = trainable.net.nll
-
-    def counting(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        calls.append(tuple(z.shape))
-        return nll(z, x)
-
-    trainable.net.nll = counting  # type: ignore[method-assign,assignment]
+    calls = record_loss_calls(trainable)
     metrics = trainable.train_step(next(iter(trainable.train_batches(0))))
     assert len(calls) == 1
     rows = math.prod(calls[0][:-2])

@@ -25,6 +25,7 @@ from latentgrad.estimators.local_reparam import (
     LocalReparam,
     check_layer,
     flip_correction,
+    local_estimate,
 )
 
 
@@ -219,15 +220,7 @@ class LocalExpectation(LocalReparam):
                     num_units[level],
                 )
             correction = correction + term.to(correction.dtype)
-        return Estimate.from_terms(
-            base_loss + correction,
-            losses=base_loss,
-            loss_evals=num_rows,
-            extras={
-                "variant_losses": losses[1:].detach(),
-                "num_variants": tuple(p.shape[0] for p in flip_probs),
-            },
-        )
+        return local_estimate(base_loss + correction, losses, flip_probs)
 
 
 def blanket_correction(

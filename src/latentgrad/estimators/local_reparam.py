@@ -246,16 +246,29 @@ class LocalReparam(Estimator):
         correction = torch.zeros_like(base_loss)
         for probs, delta in zip(flip_probs, changes, strict=True):
             correction = correction + flip_correction(probs, delta)
-        per_sample = base_loss + correction
-        return Estimate.from_terms(
-            per_sample,
-            losses=base_loss,
-            loss_evals=num_rows,
-            extras={
-                "variant_losses": losses[1:].detach(),
-                "num_variants": tuple(p.shape[0] for p in flip_probs),
-            },
-        )
+        return local_estimate(base_loss + correction, losses, flip_probs)
+
+
+def local_estimate(per_sample: Tensor, losses: Tensor, flip_probs: Sequence[Tensor]) -> Estimate:
+    """The :class:`Estimate` of a local estimator from its per-sample terms.
+
+    ``losses`` are those of all ``N`` rows, row 0 the base samples (the honest value) and the
+    others the variants; ``flip_probs`` holds each layer's variant probabilities. ``loss_evals``
+    is ``N``; ``extras`` holds ``"variant_losses"`` and ``"num_variants"`` (``V`` per layer).
+
+    Shape:
+        ``per_sample``: ``(K,) + B``; ``losses``: ``(N, K) + B``; ``flip_probs[l]``:
+        ``(V_l, K) + B``.
+    """
+    return Estimate.from_terms(
+        per_sample,
+        losses=losses[0],
+        loss_evals=losses.shape[0],
+        extras={
+            "variant_losses": losses[1:].detach(),
+            "num_variants": tuple(p.shape[0] for p in flip_probs),
+        },
+    )
 
 
 def flip_correction(probs: Tensor, change: Tensor) -> Tensor:

@@ -65,7 +65,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -76,17 +75,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, SparseMAP, TopKSparsemax
-from latentgrad.estimators import GumbelSoftmax, LatentDistribution
-from latentgrad.lab.config import is_positive_int, require
-from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.estimators import LatentDistribution
+from latentgrad.lab.config import (
+    is_positive_int,
+    require,
+    require_choice,
+    require_positive_ints,
+)
+from latentgrad.lab.experiment import Experiment, PresetLRConfig, ResolvedEstimator
 from latentgrad.lab.images import (
     ACTIVATIONS,
     EVAL_DATA_SEED,
     SPLITS,
     DataSplitsLike,
+    check_split,
     chunk_sizes,
+    eval_sample_count,
+    eval_subset,
+    has_relaxed_value,
     make_optimizer,
     mlp,
+    shuffled_batches,
 )
 from latentgrad.mappings.oracles import BudgetBits, FreeBits
 from latentgrad.schedules import Scheduled
@@ -129,9 +138,6 @@ LEARNING_RATES: Mapping[int, Mapping[str, float]] = {
     },
 }
 
-#: The learning rate of an estimator missing from the table.
-DEFAULT_LR = 1e-3
-
 #: Samples x examples decoded at once by :func:`importance_sampled_bound`: each is ``P x
 #: levels`` logits (0.8 MB in float32 for Fashion-MNIST), and a pass holds a few such tensors.
 EVAL_CHUNK = 2**8
@@ -161,7 +167,7 @@ def default_budget(num_bits: int) -> int:
 
 
 @dataclass
-class BitVAEConfig(ExperimentConfig):
+class BitVAEConfig(PresetLRConfig):
     """Settings of the bit-vector VAE; the defaults are Correia et al.'s (module docstring).
 
     Attributes:
@@ -185,7 +191,6 @@ class BitVAEConfig(ExperimentConfig):
     estimator: str = "sparsemap"
     epochs: int = 100
     batch_size: int = 64
-    lr: float | None = None  # type: ignore[assignment]
     dataset: str = "fashion-mnist"
     eval_samples: int = 1024
     num_bits: int = 32
@@ -196,8 +201,10 @@ class BitVAEConfig(ExperimentConfig):
     uniform_mix: float = 0.1
     valid_samples: int | None = 100
 
-    def resolved_lr(self) -> float:
-        """``lr``, or Correia et al.'s learning rate for the estimator and ``num_bits``.
+    def preset_learning_rates(self) -> Mapping[str, float]:
+        """Correia et al.'s learning rates for ``num_bits`` (:data:`LEARNING_RATES`), which
+        :meth:`resolved_lr` reads when ``lr`` is ``None`` (an estimator missing from them:
+        :data:`~latentgrad.lab.experiment.DEFAULT_LR`).
 
         Example:
             >>> BitVAEConfig(estimator="nvil", num_bits=128).resolved_lr()
@@ -205,9 +212,7 @@ class BitVAEConfig(ExperimentConfig):
             >>> BitVAEConfig().resolved_lr(), BitVAEConfig(lr=0.01).resolved_lr()
             (0.002, 0.01)
         """
-        if self.lr is not None:
-            return self.lr
-        return LEARNING_RATES[preset_bits(self.num_bits)].get(self.estimator, DEFAULT_LR)
+        return LEARNING_RATES[preset_bits(self.num_bits)]
 
     def validate(self) -> None:
         """Check the shared settings, then these (see :meth:`ExperimentConfig.validate`).
@@ -223,31 +228,20 @@ class BitVAEConfig(ExperimentConfig):
             ...
             latentgrad.lab.config.InvalidConfigValue: num_bits must be a positive int, got 0
         """
-        bits = self.num_bits
-        require(is_positive_int(bits), "num_bits", "a positive int", bits)
-        shared = dataclasses.replace(self, lr=self.resolved_lr())
-        super(BitVAEConfig, shared).validate()
-        for name in ("hidden", "pixel_features"):
-            value = getattr(self, name)
-            require(is_positive_int(value), name, "a positive int", value)
+        require_positive_ints(self, "num_bits")
+        super().validate()
+        require_positive_ints(self, "hidden", "pixel_features")
         levels = self.levels
         ok = is_positive_int(levels) and 2 <= levels <= 256
         require(ok, "levels", "an int in [2, 256]", levels)
-        act = self.activation
-        require(act in ACTIVATIONS, "activation", "one of " + ", ".join(ACTIVATIONS), act)
+        require_choice(self, "activation", ACTIVATIONS)
         mix = self.uniform_mix
         ok = isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0 < mix <= 1
         require(ok, "uniform_mix", "a number in (0, 1]", mix)
-        samples = self.valid_samples
-        require(
-            is_positive_int(samples, optional=True),
-            "valid_samples",
-            "a positive int or none",
-            samples,
-        )
+        require_positive_ints(self, "valid_samples", optional=True)
         budget = self.estimator_options.get("budget")
         if isinstance(budget, int) and not isinstance(budget, bool):
-            check_budget(budget, bits)
+            check_budget(budget, self.num_bits)
 
 
 def check_budget(budget: int, num_bits: int) -> None:
@@ -312,24 +306,16 @@ class PixelLevels:
     def train_batches(self) -> Iterator[Tensor]:
         """Shuffled minibatches of the training split (``torch.randperm``, global RNG)."""
         train = self.splits["train"]
-        order = torch.randperm(train.shape[0])
-        steps = math.ceil(train.shape[0] / self.batch_size)
-        if self.max_steps_per_epoch is not None:
-            steps = min(steps, self.max_steps_per_epoch)
-        for i in range(steps):
-            yield train[order[i * self.batch_size : (i + 1) * self.batch_size]].long()
+        for batch in shuffled_batches(train, self.batch_size, self.max_steps_per_epoch):
+            yield batch.long()
 
     def eval_data(self, split: str) -> Tensor:
         """The evaluation examples of ``split``: at most ``max_eval_examples``, a subset fixed
         by :data:`~latentgrad.lab.images.EVAL_DATA_SEED`."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_split(split)
         if split not in self._eval_cache:
-            x = self.splits[split]
-            limit = self.max_eval_examples
-            if limit is not None and limit < x.shape[0]:
-                generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
-                x = x[torch.randperm(x.shape[0], generator=generator)[:limit]]
+            generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
+            (x,) = eval_subset([self.splits[split]], self.max_eval_examples, generator)
             self._eval_cache[split] = x.long()
         return self._eval_cache[split]
 
@@ -559,13 +545,6 @@ def importance_sampled_bound(
     return Bound(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
 
 
-def _relaxed_value(estimator: object) -> bool:
-    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples."""
-    return (
-        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
-    )
-
-
 def _family_settings(
     config: BitVAEConfig, chosen: ResolvedEstimator
 ) -> tuple[str, int, int | None]:
@@ -661,7 +640,7 @@ class BitVAETrainable:
         metrics = {"loss": loss, "loss_evals": float(out.loss_evals), "kl": float(kl.mean())}
         if "support_size" in out.extras:
             metrics["support_size"] = float(out.extras["support_size"].double().mean())
-        if _relaxed_value(self.estimator):
+        if has_relaxed_value(self.estimator):
             metrics.update(loss=math.nan, relaxed_loss=loss)
         return metrics
 
@@ -673,9 +652,7 @@ class BitVAETrainable:
         torch's global RNG, whose state is restored afterwards (the runner seeds it).
         """
         x = self.images.eval_data(split)
-        samples = self.config.eval_samples
-        if split == "valid" and self.config.valid_samples is not None:
-            samples = self.config.valid_samples
+        samples = eval_sample_count(split, self.config.eval_samples, self.config.valid_samples)
         self.modules.eval()
         with torch.random.fork_rng(devices=[]):
             bound = importance_sampled_bound(self.model, x, samples, self.config.uniform_mix)

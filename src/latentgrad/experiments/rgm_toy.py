@@ -76,7 +76,13 @@ from latentgrad.distributions import (
     SparseMAP,
 )
 from latentgrad.estimators import LatentDistribution, Marginalize
-from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.config import (
+    is_positive_int,
+    require,
+    require_choice,
+    require_nonnegative,
+    require_positive_ints,
+)
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 from latentgrad.mappings.oracles import (
     ArborescenceOracle,
@@ -321,23 +327,17 @@ class RGMToyConfig(ExperimentConfig):
             latentgrad.lab.config.InvalidConfigValue: subset_size must be an int in [1, dimension=10], got 11
         """
         super().validate()
-        require(self.problem in PROBLEMS, "problem", "one of " + ", ".join(PROBLEMS), self.problem)
+        require_choice(self, "problem", PROBLEMS)
         dim = self.dimension
         require(is_positive_int(dim) and dim >= 2, "dimension", "an int >= 2", dim)
         k = self.subset_size
         require(
             is_positive_int(k) and k <= dim, "subset_size", f"an int in [1, dimension={dim}]", k
         )
-        steps = self.steps_per_epoch
-        require(is_positive_int(steps), "steps_per_epoch", "a positive int", steps)
+        require_positive_ints(self, "steps_per_epoch")
         est = self.grad_estimates
         require(is_positive_int(est) and est >= 2, "grad_estimates", "an int >= 2", est)
-        tol = self.tolerance
-        ok = isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol)
-        require(ok and tol >= 0, "tolerance", "a finite number >= 0", tol)
-        std = self.init_std
-        ok = isinstance(std, (int, float)) and not isinstance(std, bool) and math.isfinite(std)
-        require(ok and std >= 0, "init_std", "a finite number >= 0", std)
+        require_nonnegative(self, "tolerance", "init_std")
 
 
 class ToyScores(nn.Module):

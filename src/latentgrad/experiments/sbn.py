@@ -69,13 +69,19 @@ from torch.func import functional_call
 
 from latentgrad.distributions import Bernoulli
 from latentgrad.estimators import Chain
-from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.config import (
+    require,
+    require_choice,
+    require_nonnegative,
+    require_positive_ints,
+)
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 from latentgrad.lab.images import (
     OPTIMIZERS,
     BinaryImages,
     DataSplitsLike,
     chunk_sizes,
+    eval_sample_count,
     make_optimizer,
     mlp,
 )
@@ -155,28 +161,16 @@ class SBNConfig(ExperimentConfig):
             latentgrad.lab.config.InvalidConfigValue: variance_every must be a multiple of eval_every (2), got 3
         """
         super().validate()
-        names = tuple(ARCHITECTURES)
-        arch = self.architecture
-        require(arch in names, "architecture", "one of " + ", ".join(names), arch)
-        opt = self.optimizer
-        require(opt in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), opt)
-        for name in ("units", "hidden", "variance_repeats", "variance_batches"):
-            value = getattr(self, name)
-            require(is_positive_int(value), name, "a positive int", value)
+        require_choice(self, "architecture", ARCHITECTURES)
+        require_choice(self, "optimizer", OPTIMIZERS)
+        require_positive_ints(self, "units", "hidden", "variance_repeats", "variance_batches")
         warmup = self.variance_warmup
         ok = isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0
         require(ok, "variance_warmup", "an int >= 0", warmup)
         require(self.variance_repeats >= 2, "variance_repeats", "at least 2", self.variance_repeats)
-        decay = self.weight_decay
-        ok = isinstance(decay, (int, float)) and not isinstance(decay, bool) and decay >= 0
-        require(ok and math.isfinite(decay), "weight_decay", "a finite number >= 0", decay)
-        samples = self.valid_samples
-        ok = is_positive_int(samples, optional=True)
-        require(ok, "valid_samples", "a positive int or none", samples)
+        require_nonnegative(self, "weight_decay")
+        require_positive_ints(self, "valid_samples", "variance_every", optional=True)
         every = self.variance_every
-        require(
-            is_positive_int(every, optional=True), "variance_every", "a positive int or none", every
-        )
         if every is not None:
             require(
                 every % self.eval_every == 0,
@@ -384,9 +378,7 @@ class SBNTrainable:
         """``nelbo`` and ``nll`` (the importance-sampled bound) in nats; on ``"valid"``, also
         the gradient-variance study when it is due (see the module docstring)."""
         x = self.images.eval_data(split)
-        samples = self.config.eval_samples
-        if split == "valid" and self.config.valid_samples is not None:
-            samples = self.config.valid_samples
+        samples = eval_sample_count(split, self.config.eval_samples, self.config.valid_samples)
         nelbo, nll = bounds(self.net, x, samples)
         metrics = {"nelbo": float(nelbo.mean()), "nll": float(nll.mean())}
         every = self.config.variance_every

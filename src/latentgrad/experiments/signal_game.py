@@ -57,13 +57,21 @@ from latentgrad.estimators import (
     MovingAverage,
     ScoreFunction,
 )
-from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.config import (
+    is_positive_int,
+    require,
+    require_choice,
+    require_nonnegative,
+    require_positive_ints,
+)
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 from latentgrad.lab.images import (
     ACTIVATIONS,
     EVAL_DATA_SEED,
     SPLITS,
     DataSplitsLike,
+    check_split,
+    has_relaxed_value,
     make_optimizer,
     mlp,
 )
@@ -131,26 +139,17 @@ class SignalGameConfig(ExperimentConfig):
             latentgrad.lab.config.InvalidConfigValue: num_distractors must be a positive int, got 0
         """
         super().validate()
-        activation = self.activation
-        allowed = tuple(ACTIVATIONS)
-        require(activation in allowed, "activation", "one of " + ", ".join(allowed), activation)
+        require_choice(self, "activation", ACTIVATIONS)
         vocab = self.vocab_size
         require(is_positive_int(vocab) and vocab >= 2, "vocab_size", "an int >= 2", vocab)
-        for name in ("num_distractors", "embedding_dim", "steps_per_epoch", "eval_games"):
-            value = getattr(self, name)
-            require(is_positive_int(value), name, "a positive int", value)
+        require_positive_ints(
+            self, "num_distractors", "embedding_dim", "steps_per_epoch", "eval_games"
+        )
         for name in ("sender_hidden", "receiver_hidden"):
             widths = getattr(self, name)
             ok = isinstance(widths, tuple) and all(is_positive_int(w) for w in widths)
             require(ok, name, "a tuple of positive widths", widths)
-        coef = self.entropy_coef
-        ok = coef is None or (
-            isinstance(coef, (int, float))
-            and not isinstance(coef, bool)
-            and math.isfinite(coef)
-            and coef >= 0
-        )
-        require(ok, "entropy_coef", "a finite number >= 0 or none", coef)
+        require_nonnegative(self, "entropy_coef", optional=True)
 
 
 class Games(NamedTuple):
@@ -449,13 +448,6 @@ def evaluate_games(
     return GameMetrics(*(totals / games.label.numel()).tolist())
 
 
-def _relaxed_value(estimator: Estimator) -> bool:
-    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples."""
-    return (
-        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
-    )
-
-
 class SignalGameTrainable:
     """The game, its estimator and optimizer, as the runner drives them.
 
@@ -554,15 +546,14 @@ class SignalGameTrainable:
             "entropy": entropy_value,
             "loss_evals": float(out.loss_evals),
         }
-        if _relaxed_value(self.estimator):
+        if has_relaxed_value(self.estimator):
             metrics.update(loss=math.nan, nll=math.nan, relaxed_loss=metrics["loss"])
         return metrics
 
     def eval_games(self, split: str) -> Games:
         """The fixed games of ``split``: drawn once from seed ``EVAL_DATA_SEED``, the global
         RNG untouched; ``eval_games`` of them (at most ``max_eval_examples``)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_split(split)
         if split not in self._eval_games:
             count = self.config.eval_games
             if self.config.max_eval_examples is not None:

@@ -54,7 +54,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -65,17 +64,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Categorical, SparsemaxCategorical
-from latentgrad.estimators import GumbelSoftmax, LatentDistribution
-from latentgrad.lab.config import is_positive_int, require
-from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.estimators import LatentDistribution
+from latentgrad.lab.config import (
+    is_positive_int,
+    require,
+    require_choice,
+    require_nonnegative,
+    require_positive_ints,
+)
+from latentgrad.lab.experiment import Experiment, PresetLRConfig, ResolvedEstimator
 from latentgrad.lab.images import (
     ACTIVATIONS,
     EVAL_DATA_SEED,
     SPLITS,
     BinaryImages,
+    DataSplitsLike,
+    check_split,
     chunk_sizes,
+    epoch_steps,
+    eval_subset,
+    has_relaxed_value,
     make_optimizer,
     mlp,
+    shuffled_batches,
 )
 from latentgrad.schedules import Scheduled
 
@@ -106,9 +117,6 @@ CORREIA_LEARNING_RATES: Mapping[str, float] = {
     "sum-and-sample": 1e-3,
 }
 
-#: The learning rate of an estimator missing from a preset's table.
-DEFAULT_LR = 1e-3
-
 #: Samples x examples decoded at once by :func:`unlabelled_nelbo`.
 EVAL_CHUNK = 2**13
 
@@ -120,7 +128,8 @@ class Preset:
     Attributes:
         num_labelled: labelled training images (``None``: a tenth of the training split,
             5,000 of MNIST's 50,000).
-        learning_rates: the learning rate by estimator name (others: :data:`DEFAULT_LR`).
+        learning_rates: the learning rate by estimator name (others:
+            :data:`~latentgrad.lab.experiment.DEFAULT_LR`).
     """
 
     num_labelled: int | None
@@ -134,7 +143,7 @@ PRESETS: Mapping[str, Preset] = {
 
 
 @dataclass
-class SSVAEConfig(ExperimentConfig):
+class SSVAEConfig(PresetLRConfig):
     """Settings of the semi-supervised VAE; the defaults are Correia et al.'s (module docstring).
 
     Attributes:
@@ -168,7 +177,6 @@ class SSVAEConfig(ExperimentConfig):
     estimator: str = "exact"
     epochs: int = 300
     batch_size: int = 64
-    lr: float | None = None  # type: ignore[assignment]
     dataset: str = "mnist"
     eval_samples: int = 1
     preset: Literal["correia", "jang"] = "correia"
@@ -184,16 +192,16 @@ class SSVAEConfig(ExperimentConfig):
     activation: Literal["relu", "tanh"] = "relu"
     weight_decay: float = 1e-5
 
-    def resolved_lr(self) -> float:
-        """``lr``, or the preset's learning rate for ``estimator`` when ``lr`` is ``None``.
+    def preset_learning_rates(self) -> Mapping[str, float]:
+        """The learning rates of ``preset``, which :meth:`resolved_lr` reads when ``lr`` is
+        ``None`` (:data:`~latentgrad.lab.experiment.DEFAULT_LR` for an estimator
+        missing from them).
 
         Example:
             >>> SSVAEConfig(estimator="sparsemax").resolved_lr(), SSVAEConfig(lr=0.01).resolved_lr()
             (0.0005, 0.01)
         """
-        if self.lr is not None:
-            return self.lr
-        return PRESETS[self.preset].learning_rates.get(self.estimator, DEFAULT_LR)
+        return PRESETS[self.preset].learning_rates
 
     def resolved_num_labelled(self, num_train: int) -> int:
         """``num_labelled``, or the preset's for a training split of ``num_train`` images.
@@ -221,20 +229,11 @@ class SSVAEConfig(ExperimentConfig):
             ...
             latentgrad.lab.config.InvalidConfigValue: warmup_epochs must be an int in [0, epochs] (300), got 400
         """
-        preset = self.preset
-        require(preset in PRESETS, "preset", "one of " + ", ".join(PRESETS), preset)
-        shared = dataclasses.replace(self, lr=self.resolved_lr())
-        super(SSVAEConfig, shared).validate()
-        act = self.activation
-        require(act in ACTIVATIONS, "activation", "one of " + ", ".join(ACTIVATIONS), act)
-        labelled = self.num_labelled
-        require(
-            is_positive_int(labelled, optional=True),
-            "num_labelled",
-            "a positive int or none",
-            labelled,
-        )
-        require(is_positive_int(self.latent_dim), "latent_dim", "a positive int", self.latent_dim)
+        require_choice(self, "preset", PRESETS)
+        super().validate()
+        require_choice(self, "activation", ACTIVATIONS)
+        require_positive_ints(self, "num_labelled", optional=True)
+        require_positive_ints(self, "latent_dim")
         seed = self.split_seed
         ok = isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
         require(ok, "split_seed", "an int >= 0", seed)
@@ -242,23 +241,12 @@ class SSVAEConfig(ExperimentConfig):
         ok = isinstance(warmup, int) and not isinstance(warmup, bool)
         ok = ok and 0 <= warmup <= self.epochs
         require(ok, "warmup_epochs", f"an int in [0, epochs] ({self.epochs})", warmup)
-        for name in ("alpha", "unlabelled_weight"):
-            value = getattr(self, name)
-            require(
-                value is None or _is_nonnegative(value), name, "a finite number >= 0 or none", value
-            )
-        decay = self.weight_decay
-        require(_is_nonnegative(decay), "weight_decay", "a finite number >= 0", decay)
+        require_nonnegative(self, "alpha", "unlabelled_weight", optional=True)
+        require_nonnegative(self, "weight_decay")
         for name in ("classifier_hidden", "encoder_hidden", "decoder_hidden"):
             widths = getattr(self, name)
             ok = isinstance(widths, tuple) and all(is_positive_int(w) for w in widths)
             require(ok, name, "positive widths", widths)
-
-
-def _is_nonnegative(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value >= 0
 
 
 class M2(nn.Module):
@@ -434,19 +422,11 @@ def labelled_split(
     return labelled, rest.nonzero().squeeze(-1)
 
 
-class LabelledSplitsLike(Protocol):
+class LabelledSplitsLike(DataSplitsLike, Protocol):
     """What the experiment needs from ``latentgrad.data.load_dataset``: images with labels."""
 
     @property
     def name(self) -> str: ...
-    @property
-    def train(self) -> Tensor: ...
-    @property
-    def valid(self) -> Tensor: ...
-    @property
-    def test(self) -> Tensor: ...
-    @property
-    def binary(self) -> bool: ...
     @property
     def train_labels(self) -> Tensor | None: ...
     @property
@@ -467,13 +447,6 @@ class SSVAEBatch(NamedTuple):
     labelled: Tensor
     labels: Tensor
     unlabelled: Tensor | None
-
-
-def _relaxed_value(estimator: nn.Module) -> bool:
-    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples."""
-    return (
-        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
-    )
 
 
 class SSVAETrainable:
@@ -557,16 +530,11 @@ class SSVAETrainable:
         x, y = self.data.train, self.data.train_labels
         assert y is not None
         if self.warming_up(epoch):
-            order = self.labelled[torch.randperm(self.labelled.numel())]
-            steps = math.ceil(order.numel() / size)
-            steps = steps if cap is None else min(steps, cap)
-            for i in range(steps):
-                rows = order[i * size : (i + 1) * size]
+            for rows in shuffled_batches(self.labelled, size, cap):
                 yield SSVAEBatch(x[rows], y[rows], None)
             return
         unlabelled = self.unlabelled[torch.randperm(self.unlabelled.numel())]
-        steps = math.ceil(unlabelled.numel() / size)
-        steps = steps if cap is None else min(steps, cap)
+        steps = epoch_steps(unlabelled.numel(), size, cap)
         cycles = math.ceil(steps * size / self.labelled.numel())
         perms = [torch.randperm(self.labelled.numel()) for _ in range(cycles)]
         labelled = self.labelled[torch.cat(perms)]
@@ -627,23 +595,18 @@ class SSVAETrainable:
         )
         if "support_size" in out.extras:
             metrics["support_size"] = float(out.extras["support_size"].float().mean())
-        if _relaxed_value(self.estimator):
+        if has_relaxed_value(self.estimator):
             metrics.update(loss=math.nan, nelbo=math.nan, relaxed_loss=loss)
         return metrics
 
     def eval_data(self, split: str) -> tuple[Tensor, Tensor]:
         """The fixed, binarized images of ``split`` and their labels, at most
         ``max_eval_examples`` (the same random subset and draw as the other experiments')."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_split(split)
         if split not in self._eval_cache:
-            x: Tensor = getattr(self.data, split)
-            y: Tensor = getattr(self.data, f"{split}_labels")
+            images_and_labels = [getattr(self.data, split), getattr(self.data, f"{split}_labels")]
             generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
-            limit = self.config.max_eval_examples
-            if limit is not None and limit < x.shape[0]:
-                rows = torch.randperm(x.shape[0], generator=generator)[:limit]
-                x, y = x[rows], y[rows]
+            x, y = eval_subset(images_and_labels, self.config.max_eval_examples, generator)
             self._eval_cache[split] = (self.images.binarize(x, generator), y)
         return self._eval_cache[split]
 

@@ -40,14 +40,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, Categorical
-from latentgrad.estimators import Chain, GumbelSoftmax, LatentDistribution
-from latentgrad.lab.config import is_positive_int, require
+from latentgrad.estimators import Chain, LatentDistribution
+from latentgrad.lab.config import (
+    is_positive_int,
+    require,
+    require_choice,
+    require_positive_ints,
+)
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 from latentgrad.lab.images import (
     OPTIMIZERS,
     BinaryImages,
     DataSplitsLike,
     chunk_sizes,
+    eval_sample_count,
+    has_relaxed_value,
     make_optimizer,
 )
 
@@ -115,26 +122,12 @@ class StructuredOutputConfig(ExperimentConfig):
             latentgrad.lab.config.InvalidConfigValue: layers must be a positive int, got 0
         """
         super().validate()
-        require(self.latent in LATENTS, "latent", "one of " + ", ".join(LATENTS), self.latent)
-        require(
-            self.optimizer in OPTIMIZERS,
-            "optimizer",
-            "one of " + ", ".join(OPTIMIZERS),
-            self.optimizer,
-        )
-        for name in ("layers", "num_bits", "num_categoricals"):
-            require(
-                is_positive_int(getattr(self, name)), name, "a positive int", getattr(self, name)
-            )
+        require_choice(self, "latent", LATENTS)
+        require_choice(self, "optimizer", OPTIMIZERS)
+        require_positive_ints(self, "layers", "num_bits", "num_categoricals")
         classes = self.num_classes
         require(is_positive_int(classes) and classes >= 2, "num_classes", "an int >= 2", classes)
-        samples = self.valid_samples
-        require(
-            is_positive_int(samples, optional=True),
-            "valid_samples",
-            "a positive int or none",
-            samples,
-        )
+        require_positive_ints(self, "valid_samples", optional=True)
 
 
 class StochasticNet(nn.Module):
@@ -315,17 +308,14 @@ class StructuredOutputTrainable:
         self.estimator.step()
         loss = float(out.value.mean())
         metrics = {"loss": loss, "loss_evals": float(out.loss_evals)}
-        first = self.estimator.layers[0]
-        if isinstance(first, GumbelSoftmax) and not first.hard and not first.honest_value:
+        if has_relaxed_value(self.estimator.layers[0]):
             metrics.update(loss=math.nan, relaxed_loss=loss)
         return metrics
 
     def evaluate(self, split: str) -> Mapping[str, float]:
         """``nll`` (the ``m``-sample predictive bound) and ``expected_nll`` (one sample), nats."""
         x = self.images.eval_data(split)
-        samples = self.config.eval_samples
-        if split == "valid" and self.config.valid_samples is not None:
-            samples = self.config.valid_samples
+        samples = eval_sample_count(split, self.config.eval_samples, self.config.valid_samples)
         x_upper, x_lower = split_halves(x, self.image_shape)
         with torch.random.fork_rng(devices=[]):
             bound, expected = predictive_nll(self.net, x_upper, x_lower, samples)

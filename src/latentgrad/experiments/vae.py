@@ -39,18 +39,24 @@ from torch import Tensor, nn
 from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical, TopKSparsemax
 from latentgrad.estimators import (
     Estimator,
-    GumbelSoftmax,
     LatentDistribution,
     Marginalize,
     SumAndSample,
 )
-from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.config import (
+    is_positive_int,
+    require,
+    require_choice,
+    require_positive_ints,
+)
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
 from latentgrad.lab.images import (
     ACTIVATIONS,
     BinaryImages,
     DataSplitsLike,
     chunk_sizes,
+    eval_sample_count,
+    has_relaxed_value,
     make_optimizer,
     mlp,
 )
@@ -115,29 +121,17 @@ class VAEConfig(ExperimentConfig):
             latentgrad.lab.config.InvalidConfigValue: num_classes must be an int >= 2, got 1
         """
         super().validate()
-        for name, allowed in (
-            ("latent", LATENTS),
-            ("activation", tuple(ACTIVATIONS)),
-            ("optimizer", OPTIMIZERS),
-        ):
-            value = getattr(self, name)
-            require(value in allowed, name, "one of " + ", ".join(allowed), value)
-        for name in ("num_categoricals", "num_bits"):
-            value = getattr(self, name)
-            require(is_positive_int(value), name, "a positive int", value)
+        require_choice(self, "latent", LATENTS)
+        require_choice(self, "activation", ACTIVATIONS)
+        require_choice(self, "optimizer", OPTIMIZERS)
+        require_positive_ints(self, "num_categoricals", "num_bits")
         classes = self.num_classes
         require(is_positive_int(classes) and classes >= 2, "num_classes", "an int >= 2", classes)
         for name in ("encoder_hidden", "decoder_hidden"):
             widths = getattr(self, name)
             ok = widths is None or all(is_positive_int(w) for w in widths)
             require(ok, name, "positive widths or none", widths)
-        samples = self.valid_samples
-        require(
-            is_positive_int(samples, optional=True),
-            "valid_samples",
-            "a positive int or none",
-            samples,
-        )
+        require_positive_ints(self, "valid_samples", optional=True)
 
 
 class DiscreteVAE(nn.Module):
@@ -327,13 +321,6 @@ def _check_enumerable(name: str, estimator: Estimator, model: DiscreteVAE) -> No
         )
 
 
-def _relaxed_value(estimator: Estimator) -> bool:
-    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples."""
-    return (
-        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
-    )
-
-
 class VAETrainable:
     """The discrete VAE, its estimator and optimizer, as the runner drives them.
 
@@ -426,7 +413,7 @@ class VAETrainable:
         kl = kl.detach()
         loss = float((out.value + kl).mean())
         metrics = {"loss": loss, "loss_evals": float(out.loss_evals), "kl": float(kl.mean())}
-        if _relaxed_value(self.estimator):
+        if has_relaxed_value(self.estimator):
             metrics.update(loss=math.nan, relaxed_loss=loss)
         return metrics
 
@@ -441,9 +428,7 @@ class VAETrainable:
         torch's global RNG, whose state is restored afterwards (the runner seeds it).
         """
         x = self._eval_data(split)
-        samples = self.config.eval_samples
-        if split == "valid" and self.config.valid_samples is not None:
-            samples = self.config.valid_samples
+        samples = eval_sample_count(split, self.config.eval_samples, self.config.valid_samples)
         with torch.random.fork_rng(devices=[]):
             bound = importance_weighted_bound(self.model, x, samples)
         return {

@@ -36,9 +36,10 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,6 +98,80 @@ def is_positive_int(value: object, *, optional: bool = False) -> bool:
     if value is None:
         return optional
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def is_nonnegative_number(value: object, *, optional: bool = False) -> bool:
+    """Whether ``value`` is a finite ``int`` or ``float`` (not a ``bool``) >= 0, or ``None``
+    when ``optional``.
+
+    Example:
+        >>> is_nonnegative_number(0.5), is_nonnegative_number(-1), is_nonnegative_number(None)
+        (True, False, False)
+    """
+    if value is None:
+        return optional
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
+def require_positive_ints(config: object, *names: str, optional: bool = False) -> None:
+    """Require each field ``names`` of ``config`` to be a positive int (or ``None`` when
+    ``optional``), in order.
+
+    Raises:
+        InvalidConfigValue: naming the first field that is not.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> require_positive_ints(SimpleNamespace(width=3, depth=0), "width", "depth")
+        Traceback (most recent call last):
+        ...
+        latentgrad.lab.config.InvalidConfigValue: depth must be a positive int, got 0
+    """
+    requirement = "a positive int or none" if optional else "a positive int"
+    _require_each(config, names, lambda v: is_positive_int(v, optional=optional), requirement)
+
+
+def require_nonnegative(config: object, *names: str, optional: bool = False) -> None:
+    """:func:`require_positive_ints` for finite numbers >= 0 (``int`` or ``float``).
+
+    >>> from types import SimpleNamespace
+    >>> require_nonnegative(SimpleNamespace(decay=-0.1, alpha=None), "alpha", optional=True)
+    >>> require_nonnegative(SimpleNamespace(decay=-0.1), "decay")
+    Traceback (most recent call last):
+    ...
+    latentgrad.lab.config.InvalidConfigValue: decay must be a finite number >= 0, got -0.1
+    """
+    requirement = "a finite number >= 0 or none" if optional else "a finite number >= 0"
+    _require_each(config, names, lambda v: is_nonnegative_number(v, optional=optional), requirement)
+
+
+def _require_each(
+    config: object, names: Iterable[str], ok: Callable[[object], bool], requirement: str
+) -> None:
+    for name in names:
+        value = getattr(config, name)
+        require(ok(value), name, requirement, value)
+
+
+def require_choice(config: object, name: str, allowed: Iterable[str]) -> None:
+    """Require the field ``name`` of ``config`` to be one of ``allowed`` (names, or the keys of
+    a mapping).
+
+    Raises:
+        InvalidConfigValue: if it is not.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> require_choice(SimpleNamespace(activation="elu"), "activation", ("tanh", "relu"))
+        Traceback (most recent call last):
+        ...
+        latentgrad.lab.config.InvalidConfigValue: activation must be one of tanh, relu, got 'elu'
+    """
+    choices = tuple(allowed)
+    value = getattr(config, name)
+    require(value in choices, name, "one of " + ", ".join(choices), value)
 
 
 def config_fields(config_class: type) -> dict[str, Any]:

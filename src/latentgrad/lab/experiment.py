@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from latentgrad.estimators import Estimator
-from latentgrad.lab.config import is_positive_int, require
+from latentgrad.lab.config import require, require_positive_ints
 
 #: The latent families an estimator entry can ask the experiment for: ``"softmax"`` (the
 #: experiment's usual family, e.g. ``Categorical`` or ``Bernoulli``), ``"sparsemax"``
@@ -105,12 +106,8 @@ class ExperimentConfig:
             ...
             latentgrad.lab.config.InvalidConfigValue: max_eval_examples must be a positive int or none, got 0
         """
-        for name in ("epochs", "batch_size", "eval_samples", "eval_every"):
-            value = getattr(self, name)
-            require(is_positive_int(value), name, "a positive int", value)
-        for name in ("max_steps_per_epoch", "max_eval_examples"):
-            value = getattr(self, name)
-            require(is_positive_int(value, optional=True), name, "a positive int or none", value)
+        require_positive_ints(self, "epochs", "batch_size", "eval_samples", "eval_every")
+        require_positive_ints(self, "max_steps_per_epoch", "max_eval_examples", optional=True)
         lr = self.lr
         ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
         require(ok and lr > 0, "lr", "a positive finite number", lr)
@@ -118,6 +115,51 @@ class ExperimentConfig:
         options = self.estimator_options
         require(isinstance(options, dict), "estimator_options", "a dict of options", options)
         require(bool(self.dataset), "dataset", "a data set name", self.dataset)
+
+
+#: The learning rate of an estimator missing from the preset of a :class:`PresetLRConfig`.
+DEFAULT_LR = 1e-3
+
+
+@dataclass
+class PresetLRConfig(ExperimentConfig):
+    """An :class:`ExperimentConfig` whose ``lr`` may be ``None``: the preset's learning rate for
+    the estimator.
+
+    Subclasses say which rates apply (:meth:`preset_learning_rates`, e.g. by latent size or by
+    a ``preset`` field); an estimator missing from them takes :data:`DEFAULT_LR`.
+
+    Attributes:
+        lr: learning rate (``None``: the preset's for ``estimator``, see :meth:`resolved_lr`).
+
+    Example:
+        >>> @dataclass
+        ... class MyConfig(PresetLRConfig):
+        ...     def preset_learning_rates(self) -> Mapping[str, float]:
+        ...         return {"gs": 3e-4}
+        >>> MyConfig(estimator="gs").resolved_lr(), MyConfig(estimator="sf").resolved_lr()
+        (0.0003, 0.001)
+        >>> MyConfig(estimator="gs", lr=0.01).resolved_lr()
+        0.01
+    """
+
+    lr: float | None = None  # type: ignore[assignment]
+
+    def preset_learning_rates(self) -> Mapping[str, float]:
+        """The preset's learning rate by estimator name; subclasses define it."""
+        raise NotImplementedError(f"{type(self).__name__} must define preset_learning_rates")
+
+    def resolved_lr(self) -> float:
+        """``lr``, or the preset's rate for ``estimator`` when ``lr`` is ``None``."""
+        if self.lr is not None:
+            return self.lr
+        return self.preset_learning_rates().get(self.estimator, DEFAULT_LR)
+
+    def validate(self) -> None:
+        """:meth:`ExperimentConfig.validate` with ``lr`` resolved: ``None`` passes (the preset's),
+        a given ``lr`` must be positive and finite. Subclasses check first what
+        :meth:`preset_learning_rates` reads."""
+        ExperimentConfig.validate(dataclasses.replace(self, lr=self.resolved_lr()))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Building blocks the image experiments share: MLPs, optimizers, binarized batches and eval sets."""
+"""Building blocks the image experiments share: MLPs, optimizers, binarized batches and eval sets,
+and the small rules their training steps and evaluations have in common."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+
+from latentgrad.estimators import GumbelSoftmax
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -68,6 +71,88 @@ def make_optimizer(
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
+def has_relaxed_value(estimator: object) -> bool:
+    """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples
+    (a Gumbel-Softmax that is neither straight-through nor ``honest_value``): then a training
+    step reports it as ``relaxed_loss`` and ``loss`` as NaN.
+
+    Example:
+        >>> from latentgrad.estimators import GumbelSoftmax
+        >>> has_relaxed_value(GumbelSoftmax(honest_value=False)), has_relaxed_value(GumbelSoftmax())
+        (True, False)
+    """
+    return (
+        isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
+    )
+
+
+def check_split(split: str) -> None:
+    """Refuse a split name other than ``"train"``, ``"valid"`` and ``"test"``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def eval_sample_count(split: str, eval_samples: int, valid_samples: int | None) -> int:
+    """Samples for evaluating ``split``: ``valid_samples`` on ``"valid"`` when it is set (a
+    cheaper per-epoch validation), else ``eval_samples``.
+
+    Example:
+        >>> eval_sample_count("valid", 1000, 100), eval_sample_count("test", 1000, 100)
+        (100, 1000)
+    """
+    if split == "valid" and valid_samples is not None:
+        return valid_samples
+    return eval_samples
+
+
+def epoch_steps(num_rows: int, batch_size: int, max_steps: int | None = None) -> int:
+    """Batches in a pass over ``num_rows`` rows, at most ``max_steps`` (``None``: no cap).
+
+    Example:
+        >>> epoch_steps(250, 100), epoch_steps(250, 100, 2)
+        (3, 2)
+    """
+    steps = math.ceil(num_rows / batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def shuffled_batches(x: Tensor, batch_size: int, max_steps: int | None = None) -> Iterator[Tensor]:
+    """Minibatches of the rows of ``x`` in a random order (``torch.randperm``, global RNG, drawn
+    when the iteration starts), at most ``max_steps`` of them.
+
+    Example:
+        >>> batches = list(shuffled_batches(torch.arange(5), 2))
+        >>> len(batches), len(batches[-1]), sorted(torch.cat(batches).tolist()) == list(range(5))
+        (3, 1, True)
+        >>> len(list(shuffled_batches(torch.arange(5), 2, max_steps=2)))
+        2
+    """
+    order = torch.randperm(x.shape[0])
+    for i in range(epoch_steps(x.shape[0], batch_size, max_steps)):
+        yield x[order[i * batch_size : (i + 1) * batch_size]]
+
+
+def eval_subset(
+    tensors: Sequence[Tensor], limit: int | None, generator: torch.Generator
+) -> list[Tensor]:
+    """The same fixed random ``limit`` rows of each of ``tensors`` (``randperm`` from
+    ``generator``), or all rows when ``limit`` is ``None`` or not below their number.
+
+    A random subset, not the first rows: the binarized MNIST test rows are sorted by digit
+    class.
+
+    Example:
+        >>> x, y = eval_subset([torch.arange(10), -torch.arange(10)], 3, torch.Generator())
+        >>> len(x), bool((x == -y).all())
+        (3, True)
+    """
+    size = tensors[0].shape[0]
+    if limit is None or limit >= size:
+        return list(tensors)
+    rows = torch.randperm(size, generator=generator)[:limit]
+    return [t[rows] for t in tensors]
+
+
 class BinaryImages:
     """Training batches and fixed evaluation sets of binary images.
 
@@ -117,28 +202,17 @@ class BinaryImages:
         return dynamic_binarize(x, generator=generator)
 
     def train_batches(self) -> Iterator[Tensor]:
-        """Shuffled minibatches of the training split (``torch.randperm``, global RNG), not yet
+        """Shuffled minibatches of the training split (:func:`shuffled_batches`), not yet
         binarized (call :meth:`binarize` on each)."""
-        train = self.data.train
-        size = self.batch_size
-        order = torch.randperm(train.shape[0])
-        steps = math.ceil(train.shape[0] / size)
-        if self.max_steps_per_epoch is not None:
-            steps = min(steps, self.max_steps_per_epoch)
-        for i in range(steps):
-            yield train[order[i * size : (i + 1) * size]]
+        return shuffled_batches(self.data.train, self.batch_size, self.max_steps_per_epoch)
 
     def eval_data(self, split: str) -> Tensor:
-        """The fixed, binarized evaluation examples of ``split``, at most ``max_eval_examples``."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        """The fixed, binarized evaluation examples of ``split``, at most ``max_eval_examples``
+        (:func:`eval_subset`; the binarization draws from the same generator next)."""
+        check_split(split)
         if split not in self._eval_cache:
-            x = getattr(self.data, split)
             generator = torch.Generator().manual_seed(EVAL_DATA_SEED)
-            limit = self.max_eval_examples
-            if limit is not None and limit < x.shape[0]:
-                # A random subset: the binarized MNIST test rows are sorted by digit class.
-                x = x[torch.randperm(x.shape[0], generator=generator)[:limit]]
+            (x,) = eval_subset([getattr(self.data, split)], self.max_eval_examples, generator)
             self._eval_cache[split] = self.binarize(x, generator)
         return self._eval_cache[split]
 
