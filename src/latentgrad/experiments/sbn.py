@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from latentgrad.distributions import Bernoulli
-from latentgrad.estimators import Chain
+from latentgrad.estimators import Chain, Estimate
 from latentgrad.lab.config import (
     require,
     require_choice,
@@ -347,28 +347,21 @@ class SBNTrainable:
         self._epoch = epoch
         return self.images.train_batches()
 
-    def estimate(self, chain: Chain, x: Tensor) -> tuple[Tensor, int]:
-        """The surrogate (shape ``(B,)``) of ``chain``'s estimate on binary ``x``, and its
-        loss evaluations per example."""
-        out = chain(
+    def estimate(self, chain: Chain, x: Tensor) -> Estimate:
+        """``chain``'s estimate of the negative ELBO on binary ``x`` (batch shape ``(B,)``)."""
+        return chain(
             self.net.posterior(x),
             self.net.conditionals(),
             lambda zs: self.net.loss(x, zs),
             context=x,
         )
-        return out.surrogate, out.loss_evals
 
     def train_step(self, batch: Tensor) -> Mapping[str, float]:
         """One step on the negative ELBO; reports ``loss`` (``-ELBO``) and ``loss_evals``."""
         x = self.images.binarize(batch)
         self.modules.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.estimator(
-            self.net.posterior(x),
-            self.net.conditionals(),
-            lambda zs: self.net.loss(x, zs),
-            context=x,
-        )
+        out = self.estimate(self.estimator, x)
         out.surrogate.mean().backward()
         self.optimizer.step()
         self.estimator.step()
@@ -445,7 +438,7 @@ def gradient_variance(
         opt = torch.optim.Adam(est_params, lr=1e-3) if est_params else None
         for step in range(warmup):
             x = batches[step % len(batches)]
-            surrogate, _ = trainable.estimate(chain, x)
+            surrogate = trainable.estimate(chain, x).surrogate
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
                 grads = torch.autograd.grad(surrogate.mean(), est_params, allow_unused=True)
@@ -460,7 +453,8 @@ def gradient_variance(
         sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         for _ in range(repeats):
-            surrogate, evals = trainable.estimate(chain, x)
+            out = trainable.estimate(chain, x)
+            surrogate, evals = out.surrogate, out.loss_evals
             grads = torch.autograd.grad(surrogate.mean(), params, allow_unused=True)
             for i, g in enumerate(grads):
                 if g is not None:
