@@ -22,8 +22,14 @@ The images are the synthetic prototypes' noisy copies for every case. Timing is 
 round times every case in a rotating order, so a slow spell of a shared machine hits all of them
 alike; the table reports the median and interquartile range over rounds.
 
+With ``--record DIR`` every case is also written as a results record (``experiment``
+"bench-ssvae"; figures ``ms``, ``ms_q1``, ``ms_q3``, ``ratio_to_gs``, ``rows_per_image``,
+``support``), which ``latentgrad report DIR --pivot classes`` tabulates; the docs' speed table
+is generated from ``results/ssvae-speed``.
+
 Usage:
     python benchmarks/bench_ssvae.py [--classes 10 100] [--rounds 15] [--train-steps 300]
+                                     [--record results/ssvae-speed]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from _common import interleaved_times, quartiles
 
 from latentgrad.estimators import Estimator
 from latentgrad.experiments.ssvae import M2
+from latentgrad.lab.records import benchmark_record, save_record
 from latentgrad.lab.registry import make_estimator
 
 PIXELS = 784
@@ -94,6 +101,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--record", metavar="DIR", help="also write one results record per case")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -144,6 +152,30 @@ def main() -> None:
             if (name, k) in times
         ]
         print(f"  K={k:<4} " + ", ".join(parts))
+
+    if args.record:
+        for (name, k), ms in times.items():
+            lo, med, hi = quartiles(ms)
+            test = {
+                "ms": med,
+                "ms_q1": lo,
+                "ms_q3": hi,
+                "ratio_to_gs": med / statistics.median(times[("gs", k)]),
+                "rows_per_image": float(evals[(name, k)]),
+            }
+            if (name, k) in supports:
+                test["support"] = supports[(name, k)]
+            config = {
+                "estimator": name,
+                "classes": k,
+                "batch": args.batch,
+                "rounds": args.rounds,
+                "threads": args.threads,
+            }
+            save_record(
+                benchmark_record("bench-ssvae", config, test, primary_metric="ms"), args.record
+            )
+        print(f"\nrecords written to {args.record}")
 
 
 if __name__ == "__main__":

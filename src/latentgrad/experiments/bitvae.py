@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, SparseMAP, TopKSparsemax
-from latentgrad.estimators import LatentDistribution
+from latentgrad.estimators import LatentDistribution, PackedLoss, pack_support
 from latentgrad.lab.config import (
     is_positive_int,
     require,
@@ -421,10 +421,22 @@ class BitVectorVAE(nn.Module):
 
         return fn
 
-    def reconstruction_loss(self, x: Tensor) -> Callable[[Tensor], Tensor]:
-        """``loss_fn(z) = -log p(x | z)``, the loss the estimators see."""
-        log_likelihood = self.log_likelihood(x)
-        return lambda z: -log_likelihood(z)
+    def nll_rows(self, z: Tensor, x: Tensor) -> Tensor:
+        """``-log p(x_n | z_n)`` summed over pixels for ``N`` pairs: ``z`` ``(N, D)``, ``x``
+        ``(N, P)`` integer levels; shape ``(N,)``."""
+        logits = self.decode(z)
+        nll = F.cross_entropy(logits.flatten(0, -2), x.flatten(), reduction="none")
+        return nll.view(x.shape).sum(-1)
+
+    def reconstruction_loss(self, x: Tensor) -> PackedLoss:
+        """``loss_fn(z) = -log p(x | z)``, the loss the estimators see.
+
+        A :class:`~latentgrad.estimators.PackedLoss` (rows of ``x`` gathered per value): with
+        :class:`~latentgrad.Marginalize` the decoder runs once on the structures of nonzero
+        weight of the whole batch, not on every padded slot; every other estimator calls it
+        as an ordinary ``loss_fn(z)`` with ``z`` of shape ``S + (B, D)``.
+        """
+        return PackedLoss.from_rows(self.nll_rows, x)
 
     def kl_to_prior(self, q: LatentDistribution) -> Tensor:
         """``KL(q || uniform) = D log 2 - H(q)``, shape ``(B,)`` (``H`` over the support of a
@@ -535,8 +547,9 @@ def importance_sampled_bound(
         kl = model.kl_to_prior(q).double()
         if model.sparse:
             values, probs = q.support_probs()
-            ll = log_likelihood(values).double()
-            expected = torch.where(probs > 0, probs.double() * ll, torch.zeros_like(ll)).sum(0)
+            packed = pack_support(values, probs, q.batch_shape)  # decode nonzero weights only
+            ll = -model.nll_rows(packed.values, xs[packed.element]).double()
+            expected = torch.zeros_like(expected).index_add(0, packed.element, packed.probs * ll)
             support = (probs > 0).sum(0).double()
         else:
             expected = expected / num_samples
@@ -620,7 +633,9 @@ class BitVAETrainable:
 
         Reports ``loss`` (the training negative ELBO: the estimator's value of
         ``E_q[-log p(x | z)]``, exact for the sparse families, plus the analytic KL),
-        ``loss_evals`` (decoder calls per image: the padded support for the sparse families),
+        ``loss_evals`` (decoder calls per image, for the sparse families the mean support
+        rounded up: :class:`~latentgrad.Marginalize` decodes only the structures of nonzero
+        weight),
         ``kl`` and, for the sparse families, ``support_size`` (structures of nonzero weight per
         image, mean over the batch). A Gumbel-Softmax without ``honest_value`` reports its
         relaxed objective as ``relaxed_loss`` and ``loss`` as NaN.

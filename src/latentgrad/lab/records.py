@@ -122,6 +122,78 @@ def record_name(record: dict[str, Any]) -> str:
     )
 
 
+def benchmark_record(
+    experiment: str,
+    config: dict[str, Any],
+    test: dict[str, float],
+    *,
+    primary_metric: str,
+) -> dict[str, Any]:
+    """The record of one case of a benchmark script (``benchmarks/``), so that its figures
+    are reported (``latentgrad report``) and quoted in the docs like a run's.
+
+    Args:
+        experiment: the benchmark's name, e.g. ``"bench-ssvae"``.
+        config: the case's settings; ``"estimator"`` names the row, ``"seed"`` defaults to 0.
+        test: the measured figures (``latentgrad report --metrics NAME`` shows them).
+        primary_metric: the figure rows are sorted by (a key of ``test``).
+
+    Returns:
+        A record as :func:`make_record` writes for runs, with the environment of this process
+        (no working directory) and an empty history.
+
+    Raises:
+        ValueError: if ``config`` has no ``"estimator"`` or ``primary_metric`` is not measured.
+
+    Example:
+        >>> r = benchmark_record("bench-x", {"estimator": "gs"}, {"ms": 1.5}, primary_metric="ms")
+        >>> r["results"]["test"], record_name(r).startswith("bench-x-gs-")
+        ({'ms': 1.5}, True)
+    """
+    from types import SimpleNamespace
+
+    from latentgrad.lab.rundir import environment
+
+    if "estimator" not in config:
+        raise ValueError("config: a benchmark record needs an 'estimator' naming its row")
+    if primary_metric not in test:
+        raise ValueError(f"primary_metric: {primary_metric!r} is not among {sorted(test)}")
+    config = {**config, "seed": config.get("seed", 0)}
+    env = environment(SimpleNamespace(seed=config["seed"]))  # type: ignore[arg-type]
+    env.pop("cwd", None)
+    return _scrub(
+        {
+            "format": RECORD_FORMAT,
+            "experiment": experiment,
+            "primary_metric": primary_metric,
+            "config_class": None,
+            "config": config,
+            "env": env,
+            "results": {
+                "experiment": experiment,
+                "estimator": config["estimator"],
+                "seed": config["seed"],
+                "primary_metric": primary_metric,
+                "test": dict(test),
+            },
+            "history": [],
+            "run": f"{experiment}-{config['estimator']}",
+        }
+    )
+
+
+def save_record(record: dict[str, Any], to: str | Path) -> Path:
+    """Write ``record`` into the folder ``to`` (made if missing) under :func:`record_name`.
+
+    Raises:
+        RunFileError: if ``to`` cannot be written.
+    """
+    folder = ensure_writable_directory(to, "the records", "choose another folder")
+    path = folder / record_name(record)
+    path.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
+    return path
+
+
 def write_records(paths: Sequence[str | Path], to: str | Path) -> list[Path]:
     """Write the record of every finished run among ``paths`` into the folder ``to``.
 
@@ -154,10 +226,7 @@ def write_records(paths: Sequence[str | Path], to: str | Path) -> list[Path]:
                 stacklevel=2,
             )
             continue
-        record = make_record(run_dir)
-        path = folder / record_name(record)
-        path.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
-        written.append(path)
+        written.append(save_record(make_record(run_dir), folder))
     return written
 
 

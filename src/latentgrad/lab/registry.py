@@ -41,12 +41,20 @@ from torch import nn
 
 from latentgrad.distributions import Capability, declares
 from latentgrad.estimators import (
+    ARMS,
     DARN,
     NVIL,
+    REBAR,
     RELAX,
+    VIMCO,
+    ConcreteRELAX,
+    DisARM,
     EReinforce,
     Estimator,
+    GappedStraightThrough,
+    GumbelRao,
     GumbelSoftmax,
+    IndeCateR,
     IndependentSample,
     LeaveOneOut,
     LocalExpectation,
@@ -55,11 +63,14 @@ from latentgrad.estimators import (
     MLPCritic,
     MovingAverage,
     MuProp,
+    ReinMax,
     ScoreFunction,
     StraightThrough,
     SumAndSample,
     TReinforce,
+    UnorderedSet,
 )
+from latentgrad.estimators.unordered_set import MAX_K
 from latentgrad.lab.config import (
     ConfigError,
     InvalidConfigValue,
@@ -328,6 +339,91 @@ class RelaxOptions(EstimatorOptions):
 
 
 @dataclass(frozen=True)
+class RebarOptions(EstimatorOptions):
+    """Options of REBAR (Tucker et al. 2017): the Concrete relaxation's loss as a control
+    variate, its temperature and scale trained to minimise the variance.
+
+    Attributes:
+        num_samples: samples per example and step (3 loss evaluations each).
+        tau_initial: initial temperature of the relaxation (Tucker et al.: 0.5).
+        eta_initial: initial scale of the control variate.
+        learn_tau: train the temperature (its logarithm) on the variance.
+        learn_eta: train the scale on the variance.
+    """
+
+    num_samples: int = 1
+    tau_initial: float = 0.5
+    eta_initial: float = 1.0
+    learn_tau: bool = True
+    learn_eta: bool = True
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples")
+        _check_positive_numbers(self, "tau_initial")
+        eta = self.eta_initial
+        ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta)
+        require(ok, "eta_initial", "a finite number", eta)
+
+
+@dataclass(frozen=True)
+class ConcreteRelaxOptions(EstimatorOptions):
+    """Options of RELAX on the Concrete relaxation (Grathwohl et al. 2018): an MLP critic (two
+    tanh hidden layers) on the relaxed sample, plus REBAR's scaled relaxed loss.
+
+    Attributes:
+        num_samples: samples per example and step.
+        critic_hidden: width of both hidden layers of the critic.
+        tau_initial: initial temperature of the relaxation (trained on the variance).
+        loss_term: add eta times the loss at the relaxed sample to the critic, as in Grathwohl
+            et al.'s discrete experiments (3 loss evaluations per sample instead of 1).
+        eta_initial: initial eta of the loss term (left at 1 without loss_term).
+    """
+
+    num_samples: int = 1
+    critic_hidden: int = 32
+    tau_initial: float = 0.5
+    loss_term: bool = True
+    eta_initial: float = 1.0
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples", "critic_hidden")
+        _check_positive_numbers(self, "tau_initial")
+        eta = self.eta_initial
+        ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta)
+        require(ok, "eta_initial", "a finite number", eta)
+        _check_unused(self, self.loss_term, "eta_initial", "loss_term is true")
+
+
+@dataclass(frozen=True)
+class DisarmOptions(EstimatorOptions):
+    """Options of DisARM (Dong et al. 2020; categorical latents through stick-breaking bits).
+
+    Attributes:
+        num_pairs: antithetic pairs per example and step (2 loss evaluations each).
+    """
+
+    num_pairs: int = 1
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_pairs")
+
+
+@dataclass(frozen=True)
+class ArmsOptions(EstimatorOptions):
+    """Options of ARMS (Dimitriev & Zhou 2021): samples coupled through a Dirichlet copula.
+
+    Attributes:
+        num_samples: coupled samples per example and step (at least 2; 2 is DisARM).
+    """
+
+    num_samples: int = 4
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples")
+        require(self.num_samples >= 2, "num_samples", "at least 2", self.num_samples)
+
+
+@dataclass(frozen=True)
 class TopKOptions(EstimatorOptions):
     """Options of top-k sparsemax marginalization.
 
@@ -359,6 +455,113 @@ class SparseMAPBudgetOptions(EstimatorOptions):
         budget = self.budget
         require(is_positive_int(budget, optional=True), "budget", "a positive int or none", budget)
         _check_positive_ints(self, "max_support")
+
+
+@dataclass(frozen=True)
+class ReinMaxOptions(EstimatorOptions):
+    """Options of ReinMax (Liu et al. 2023) and gapped straight-through (GST, Fan et al. 2022).
+
+    Attributes:
+        tau: temperature (ReinMax: of softmax(logits / tau) in its midpoint, the paper prefers
+            tau >= 1; GST: of its soft sample).
+        num_samples: samples per example and step.
+    """
+
+    tau: float = 1.0
+    num_samples: int = 1
+
+    def validate(self) -> None:
+        _check_positive_numbers(self, "tau")
+        _check_positive_ints(self, "num_samples")
+
+
+@dataclass(frozen=True)
+class GappedOptions(ReinMaxOptions):
+    """Options of gapped straight-through with a fixed gap (GST-1.0 by default).
+
+    Attributes:
+        gap: the margin by which the sampled category's logit beats the others in the soft
+            sample (1.0: GST-1.0; the gst-p entry uses the probability-dependent gap instead).
+    """
+
+    gap: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        _check_positive_numbers(self, "gap")
+
+
+@dataclass(frozen=True)
+class GumbelRaoOptions(EstimatorOptions):
+    """Options of Gumbel-Rao (Paulus et al. 2021), with the temperature schedule of the
+    Gumbel-Softmax entries: ``tau = max(tau_minimum, tau_initial exp(-tau_rate t))``.
+
+    Attributes:
+        tau_initial: temperature at step 0.
+        tau_rate: decay rate per step (0: a constant temperature tau_initial).
+        tau_every: steps between temperature updates.
+        tau_minimum: the temperature never goes below it (at most tau_initial).
+        num_samples: discrete samples per example and step (loss evaluations).
+        num_draws: conditional Gumbel draws averaged in the backward pass (K of GR-MCK; no
+            loss evaluations).
+    """
+
+    tau_initial: float = 1.0
+    tau_rate: float = 1e-4
+    tau_every: int = 1000
+    tau_minimum: float = 0.5
+    num_samples: int = 1
+    num_draws: int = 10
+
+    def _temperature(self) -> GumbelSoftmaxOptions:
+        return GumbelSoftmaxOptions(
+            tau_initial=self.tau_initial,
+            tau_rate=self.tau_rate,
+            tau_every=self.tau_every,
+            tau_minimum=self.tau_minimum,
+            hard=True,
+            num_samples=self.num_samples,
+        )
+
+    def validate(self) -> None:
+        self._temperature().validate()
+        _check_positive_ints(self, "num_draws")
+
+    def schedule(self) -> ExponentialDecay | float:
+        """The temperature: a schedule, or a float when ``tau_rate`` is 0."""
+        return self._temperature().schedule()
+
+
+@dataclass(frozen=True)
+class VIMCOOptions(EstimatorOptions):
+    """Options of VIMCO (Mnih & Rezende 2016), for the multi-sample bound.
+
+    Attributes:
+        num_samples: samples K of the multi-sample bound (at least 2).
+    """
+
+    num_samples: int = 5
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "num_samples")
+        require(self.num_samples >= 2, "num_samples", "at least 2", self.num_samples)
+
+
+@dataclass(frozen=True)
+class UnorderedSetOptions(EstimatorOptions):
+    """Options of the unordered-set estimator (Kool et al. 2020).
+
+    Attributes:
+        k: values drawn without replacement per example and step (2 to 6).
+        max_support: largest support enumerated to draw them.
+    """
+
+    k: int = 4
+    max_support: int = 2**16
+
+    def validate(self) -> None:
+        _check_positive_ints(self, "k", "max_support")
+        require(2 <= self.k <= MAX_K, "k", f"an int from 2 to {MAX_K}", self.k)
 
 
 OptionsT = TypeVar("OptionsT", bound=EstimatorOptions)
@@ -527,6 +730,30 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
         _straight_through,
         StraightThroughOptions(slope_rate=1e-4),
     ),
+    # Successors of straight-through (issue 18): one loss evaluation per sample, biased.
+    "reinmax": EstimatorEntry(
+        "ReinMax: straight-through with Heun's second-order correction, tau = 1 (biased; "
+        "unbiased for quadratic losses; Liu et al.)",
+        lambda o: ReinMax(tau=o.tau, num_samples=o.num_samples),
+        ReinMaxOptions(),
+    ),
+    "gumbel-rao": EstimatorEntry(
+        "Gumbel-Rao: straight-through Gumbel-Softmax averaged over 10 conditional Gumbel draws, "
+        "same temperature schedule as st-gs (biased; Paulus et al.)",
+        lambda o: GumbelRao(tau=o.schedule(), num_draws=o.num_draws, num_samples=o.num_samples),
+        GumbelRaoOptions(),
+    ),
+    "gst-1.0": EstimatorEntry(
+        "gapped straight-through with gap 1 (GST-1.0), tau = 1 (biased; Fan et al.)",
+        lambda o: GappedStraightThrough(gap=o.gap, tau=o.tau, num_samples=o.num_samples),
+        GappedOptions(),
+    ),
+    "gst-p": EstimatorEntry(
+        "gapped straight-through with the gap -log(1-p)/p of the sampled category (GST-p), "
+        "tau = 1 (biased; Fan et al.)",
+        lambda o: GappedStraightThrough(gap="p", tau=o.tau, num_samples=o.num_samples),
+        ReinMaxOptions(),
+    ),
     "local-reparam": EstimatorEntry(
         "local marginalization with common random numbers (Tokui & Sato)",
         lambda o: LocalReparam(o.num_samples),
@@ -543,10 +770,64 @@ ESTIMATORS: dict[str, EstimatorEntry[Any]] = {
         lambda o: RELAX(MLPCritic(hidden=o.critic_hidden), o.num_samples),
         RelaxOptions(),
     ),
+    # Issue 18: REBAR/RELAX on the Concrete relaxation and the antithetic DisARM/ARMS, for
+    # categorical and Bernoulli latents (unbiased; their parameters train on the variance).
+    "rebar": EstimatorEntry(
+        "REBAR: Concrete-relaxation control variate, learned temperature and scale, 3 loss "
+        "evaluations (unbiased; Tucker et al.)",
+        lambda o: REBAR(
+            o.num_samples,
+            tau=o.tau_initial,
+            eta=o.eta_initial,
+            learn_tau=o.learn_tau,
+            learn_eta=o.learn_eta,
+        ),
+        RebarOptions(),
+    ),
+    "relax-concrete": EstimatorEntry(
+        "RELAX: MLP critic on the Concrete relaxation plus REBAR's term, learned (unbiased; "
+        "Grathwohl et al.)",
+        lambda o: ConcreteRELAX(
+            MLPCritic(hidden=o.critic_hidden),
+            o.num_samples,
+            tau=o.tau_initial,
+            loss_term=o.loss_term,
+            eta=o.eta_initial,
+        ),
+        ConcreteRelaxOptions(),
+    ),
+    "disarm": EstimatorEntry(
+        "DisARM: one antithetic pair, 2 loss evaluations (unbiased; Dong et al.; categorical "
+        "latents through stick-breaking bits)",
+        lambda o: DisARM(o.num_pairs),
+        DisarmOptions(),
+    ),
+    "arms": EstimatorEntry(
+        "ARMS: 4 samples coupled by a Dirichlet copula, leave-one-out signal (unbiased; "
+        "Dimitriev & Zhou; categorical latents through stick-breaking bits)",
+        lambda o: ARMS(o.num_samples),
+        ArmsOptions(),
+    ),
     "sum-and-sample": EstimatorEntry(
         "sum the top-1 value, sample the rest (Liu et al.)",
         lambda o: SumAndSample(k=o.k, max_support=o.max_support),
         SumAndSampleOptions(),
+    ),
+    "vimco": EstimatorEntry(
+        "VIMCO: leave-one-out signals for the 5-sample bound -log mean exp(-loss) (IWAE "
+        "objective; Mnih & Rezende)",
+        lambda o: VIMCO(o.num_samples),
+        VIMCOOptions(),
+    ),
+    "indecater": EstimatorEntry(
+        "IndeCateR: each unit summed over its values, the others sampled (De Smet et al.)",
+        lambda o: IndeCateR(o.num_samples),
+        SamplesOptions(),
+    ),
+    "unordered-set": EstimatorEntry(
+        "unordered-set estimator, 4 values without replacement, built-in baseline (Kool et al.)",
+        lambda o: UnorderedSet(k=o.k, max_support=o.max_support),
+        UnorderedSetOptions(),
     ),
     "sparsemax": EstimatorEntry(
         "sparsemax latent, exact sum over its small support (Correia et al.)",

@@ -1,0 +1,207 @@
+"""The unordered-set estimator: k samples without replacement (Kool, van Hoof & Welling)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+from latentgrad._numerics import gumbel_noise, upcast
+from latentgrad._validation import check_int, own_samples
+from latentgrad.estimators._base import (
+    Estimate,
+    Estimator,
+    LatentDistribution,
+    LossFn,
+    evaluate_loss,
+    score_term,
+)
+from latentgrad.estimators.marginalize import support_probs
+
+#: The largest ``k``: the set probabilities are sums over the ``k!`` orderings of the set.
+MAX_K = 6
+
+
+class UnorderedSet(Estimator):
+    """The unordered-set estimator with its built-in baseline, over ``k`` samples drawn without
+    replacement.
+
+    ``S`` is a set of ``k`` distinct values drawn without replacement from ``q`` (Gumbel-top-k:
+    the ``k`` largest ``log q(z) + G_z``). Which of its elements was drawn first is unknown given
+    the unordered set; conditioning the single-sample score function of the first draw on
+    ``S`` (Rao-Blackwellization) gives the unordered-set estimator [1]
+
+        sum_{s in S} P(first = s | S) [grad log q(s) (f(s) - b_s) + grad_theta f(s)],
+
+    with ``P(first = s | S) = q(s) q^{D \\ s}(S \\ s) / q(S)`` (``q(S)`` the probability of the
+    unordered set, ``q^{D \\ s}`` the distribution with ``s`` removed). The built-in baseline
+
+        b_s = q(s) f(s) + (1 - q(s)) sum_{s' in S \\ s} P(second = s' | first = s, S) f(s')
+
+    is, given that ``s`` was drawn first, an unbiased estimate of ``E_q[f]`` from the others
+    (the unordered-set estimate of ``E_{q^{D \\ s}}[f]`` on ``S \\ s``), so it keeps the
+    estimator unbiased; it needs ``k >= 2``. The honest ``value`` is
+    ``sum_s P(first = s | S) f(s)``, unbiased for ``E_q[f]``.
+
+    The conditional probabilities are computed exactly, in log space, as sums over the ``k!``
+    orderings of ``S`` (each ordering's probability is ``prod_i q(s_i) / (1 - q(s_1) - ... -
+    q(s_{i-1}))``), hence ``k <= 6`` (:data:`MAX_K`; the paper's numerical integral for large
+    sets is not implemented).
+
+    The sample is drawn from the enumerated support (``support_probs()``), so the distribution
+    must declare ``has_enumerate_support``: a :class:`~latentgrad.Categorical` (its ``K``
+    classes), or a small factorized latent (``Independent`` units, a few bits) whose joint
+    support is enumerated. Larger factorized latents would need stochastic beam search and are
+    refused (``max_support``). When ``k`` is at least the number of values of nonzero
+    probability the set holds them all and the estimate is exact; zero-probability values in
+    the set never enter it (a NaN or infinite loss there does no harm).
+
+    Args:
+        k: the size of the sample without replacement, ``2 <= k <= 6`` (smaller when the
+            support is).
+        max_support: refuse (``ValueError``) distributions with more support points than this.
+
+    Returns:
+        :class:`Estimate` with ``per_sample`` ``(1,) + batch_shape``, ``loss_evals``
+        ``min(k, S)``, ``losses`` (``(min(k, S),) + batch_shape``, in the order drawn) and
+        ``extras``: ``"first_probs"`` (``P(first = s | S)``) and ``"baseline"`` (``b_s``), both
+        ``(min(k, S),) + batch_shape``.
+
+    Shape:
+        ``dist``: batch ``B``, event ``E``, support size ``S``; ``loss_fn``:
+        ``(min(k, S),) + B + E -> (min(k, S),) + B``; ``value``, ``surrogate``: ``B``.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.estimators import UnorderedSet
+        >>> logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]], requires_grad=True)
+        >>> est = UnorderedSet(k=3)
+        >>> out = est(lg.Categorical(logits=logits), lambda z: (z * torch.arange(5.0)).sum(-1))
+        >>> out.loss_evals, float(out.extras["first_probs"].sum())
+        (3, 1.0)
+        >>> out.surrogate.sum().backward()
+        >>> UnorderedSet(k=5)(lg.Categorical(logits=logits), lambda z: z[..., 1]).value  # exact: k = K
+        tensor([0.2071])
+
+    References:
+        [1] Kool, van Hoof & Welling, "Estimating Gradients for Discrete Random Variables by
+            Sampling without Replacement", ICLR 2020.
+        [2] Kool, van Hoof & Welling, "Stochastic Beams and Where to Find Them: The Gumbel-Top-k
+            Trick for Sampling Sequences Without Replacement", ICML 2019.
+    """
+
+    requires = ("has_enumerate_support",)
+
+    def __init__(self, k: int = 4, max_support: int = 2**16) -> None:
+        super().__init__()
+        self.k = check_int(k, "k", minimum=2, maximum=MAX_K)
+        self.max_support = check_int(max_support, "max_support", minimum=1)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, max_support={self.max_support}"
+
+    def _estimate(
+        self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
+    ) -> Estimate:
+        values, probs = support_probs(dist, self.max_support)  # (S,) + B + E, (S,) + B
+        batch_shape = dist.batch_shape
+        with own_samples():  # the family's own support
+            log_p = upcast(dist.log_prob(values))  # (S,) + B, differentiable
+        # A ragged support is padded with copies of a value at probability 0 (KSubset with
+        # absent items, ...): the copies must not be drawn as values of their own.
+        log_p = torch.where(probs > 0, log_p, torch.full_like(log_p, -math.inf))
+        k = min(self.k, values.shape[0])
+        scores = log_p.detach()
+        index = (scores + gumbel_noise(scores.shape, scores)).topk(k, dim=0).indices  # (k,) + B
+        n_event = values.dim() - 1 - len(batch_shape)
+        event_index = index.reshape(index.shape + (1,) * n_event)
+        z = values.gather(0, event_index.expand(index.shape + values.shape[1 + len(batch_shape) :]))
+        losses = evaluate_loss(loss_fn, z, (k,), batch_shape)
+        in_set = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        in_set.scatter_(0, index, True)
+        log_outside = scores.masked_fill(in_set, -math.inf).logsumexp(0)  # log(1 - q(S))
+        chosen = log_p.gather(0, index)  # (k,) + B
+        first, baseline = set_weights(chosen.detach(), log_outside, upcast(losses.detach()))
+        present = first > 0
+        safe_losses = torch.where(present, upcast(losses), torch.zeros_like(first))
+        # Keep absent values' -inf log-probabilities out of the graph (their weight is 0).
+        safe_log_p = torch.where(present, chosen, torch.zeros_like(chosen))
+        signal = torch.where(present, first * (upcast(losses.detach()) - baseline), 0.0)
+        value = (first * safe_losses).sum(0)
+        surrogate = value + score_term(safe_log_p, signal).sum(0)
+        return Estimate.from_terms(
+            surrogate.unsqueeze(0).to(losses.dtype),
+            losses=losses,
+            loss_evals=k,
+            value=value.to(losses.dtype),
+            extras={"first_probs": first, "baseline": baseline},
+        )
+
+
+def set_weights(log_p: Tensor, log_outside: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    """``P(first = s | S)`` and the built-in baselines ``b_s`` of a set drawn without replacement.
+
+    Values of probability 0 in the set (``log_p = -inf``; drawn only after every value of
+    nonzero probability) are treated as absent: their ``P(first = s | S)`` is 0, and losses
+    that enter with weight 0 are ignored.
+
+    Args:
+        log_p: ``log q(s)`` of the set's values, ``(k,) + B`` (detached).
+        log_outside: ``log(1 - q(S))``, the log mass outside the set, ``B``.
+        losses: ``f(s)``, ``(k,) + B`` (detached).
+
+    Returns:
+        ``(first, baseline)``, both ``(k,) + B``.
+
+    Example:
+        A set of two values out of three equiprobable ones: each is first with probability 1/2,
+        and the baseline of each is ``(f(s) + 2 f(s')) / 3``.
+
+        >>> import math, torch
+        >>> from latentgrad.estimators.unordered_set import set_weights
+        >>> log_p = torch.full((2,), math.log(1 / 3))
+        >>> first, baseline = set_weights(log_p, torch.tensor(math.log(1 / 3)), torch.tensor([3.0, 6.0]))
+        >>> first, baseline.round(decimals=4)
+        (tensor([0.5000, 0.5000]), tensor([5., 4.]))
+    """
+    k = log_p.shape[0]
+    lead = log_p.shape[1:]
+    present = log_p > -math.inf
+    if k == 1:  # the set is the whole support: q(s) = 1, b_s = f(s)
+        return present.to(log_p.dtype), losses
+    orders = torch.tensor(list(itertools.permutations(range(k))), device=log_p.device)
+    ordered = log_p[orders]  # (k!, k) + B
+    ordered_present = present[orders]
+    # Mass left before drawing position i: q(outside S) + the set's values from i on.
+    left = torch.logcumsumexp(ordered.flip(1), 1).flip(1)
+    left = torch.logaddexp(left, log_outside.expand_as(left))
+    drawn = ordered - torch.where(ordered_present, left, torch.zeros_like(left))
+    # An absent value can only come after every present one (where nothing is left).
+    absent = torch.where(left == -math.inf, 0.0, -math.inf).to(log_p.dtype)
+    log_orders = torch.where(ordered_present, drawn, absent).sum(1)  # (k!,) + B
+    # permutations() is lexicographic: blocks of (k - 1)! share the first value, and within
+    # them blocks of (k - 2)! the second (the others in increasing order).
+    rest_orders = math.factorial(k - 1)  # explicit sizes: B may be empty
+    by_first = log_orders.reshape((k, rest_orders, *lead)).logsumexp(1)  # (k,) + B
+    first = torch.softmax(by_first, 0)
+    by_pair = log_orders.reshape((k, k - 1, rest_orders // (k - 1), *lead))
+    by_second = by_pair.logsumexp(2)  # (k, k - 1) + B
+    second = torch.exp(by_second - by_first.unsqueeze(1)).nan_to_num(0.0)
+    others = _others(k, log_p.device)  # (k, k - 1): the values other than s, in order
+    log_rest = torch.logaddexp(log_p[others].logsumexp(1), log_outside)  # log(1 - q(s))
+    coef = torch.exp(log_rest).unsqueeze(1) * second  # (k, k - 1) + B
+    other_losses = losses[others]
+    rest = torch.where(coef > 0, coef * other_losses, torch.zeros_like(coef)).sum(1)
+    own = torch.where(present, log_p.exp() * losses, torch.zeros_like(losses))
+    return first, own + rest
+
+
+def _others(k: int, device: torch.device) -> Tensor:
+    """Row ``s``: the indices ``0..k-1`` without ``s``, in increasing order, shape ``(k, k-1)``."""
+    index = torch.arange(k - 1, device=device).expand(k, k - 1)
+    return index + (index >= torch.arange(k, device=device).unsqueeze(1)).long()
+
+
+__all__ = ["MAX_K", "UnorderedSet", "set_weights"]
