@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from latentgrad.distributions.arborescence import Arborescence
-from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
+from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds, min_cost_arborescence
 from latentgrad.structured.core import enumerate_traces, run, sample_noise, trace_log_prob
 from latentgrad.testing.stats import bonferroni_z
 
@@ -143,6 +143,74 @@ def test_fast_run_equals_the_generic_driver(n):
                 assert torch.equal(got, expected)
                 assert torch.equal(got_trace.choices, expected_trace.choices)
                 assert torch.equal(got_trace.candidates, expected_trace.candidates)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 9, 17])
+def test_min_cost_arborescence_equals_the_step_by_step_algorithm(n):
+    # All cycles of a round at once, with the same reduced costs and tie-breaking: the same
+    # parent vector as ChuLiuEdmonds.run, on continuous costs, integer ties and absent edges.
+    g = torch.Generator().manual_seed(20 + n)
+    for root in sorted({0, n // 2, n - 1}):
+        alg = ChuLiuEdmonds(n, root)
+        rows = 200
+        present = _random_mask(rows, n, root, g, drop=0.3 if n > 3 else 0.0)
+        log_e = torch.log(torch.rand(rows, n, n, generator=g, dtype=torch.float64))
+        for values in (
+            -log_e,
+            torch.randint(0, 3, (rows, n, n), generator=g).double(),
+            torch.randint(-2, 3, (rows, n, n), generator=g).double() / 2,
+            torch.zeros(rows, n, n, dtype=torch.float64),
+        ):
+            costs = torch.where(present, values, torch.inf).reshape(rows, -1)
+            expected, _ = alg.run(costs, present.reshape(rows, -1))
+            assert torch.equal(min_cost_arborescence(costs, root), expected)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_min_cost_arborescence_is_a_minimum_by_enumeration(n):
+    g = torch.Generator().manual_seed(30 + n)
+    for root in sorted({0, n - 1}):
+        trees = torch.stack([_adjacency(p) for p in _arborescences(n, root)]).double()
+        for costs in (
+            torch.randn(100, n, n, generator=g, dtype=torch.float64),
+            torch.randint(0, 2, (100, n, n), generator=g).double(),
+        ):
+            parent = min_cost_arborescence(costs.reshape(100, -1), root)
+            adj = torch.zeros(100, n, n, dtype=torch.float64)
+            for v in range(n):
+                if v != root:
+                    adj[torch.arange(100), parent[:, v], v] = 1.0
+            _assert_arborescences(adj, torch.ones(n, n, dtype=torch.bool), root)
+            # Self-loops and edges into the root are in no arborescence: their costs never count.
+            got = (adj * costs).sum((1, 2))
+            best = torch.einsum("snm,rnm->rs", trees, costs).amin(1)
+            torch.testing.assert_close(got, best, rtol=0, atol=1e-12)
+
+
+def test_min_cost_arborescence_extreme_and_low_precision_costs():
+    g = torch.Generator().manual_seed(5)
+    n = 7
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for scale in (1.0, 1e4):
+            costs = (torch.randn(20, n * n, generator=g) * scale).to(dtype)
+            parent = min_cost_arborescence(costs, 3)
+            expected, _ = ChuLiuEdmonds(n, 3).run(costs, torch.ones(20, n * n, dtype=torch.bool))
+            assert torch.equal(parent, expected)
+    # No rows, and two vertices (the only arborescence is the root's edge).
+    assert min_cost_arborescence(torch.zeros(0, 9), 0).shape == (0, 3)
+    assert min_cost_arborescence(torch.zeros(2, 4), 1).tolist() == [[1, -1], [1, -1]]
+
+
+def test_min_cost_arborescence_argument_errors():
+    with pytest.raises(TypeError, match="costs"):
+        min_cost_arborescence(torch.zeros(2, 9, dtype=torch.long))
+    with pytest.raises(TypeError, match="costs"):
+        min_cost_arborescence([[0.0] * 9])  # type: ignore[arg-type]
+    for shape in ((2, 8), (9,), (2, 3, 3), (2, 1)):
+        with pytest.raises(ValueError, match="costs"):
+            min_cost_arborescence(torch.zeros(shape))
+    with pytest.raises(ValueError, match="root"):
+        min_cost_arborescence(torch.zeros(2, 9), root=3)
 
 
 def test_fast_run_equals_the_generic_driver_when_some_row_stalls():

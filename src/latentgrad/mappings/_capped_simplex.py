@@ -184,10 +184,17 @@ def capped_simplex_decomposition(
     weights = (width.gather(1, slots) * support).to(theta.dtype)
     with torch.no_grad():
         # One t inside each range (its middle), and the coordinates it selects: the interval
-        # [start_i, end_i) holds ceil(end_i - t) - ceil(start_i - t) points of t + Z.
-        middle = (cuts.gather(1, slots) + upper.gather(1, slots)) / 2
-        end = ends.detach().unsqueeze(1)
-        start = end - x.detach().unsqueeze(1)
-        hits = torch.ceil(end - middle.unsqueeze(2)) - torch.ceil(start - middle.unsqueeze(2))
-        structures = ((hits > 0) & proj.free.unsqueeze(1)) | proj.ones.unsqueeze(1)
+        # [start_i, end_i) holds ceil(end_i - t) - ceil(start_i - t) points of t + Z. With
+        # start_i = s_i + f_i and end_i = e_i + g_i (integer and fractional parts) and t in
+        # [0, 1), that count is (e_i - s_i) + [g_i > t] - [f_i > t]; a free coordinate has
+        # x_i < 1, so e_i - s_i is 0 (one point iff f_i <= t < g_i) or 1 (one point unless
+        # g_i <= t < f_i). Per range this is two comparisons, not two ceilings of differences.
+        middle = ((cuts.gather(1, slots) + upper.gather(1, slots)) / 2).unsqueeze(2)
+        end = ends.detach()
+        start = end - x.detach()
+        crossed = end.floor() > start.floor()
+        f, g = start - start.floor(), end - end.floor()
+        low, high = torch.where(crossed, g, f).unsqueeze(1), torch.where(crossed, f, g).unsqueeze(1)
+        hits = ((middle >= low) & (middle < high)) ^ crossed.unsqueeze(1)
+        structures = (hits & proj.free.unsqueeze(1)) | proj.ones.unsqueeze(1)
     return structures, weights, proj.mu

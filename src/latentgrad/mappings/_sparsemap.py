@@ -175,10 +175,17 @@ class _Solution(NamedTuple):
     iterations: Tensor  # (n,)
 
 
-def _grow(t: Tensor, k: int) -> Tensor:
-    """``t`` with its dimension 1 zero-padded (``False``-padded) to ``k``."""
-    out = t.new_zeros((t.shape[0], k, *t.shape[2:]))
+def _grow(t: Tensor, k: int, fill: float | int | bool = 0) -> Tensor:
+    """``t`` with its dimension 1 padded with ``fill`` (default 0 or ``False``) to ``k``."""
+    out = t.new_full((t.shape[0], k, *t.shape[2:]), fill)
     out[:, : t.shape[1]] = t
+    return out
+
+
+def _grow_square(t: Tensor, k: int) -> Tensor:
+    """``(n, K, K)`` matrices zero-padded to ``(n, k, k)``."""
+    out = t.new_zeros(t.shape[0], k, k)
+    out[:, : t.shape[1], : t.shape[2]] = t
     return out
 
 
@@ -200,13 +207,22 @@ def _next_capacity(cap: int, max_active: int) -> int:
     return min(max_active, cap + max(8, cap // 2))
 
 
-def _kkt_decompose(z: Tensor, mask: Tensor, decompose: Callable[..., Any]) -> list[Tensor]:
-    """``decompose`` (a ``torch.linalg.*_ex`` function) of the KKT matrices for slots ``z``.
+def _gram(z: Tensor) -> Tensor:
+    """The Gram matrices ``z z^T`` of 0/1 slots ``z`` ``(n, K, D)``, float64 ``(n, K, K)``.
+
+    Computed in float32, which is exact here (integer sums below ``2**24``) and several times
+    faster than float64 on the CPU.
+    """
+    z32 = z.float()
+    return torch.bmm(z32, z32.transpose(1, 2)).double()
+
+
+def _kkt_decompose(gram: Tensor, mask: Tensor, decompose: Callable[..., Any]) -> list[Tensor]:
+    """``decompose`` (a ``torch.linalg.*_ex`` function) of the KKT matrices of Gram matrices.
 
     Returns its outputs without the trailing ``info``. Rows where the matrix is singular (never
     in exact arithmetic) are decomposed again with a tiny ridge on the Gram matrix.
     """
-    gram = torch.bmm(z, z.transpose(1, 2))
     *out, info = decompose(_kkt_matrix(gram, mask))
     bad = (info != 0).nonzero().squeeze(1)
     if bad.numel():
@@ -218,10 +234,64 @@ def _kkt_decompose(z: Tensor, mask: Tensor, decompose: Callable[..., Any]) -> li
     return out
 
 
-def _kkt_inverse(z: Tensor, mask: Tensor) -> Tensor:
+def _kkt_inverse(gram: Tensor, mask: Tensor) -> Tensor:
     """The inverse of the bordered KKT matrix of :func:`_kkt_matrix`, ``(n, K+1, K+1)``."""
-    (kinv,) = _kkt_decompose(z, mask, torch.linalg.inv_ex)
+    (kinv,) = _kkt_decompose(gram, mask, torch.linalg.inv_ex)
     return kinv
+
+
+# -- structures as lists of their parts ----------------------------------------------------------
+#
+# A structure has few parts among D (an arborescence n - 1 of n^2, a tag sequence 2L - 1 of
+# L K + (L - 1) K^2), so the solver keeps each slot as the indices of its parts, padded with the
+# index D of a spare zero column: products with all slots then touch O(K * parts) numbers per
+# row instead of O(K * D).
+
+
+def _parts(z: Tensor, k: int = 1) -> Tensor:
+    """The indices of the ones of 0/1 rows ``z`` ``(m, D)``, long ``(m, k')`` padded with ``D``.
+
+    ``k'`` is the largest count of ones, at least ``k``; a row keeps the order of its indices.
+    """
+    m, d = z.shape
+    rows, cols = (z != 0).nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=m)
+    width = max(k, int(counts.max()) if m else 0)
+    start = counts.cumsum(0) - counts
+    pos = torch.arange(rows.shape[0], device=z.device) - start[rows]
+    out = torch.full((m, width), d, dtype=torch.long, device=z.device)
+    out[rows, pos] = cols
+    return out
+
+
+def _widen(idx: Tensor, k: int, d: int) -> Tensor:
+    """Part lists ``(..., k0)`` padded with ``d`` to ``(..., k)``."""
+    if idx.shape[-1] >= k:
+        return idx
+    pad = idx.new_full((*idx.shape[:-1], k - idx.shape[-1]), d)
+    return torch.cat([idx, pad], -1)
+
+
+def _slot_scores(x: Tensor, idx: Tensor) -> Tensor:
+    """``<x, z_a>`` for the slots ``idx`` ``(n, K, k)`` of rows ``x`` ``(n, D)``, ``(n, K)``."""
+    n, cap, k = idx.shape
+    padded = torch.cat([x, x.new_zeros(n, 1)], 1)
+    return padded.gather(1, idx.reshape(n, cap * k)).reshape(n, cap, k).sum(2)
+
+
+def _combine(p: Tensor, idx: Tensor, d: int) -> Tensor:
+    """``sum_a p_a z_a`` for weights ``p`` ``(n, K)`` and slots ``idx`` ``(n, K, k)``, ``(n, D)``."""
+    n, cap, k = idx.shape
+    out = p.new_zeros(n, d + 1)
+    out.scatter_add_(1, idx.reshape(n, cap * k), p.unsqueeze(2).expand(n, cap, k).reshape(n, -1))
+    return out[:, :d]
+
+
+def _dense(idx: Tensor, d: int, dtype: torch.dtype) -> Tensor:
+    """The 0/1 slots ``(n, K, D)`` of part lists ``idx`` ``(n, K, k)``."""
+    n, cap, _ = idx.shape
+    out = torch.zeros(n, cap, d + 1, dtype=dtype, device=idx.device)
+    return out.scatter_(2, idx, 1.0)[:, :, :d]
 
 
 #: The inverse KKT matrices, updated by rank-one terms as structures enter and leave, are
@@ -262,22 +332,22 @@ def _grow_border(v: Tensor, k: int) -> Tensor:
 _REFINE = 1
 
 
-def _refine(
-    p_hat: Tensor, rhs: Tensor, kinv: Tensor, z: Tensor, theta: Tensor, mask: Tensor
-) -> Tensor:
-    """The minimizer on the active set, ``p_hat`` improved by iterative refinement.
+def _refine(rhs: Tensor, kinv: Tensor, idx: Tensor, theta: Tensor, mask: Tensor) -> Tensor:
+    """The minimizer on the active set (slots ``idx``, see :func:`_parts`), by a solve with the
+    inverse ``kinv`` improved by iterative refinement.
 
     The face phase compares duality gaps far below the error of a solve with an inverse that
     rank-one updates have kept (or that an ill-conditioned KKT matrix gives); each round solves
     for the residual of the KKT system, ``[M (theta - M^T p) - nu; 1 - sum(p)]``, computed
     without forming the Gram matrix.
     """
+    d = theta.shape[1]
     sol = torch.bmm(rhs, kinv).squeeze(1)  # [p; nu]
-    m = mask.to(z.dtype)
+    m = mask.to(theta.dtype)
     for _ in range(_REFINE):
         p, nu = sol[:, :-1] * m, sol[:, -1:]
-        mu = torch.bmm(p.unsqueeze(1), z).squeeze(1)
-        top = (torch.bmm(z, (theta - mu).unsqueeze(2)).squeeze(2) - nu) * m
+        mu = _combine(p, idx, d)
+        top = (_slot_scores(theta - mu, idx) - nu) * m
         res = torch.cat([top, 1.0 - p.sum(1, keepdim=True)], 1)
         sol = sol + torch.bmm(res.unsqueeze(1), kinv).squeeze(1)
     return sol[:, :-1]
@@ -294,14 +364,17 @@ def _active_set(
 ) -> _Solution:
     """Batched active-set SparseMAP on float64 scores ``theta`` of shape ``(n, D)``.
 
-    Every row keeps its active structures in ``cap`` slots (``z``, weights ``p``, ``mask``),
-    their scores ``<z, theta>``, and the inverse of its bordered KKT matrix. An iteration
-    multiplies by that inverse (the equality-constrained minimizer on the active set), steps
-    back to the simplex boundary and drops the blocking structure where a weight would turn
-    negative (and drops weights that vanish), and otherwise calls the oracle and adds its
-    structure unless the duality gap is small enough or the structure is affinely dependent on
-    the active set. Entering and leaving structures change the inverse by a rank-one term (the
-    bordering formulas), so an iteration costs ``O(cap^2)`` per row instead of a factorization.
+    Every row keeps its active structures in ``cap`` slots (the indices of their parts, see
+    :func:`_parts`, weights ``p``, ``mask``), their scores ``<z, theta>``, their Gram matrix
+    (a row and a column written as a structure enters) and the inverse of its bordered KKT
+    matrix. An iteration multiplies by that inverse (the equality-constrained minimizer on the
+    active set), steps back to the simplex boundary and drops the blocking structure where a
+    weight would turn negative (and drops weights that vanish), and otherwise calls the oracle
+    (on the rows that dropped nothing) and adds its structure unless the duality gap is small
+    enough or the structure is affinely dependent on the active set. Entering and leaving
+    structures change the inverse by a rank-one term (the bordering formulas), so an iteration
+    costs ``O(cap^2 + cap * parts)`` per row instead of a factorization or a product with
+    ``(cap, D)`` matrices; the periodic refresh of the inverse reuses the kept Gram matrix.
 
     The oracle first sees ``theta - mu`` on a coarse grid (stable paths at ties); a row is done
     with that phase at a gap of ``tol`` or when the oracle's structure lies in the affine hull
@@ -319,17 +392,20 @@ def _active_set(
     dev = theta.device
     if warm is None:
         cap = min(max_active, 8)
-        z = theta.new_zeros(n, cap, d)
-        z[:, 0] = _call_oracle(oracle, theta)
+        idx = _grow(_parts(_call_oracle(oracle, theta)).unsqueeze(1), cap, d)
         p = theta.new_zeros(n, cap)
         p[:, 0] = 1.0
+        gram = theta.new_zeros(n, cap, cap)
+        gram[:, 0, 0] = (idx[:, 0] < d).sum(1).to(theta.dtype)
     else:
         z, p = warm
         cap = min(max_active, max(z.shape[1], 8))
-        z, p = _grow(z, cap), _grow(p, cap)
+        gram = _grow_square(_gram(z), cap)
+        idx = _grow(_parts(z.reshape(-1, d)).reshape(n, z.shape[1], -1), cap, d)
+        p = _grow(p, cap)
     mask = p > 0
     # Outputs for all rows; the working arrays below hold the rows still being solved.
-    out_z, out_p, out_mask = z, p, mask
+    out_idx, out_p, out_mask = idx, p, mask
     iterations = torch.zeros(n, dtype=torch.long, device=dev)
     rows = torch.arange(n, device=dev)
     th = theta
@@ -337,26 +413,28 @@ def _active_set(
     floor = gap_floor(theta)
     loose = floor.clamp_min(tol)  # a row whose gap is below this has converged
     fine = torch.zeros(n, dtype=torch.bool, device=dev)  # in the face-identification phase
-    score = torch.bmm(theta.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
+    score = _slot_scores(theta, idx)
     w_iter = iterations.clone()
     live = torch.ones(n, dtype=torch.bool, device=dev)
-    kinv = _kkt_inverse(z, mask)
+    kinv = _kkt_inverse(gram, mask)
     since_refresh = 0
 
     def write_back(which: Tensor) -> None:
-        nonlocal out_z, out_p, out_mask
-        if out_z.shape[1] < cap:
-            out_z, out_p, out_mask = _grow(out_z, cap), _grow(out_p, cap), _grow(out_mask, cap)
-        idx = rows[which]
-        out_z[idx], out_p[idx], out_mask[idx] = z[which], p[which], mask[which]
-        iterations[idx] = w_iter[which]
+        nonlocal out_idx, out_p, out_mask
+        if out_idx.shape[1] < cap or out_idx.shape[2] < idx.shape[2]:
+            out_idx = _widen(_grow(out_idx, cap, d), idx.shape[2], d)
+            out_p, out_mask = _grow(out_p, cap), _grow(out_mask, cap)
+        at = rows[which]
+        out_idx[at] = _widen(idx[which], out_idx.shape[2], d)
+        out_p[at], out_mask[at] = p[which], mask[which]
+        iterations[at] = w_iter[which]
 
     for _ in range(max_iter):
         w = rows.numel()
         if w == 0:
             break
         if since_refresh >= _REFRESH:
-            kinv, since_refresh = _kkt_inverse(z, mask), 0
+            kinv, since_refresh = _kkt_inverse(gram, mask), 0
         since_refresh += 1
         ar = torch.arange(w, device=dev)
         # The minimizer on the active set, then a step towards it that stays feasible.
@@ -364,8 +442,8 @@ def _active_set(
         rhs = torch.cat([score * mask, torch.ones_like(score[:, :1])], 1).unsqueeze(1)
         p_hat = torch.bmm(rhs, kinv)[:, 0, :cap]
         if bool(fine.any()):
-            idx = fine.nonzero().squeeze(1)
-            p_hat[idx] = _refine(p_hat[idx], rhs[idx], kinv[idx], z[idx], th[idx], mask[idx])
+            at = fine.nonzero().squeeze(1)
+            p_hat[at] = _refine(rhs[at], kinv[at], idx[at], th[at], mask[at])
         step = p_hat - p
         shrinking = mask & (step < 0)
         infeasible = (mask & (p_hat < -_NEGATIVE)).any(1) & live
@@ -381,7 +459,7 @@ def _active_set(
         p_new = p_new.clamp_min(0.0) * new_mask
         p_new = p_new / p_new.sum(1, keepdim=True)
         # Where nothing left, ask the oracle for the best structure in direction theta - mu.
-        mu = torch.bmm(p_new.unsqueeze(1), z).squeeze(1)
+        mu = _combine(p_new, idx, d)
         g = th - mu
         # The oracle sees g rounded to a grid far coarser than rounding noise: entries that tie
         # (or vanish) in exact arithmetic then tie exactly, so the oracle's deterministic
@@ -391,23 +469,28 @@ def _active_set(
         # Rows in the face-identification phase see g itself: the coarse grid would hide the
         # reduced costs of structures of tiny weight.
         g_round = torch.where(fine.unsqueeze(1), g, torch.round(g / grid) * grid)
-        if bool(live.all()):
+        # Only rows at the minimizer on their active set ask the oracle (a row that dropped a
+        # structure has its next minimizer to find first).
+        settled = live & ~shrunk
+        if bool(settled.all()):
             z_new = _call_oracle(oracle, g_round)
         else:
-            idx = live.nonzero().squeeze(1)
+            at = settled.nonzero().squeeze(1)
             z_new = torch.zeros_like(g)
-            z_new[idx] = _call_oracle(oracle, g_round[idx])
+            if at.numel():
+                z_new[at] = _call_oracle(oracle, g_round[at])
         gap_i = (g * (z_new - mu)).sum(1)
-        settled = live & ~shrunk  # rows at the minimizer on their active set
         # On the grid a row stops at gap <= tol; in the face phase at the rounding floor.
         small = gap_i <= torch.where(fine, floor, loose)
         candidate = settled & ~small
         # The entering structure's border b = [M z; 1], u = K^-1 b, and its Schur complement:
         # its squared distance to the affine hull of the active set.
-        inner = torch.bmm(z_new.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * new_mask
-        b = torch.cat([inner, torch.ones_like(inner[:, :1])], 1) * candidate.unsqueeze(1)
+        inner = _slot_scores(z_new, idx)
+        size = z_new.sum(1)
+        b = torch.cat([inner * new_mask, torch.ones_like(inner[:, :1])], 1)
+        b = b * candidate.unsqueeze(1)
         u = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)
-        schur = z_new.sum(1) - (b * u).sum(1)
+        schur = size - (b * u).sum(1)
         # A structure in the affine hull of the active set has gap 0 at the minimizer on it (in
         # exact arithmetic): nothing better is in sight, the row is done with this phase.
         dependent = candidate & (schur <= _DEPENDENT)
@@ -421,14 +504,14 @@ def _active_set(
             finish = done & fine
             fine = fine | done
             done = finish
-        refresh = False
         count = new_mask.sum(1)
         full = add & (count >= cap)
         if bool(full.any()):
             if cap < max_active:
                 cap = _next_capacity(cap, max_active)
-                z, p_new, new_mask, mask = (_grow(t, cap) for t in (z, p_new, new_mask, mask))
-                score, kinv = _grow(score, cap), _grow_inverse(kinv, cap)
+                p_new, new_mask, mask = (_grow(t, cap) for t in (p_new, new_mask, mask))
+                idx, inner, score = _grow(idx, cap, d), _grow(inner, cap), _grow(score, cap)
+                kinv, gram = _grow_inverse(kinv, cap), _grow_square(gram, cap)
                 b, u = _grow_border(b, cap), _grow_border(u, cap)
             else:
                 live = live & ~full
@@ -439,7 +522,7 @@ def _active_set(
         left_slots = mask & ~new_mask
         dropped = left_slots.sum(1)
         single = dropped == 1
-        refresh = refresh or bool((dropped > 1).any())
+        refresh = bool((dropped > 1).any())
         free_slot = (~new_mask).to(torch.uint8).argmax(1)
         j = torch.where(add, free_slot, left_slots.to(torch.uint8).argmax(1))
         col = kinv[ar, j]
@@ -459,32 +542,40 @@ def _active_set(
         if local.numel():
             slot = j[local]
             z_add = z_new[local]
-            z[local, slot] = z_add
+            parts = _parts(z_add, idx.shape[2])
+            if parts.shape[1] > idx.shape[2]:
+                idx = _widen(idx, parts.shape[1], d)
+            idx[local, slot] = parts
             new_mask[local, slot] = True
             score[local, slot] = (z_add * th[local]).sum(1)
+            # The entering slot's row and column of the Gram matrix (inactive slots' entries
+            # are never read: the KKT matrix masks them, and a slot that enters rewrites them).
+            gram[local, slot] = inner[local]
+            gram[local, :, slot] = inner[local]
+            gram[local, slot, slot] = size[local]
         p, mask = p_new, new_mask
         if refresh:
-            kinv, since_refresh = _kkt_inverse(z, mask), 0
+            kinv, since_refresh = _kkt_inverse(gram, mask), 0
         w_iter += live
         live = live & ~done
         remaining = int(live.sum())
         if remaining <= w // 2:
             write_back(~live)
             keep = live.nonzero().squeeze(1)
-            rows, th, grid, z, p, mask = (
+            rows, th, grid, idx, p, mask = (
                 rows[keep],
                 th[keep],
                 grid[keep],
-                z[keep],
+                idx[keep],
                 p[keep],
                 mask[keep],
             )
             floor, loose, fine = floor[keep], loose[keep], fine[keep]
-            score, kinv, live = score[keep], kinv[keep], live[keep]
+            score, kinv, live, gram = score[keep], kinv[keep], live[keep], gram[keep]
             w_iter = w_iter[keep]
     if rows.numel():
         write_back(torch.ones_like(live))
-    return _Solution(out_z, out_p, out_mask, iterations)
+    return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations)
 
 
 #: Probes of the optimal face: the oracle sees ``theta - mu +- _PROBE (1 + max|theta|) r`` for a
@@ -499,15 +590,13 @@ _PROBE_ROUNDS = 2
 _OUTSIDE = 1e-6
 
 
-def _hull_coordinates(y: Tensor, z: Tensor, m: Tensor, kinv: Tensor) -> tuple[Tensor, Tensor]:
+def _hull_coordinates(y: Tensor, idx: Tensor, m: Tensor, kinv: Tensor) -> tuple[Tensor, Tensor]:
     """Barycentric coordinates ``(n, K)`` of the projection of ``y`` ``(n, D)`` onto the affine
-    hull of the slots ``z`` with mask ``m`` (float) and inverse KKT matrices ``kinv``, and ``y``
-    less that projection."""
-    b = torch.cat(
-        [torch.bmm(y.unsqueeze(1), z.transpose(1, 2)).squeeze(1) * m, m[:, :1] * 0 + 1], 1
-    )
-    c = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)[:, : z.shape[1]] * m
-    return c, y - torch.bmm(c.unsqueeze(1), z).squeeze(1)
+    hull of the slots ``idx`` (see :func:`_parts`) with mask ``m`` (float) and inverse KKT
+    matrices ``kinv``, and ``y`` less that projection."""
+    b = torch.cat([_slot_scores(y, idx) * m, m[:, :1] * 0 + 1], 1)
+    c = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)[:, : idx.shape[1]] * m
+    return c, y - _combine(c, idx, y.shape[1])
 
 
 def _complete_face(
@@ -539,24 +628,24 @@ def _complete_face(
         th, zs, sup = theta[live], z[live], support[live]
         w, k = th.shape[0], zs.shape[1]
         m = sup.to(zs.dtype)
-        kinv = _kkt_inverse(zs, sup)
+        kinv = _kkt_inverse(_gram(zs), sup)
         ones = th.new_ones(w, 1)
-        zt = zs.transpose(1, 2)
-        rhs = torch.cat([torch.bmm(th.unsqueeze(1), zt).squeeze(1) * m, ones], 1).unsqueeze(1)
-        p = _refine(torch.bmm(rhs, kinv)[:, 0, :k], rhs, kinv, zs, th, sup) * m
-        mu = torch.bmm(p.unsqueeze(1), zs).squeeze(1)
+        parts = _parts(zs.reshape(w * k, d)).reshape(w, k, -1)
+        rhs = torch.cat([_slot_scores(th, parts) * m, ones], 1).unsqueeze(1)
+        p = _refine(rhs, kinv, parts, th, sup) * m
+        mu = _combine(p, parts, d)
         g = th - mu
         # r: x less its projection onto the directions of the hull (M^T S M x).
-        mx = torch.mv(zs.reshape(-1, d), x).reshape(w, k) * m
+        mx = _slot_scores(x.expand(w, d), parts) * m
         coef = torch.bmm(torch.cat([mx, 0.0 * ones], 1).unsqueeze(1), kinv)
-        r = x - torch.bmm(coef[:, :, :k] * m.unsqueeze(1), zs).squeeze(1)
+        r = x - _combine(coef[:, 0, :k] * m, parts, d)
         r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-300)
         step = eps[live] * r
         found = _call_oracle(oracle, torch.cat([g + step, g - step]))
 
         z_plus, z_minus = found[:w], found[w:]
-        c_plus, r_plus = _hull_coordinates(z_plus, zs, m, kinv)
-        c_minus, r_minus = _hull_coordinates(z_minus, zs, m, kinv)
+        c_plus, r_plus = _hull_coordinates(z_plus, parts, m, kinv)
+        c_minus, r_minus = _hull_coordinates(z_minus, parts, m, kinv)
         d_plus, d_minus = (r_plus * r_plus).sum(1), (r_minus * r_minus).sum(1)
         gamma = -(r_plus * r_minus).sum(1) / d_minus.clamp_min(1e-300)
         off = r_plus + gamma.unsqueeze(1) * r_minus
@@ -612,7 +701,7 @@ def _compact(z: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
 
 def _kkt_factor(z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """LU factors ``(LU, pivots)`` of the KKT matrices of :func:`_kkt_matrix` for slots ``z``."""
-    lu, pivots = _kkt_decompose(z, mask, torch.linalg.lu_factor_ex)
+    lu, pivots = _kkt_decompose(_gram(z), mask, torch.linalg.lu_factor_ex)
     return lu, pivots
 
 

@@ -41,7 +41,7 @@ from latentgrad.mappings._capped_simplex import capped_simplex_decomposition
 from latentgrad.mappings._shared import support_slots
 from latentgrad.structured.assignment import linear_assignment
 from latentgrad.structured.bits import bit_vectors
-from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds
+from latentgrad.structured.chu_liu_edmonds import min_cost_arborescence
 from latentgrad.structured.kruskal import (
     Kruskal,
     adjacency_to_edges,
@@ -502,8 +502,10 @@ class ArborescenceOracle(_SquareValues):
     ``D = n * n``: the edge ``u -> v`` is part ``u * n + v``. Self-loops and edges into the
     root are in no arborescence: their indicator is always 0 (their scores are ignored). The
     maximizer is the minimum-cost arborescence under costs ``-w``, found by
-    :class:`~latentgrad.structured.chu_liu_edmonds.ChuLiuEdmonds` in float64 (exact on
-    integer-valued scores; ties are broken by the algorithm's fixed order).
+    :func:`~latentgrad.structured.chu_liu_edmonds.min_cost_arborescence` (Chu-Liu-Edmonds
+    contracting all cycles of a round at once, batched) in float64 (exact on integer-valued
+    scores; ties go to the lowest edge number, as in
+    :class:`~latentgrad.structured.chu_liu_edmonds.ChuLiuEdmonds`).
 
     The natural value is the adjacency matrix ``(n, n)`` (``A[u, v] = 1`` iff ``u -> v``), as
     for :class:`~latentgrad.distributions.arborescence`.
@@ -529,10 +531,6 @@ class ArborescenceOracle(_SquareValues):
         self.n = check_int(n, "n", minimum=2)
         self.root = check_index(root, "root", self.n)
         self.dim = self.n * self.n
-        self._cle = ChuLiuEdmonds(self.n, self.root)
-        allowed = ~torch.eye(self.n, dtype=torch.bool, device="cpu")  # moved in _solve
-        allowed[:, self.root] = False
-        self._allowed = allowed.reshape(-1)
 
     def __repr__(self) -> str:
         return f"ArborescenceOracle(n={self.n}, root={self.root})"
@@ -542,8 +540,7 @@ class ArborescenceOracle(_SquareValues):
         return self.n ** (self.n - 2)
 
     def _solve(self, w: Tensor) -> Tensor:
-        mask = self._allowed.to(w.device).expand(w.shape)
-        parent, _ = self._cle.run(-w.to(torch.float64), mask)
+        parent = min_cost_arborescence(-w.to(torch.float64), self.root)
         return self._from_parent(parent)
 
     def _from_parent(self, parent: Tensor) -> Tensor:

@@ -11,10 +11,12 @@ read off by expanding the contractions from the outermost one inwards.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from latentgrad._validation import check_index, check_int
+from latentgrad._validation import check_index, check_int, check_tensor
 from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
 from latentgrad.structured.core import run as _generic_run
 
@@ -318,4 +320,113 @@ class ChuLiuEdmonds(RecursiveAlgorithm):
         return out
 
 
-__all__ = ["ChuLiuEdmonds"]
+def min_cost_arborescence(costs: Tensor, root: int = 0) -> Tensor:
+    """Minimum-cost spanning arborescences rooted at ``root``: Chu-Liu-Edmonds, all cycles at once.
+
+    The MAP oracle of SparseMAP over arborescences needs the optimum only, not the execution
+    trace of :class:`ChuLiuEdmonds`, so every supernode without an in-edge picks its cheapest
+    one in the same round and all cycles of the choice are contracted together. A round costs a
+    fixed number of batched operations (the number of rounds is the nesting depth of the
+    contractions, one when the cheapest in-edges already form an arborescence), and only the
+    columns of the vertices whose supernode picks are read again. Supernodes are kept in vertex
+    space (each vertex carries the id of the lowest vertex of its supernode), so no tensor
+    changes shape. The arborescence is read off by expanding the contractions from the last
+    round to the first: the edge entering a contracted cycle replaces the chosen edge of the
+    member it enters, and the other members keep theirs.
+
+    The reduced costs are those of :class:`ChuLiuEdmonds`, to the last bit, and ties go to the
+    lowest edge ``u * n + v`` among a supernode's cheapest in-edges, as there, so the two return
+    the same arborescence (the parent vector of :meth:`ChuLiuEdmonds.run`), ties included.
+
+    Args:
+        costs: edge costs, ``(N, n * n)`` with edge ``u -> v`` at ``u * n + v``, float; ``+inf``
+            marks an absent edge. Self-loops and edges into ``root`` are ignored. Every vertex
+            must be reachable from ``root`` through present edges.
+        root: the root vertex.
+
+    Returns:
+        The parent vector, long ``(N, n)``, with ``parent[:, root] = -1``.
+
+    Raises:
+        TypeError: if ``costs`` is not a floating-point tensor.
+        ValueError: if ``costs`` is not ``(N, n * n)`` with ``n >= 2``, or ``root`` is not a
+            vertex.
+
+    Example:
+        >>> import torch
+        >>> costs = torch.tensor([[9.0, 4.0, 5.0, 9.0, 9.0, 1.0, 9.0, 1.0, 9.0]])
+        >>> min_cost_arborescence(costs, root=0)  # 0 -> 1 -> 2
+        tensor([[-1,  0,  1]])
+
+    References:
+        [1] Chu and Liu, "On the shortest arborescence of a directed graph", 1965.
+        [2] Edmonds, "Optimum branchings", 1967.
+    """
+    costs = check_tensor(costs, "costs", min_dim=2)
+    rows, d = costs.shape[0], costs.shape[-1]
+    n = math.isqrt(d)
+    if costs.dim() != 2 or n * n != d or n < 2:
+        raise ValueError(f"costs must have shape (N, n * n) with n >= 2, got {tuple(costs.shape)}")
+    root = check_index(root, "root", n)
+    dev = costs.device
+    vertex = torch.arange(n, device=dev)
+    inf = torch.tensor(torch.inf, dtype=costs.dtype, device=dev)
+    absent = (vertex.unsqueeze(1) == vertex) | (vertex == root).unsqueeze(1)  # [v, u]
+    # red[r * n + v, u]: the reduced cost of the edge u -> v (contiguous along the tails).
+    red = torch.where(absent, inf, costs.reshape(rows, n, n).transpose(1, 2)).reshape(-1, n)
+    label = vertex.expand(rows, n).contiguous()
+    # edge[r, s]: the in-edge chosen by supernode s (its lowest vertex), -1 for none yet.
+    edge = torch.full((rows, n), -1, dtype=torch.long, device=dev)
+    choose = (vertex != root).expand(rows, n)  # supernodes that pick an in-edge this round
+    # Entries (r, v) are handled flat, at r * n + v; a supernode's entry is that of its id.
+    row_start = torch.arange(rows, device=dev).mul_(n).unsqueeze(1).expand(rows, n).reshape(-1)
+    history: list[tuple[Tensor, Tensor]] = []
+    rounds = _jump_rounds(n)
+    while True:
+        # The cheapest in-edge from outside its supernode of each vertex whose supernode picks
+        # (lowest tail on ties): the only columns whose minimum changed since the last round.
+        flat = choose.gather(1, label).view(-1).nonzero().squeeze(1)
+        base = row_start[flat]
+        own = label.view(-1)[flat]
+        outside = label.view(-1)[base.unsqueeze(1) + vertex] != own.unsqueeze(1)
+        column = torch.where(outside, red[flat], inf)
+        low, tail = column.min(1)
+        # The cheapest of each supernode (lowest edge u * n + v on ties).
+        group = base + own
+        best = torch.full((rows * n,), torch.inf, dtype=red.dtype, device=dev)
+        best = best.scatter_reduce_(0, group, low, "amin")[group]
+        key = torch.where(low == best, tail * n + (flat - base), d)
+        pick = torch.full((rows * n,), d, dtype=torch.long, device=dev)
+        pick = pick.scatter_reduce_(0, group, key, "amin").view(rows, n)
+        edge = torch.where(choose, pick, edge)
+        # A supernode's in-edges are then compared by their costs less its own: subtracted
+        # entry by entry, as the step-by-step algorithm does, so that ties come out the same.
+        red[flat] = column - best.unsqueeze(1)
+        # Cycles of the choice among the supernodes (pointer jumping), named by their lowest id.
+        parent = torch.where(edge >= 0, label.gather(1, (edge // n).clamp_min(0)), vertex)
+        jumps = [parent]
+        for _ in range(rounds):
+            jumps.append(jumps[-1].gather(1, jumps[-1]))
+        # After 2**rounds >= n steps every supernode sits on a cycle of the choice; the cycles
+        # of length one are the root's and the ids that name no supernode.
+        hits = torch.zeros_like(choose).scatter_(1, jumps[-1], True)
+        on_cycle = hits & (parent != vertex)
+        if not bool(on_cycle.any()):
+            break
+        lowest = torch.minimum(vertex, parent)
+        for jump in jumps[:-1]:
+            lowest = torch.minimum(lowest, lowest.gather(1, jump))
+        name = torch.where(on_cycle, lowest, vertex)
+        history.append((label, edge.gather(1, label)))
+        label = name.gather(1, label)
+        choose = on_cycle & (lowest == vertex)
+        edge = torch.where(on_cycle, -1, edge)
+    enter = edge.gather(1, label)  # per vertex: the in-edge of its outermost supernode
+    for old_label, old_edge in reversed(history):
+        head = (enter % n).clamp_min(0)
+        keep = old_label.gather(1, head) == old_label
+        enter = torch.where(keep | (enter < 0), enter, old_edge)
+    return torch.where(enter >= 0, enter // n, -1)
+
+
+__all__ = ["ChuLiuEdmonds", "min_cost_arborescence"]

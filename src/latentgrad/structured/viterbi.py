@@ -29,18 +29,21 @@ def viterbi(unary: Tensor, transition: Tensor) -> Tensor:
         [1] Viterbi, "Error bounds for convolutional codes and an asymptotically optimum
             decoding algorithm", IEEE Trans. Information Theory, 1967.
     """
-    rows, length, k = unary.shape
-    best = unary[:, 0]
-    back = torch.zeros((rows, max(length - 1, 0), k), dtype=torch.long, device=unary.device)
-    for t in range(length - 1):
-        score, arg = (best.unsqueeze(-1) + transition[:, t]).max(1)  # first max: lowest tag
-        back[:, t] = arg
-        best = score + unary[:, t + 1]
-    tags = torch.empty((rows, length), dtype=torch.long, device=unary.device)
-    tags[:, -1] = best.argmax(-1)
-    for t in range(length - 2, -1, -1):
-        tags[:, t] = back[:, t].gather(1, tags[:, t + 1 : t + 2]).squeeze(1)
-    return tags
+    # (Steps unbound once and per-step results kept in lists: the oracles call this in solver
+    # loops, where the number of tensor operations, not their size, sets the time.)
+    units, steps = unary.unbind(1), transition.unbind(1)
+    best = units[0]
+    back = []
+    for step, unit in zip(steps, units[1:], strict=True):
+        score, arg = (best.unsqueeze(-1) + step).max(1)  # first max: lowest tag
+        back.append(arg)
+        best = score + unit
+    tag = best.argmax(-1, keepdim=True)
+    tags = [tag]
+    for arg in reversed(back):
+        tag = arg.gather(1, tag)
+        tags.append(tag)
+    return torch.cat(tags[::-1], 1)
 
 
 __all__ = ["viterbi"]

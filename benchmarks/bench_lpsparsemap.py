@@ -1,0 +1,247 @@
+"""latentgrad's batched SparseMAP solver against LP-SparseMAP, one example at a time.
+
+The five problems of issue 16, part 4, each with a batch of 64 float64 score vectors
+``theta ~ N(0, 1)`` (fixed seed) and a fixed random cotangent ``v``; one timing is the solve
+of all 64 problems plus the backward of ``sum <v, mu>`` (forward + backward: a training step
+needs both, and LP-SparseMAP's backward is its own active-set Jacobian product):
+
+==========================  ======================================  ==========================
+problem                     latentgrad                              LP-SparseMAP
+==========================  ======================================  ==========================
+32 bits, budget 8           ``BudgetBits(32, 8)``                   ``Budget`` factor
+128 bits, budget 32         ``BudgetBits(128, 32)``                 ``Budget`` factor
+sequence 20 x 5 tags        ``SequenceOracle(20, 5)``               ``Sequence`` factor
+arborescence n = 10         ``ArborescenceOracle(10)``              ``DepTree`` (9 words)
+arborescence n = 30         ``ArborescenceOracle(30)``              ``DepTree`` (29 words)
+==========================  ======================================  ==========================
+
+latentgrad solves all rows in one call of :func:`~latentgrad.mappings.sparsemap` with its
+defaults (the closed form for budgeted bits, the batched active set with face identification
+otherwise). LP-SparseMAP runs its C++ solver through ``lpsmap.TorchFactorGraph`` in a Python
+loop over the rows, with one ``backward`` of the summed loss. The budget and arborescence
+problems are the same projection in both libraries (for arborescences, LP-SparseMAP's packed
+``DepTree`` variable ``x[m - 1, h - 1]`` is the edge ``h -> m`` and its diagonal the edges out of
+the root). For sequences LP-SparseMAP's factor penalizes the unary parts only (the transition
+scores enter linearly), while latentgrad projects all ``L K + (L - 1) K^2`` parts: the same
+structures and the same Viterbi oracle, not the same problem; its loss uses the unary parts.
+
+Rounds are interleaved (every contender once per round, in a rotating order); the table gives
+the median and interquartile range over rounds, in ms, on one thread. It also prints, per row,
+how far latentgrad's gradient is from central finite differences (the largest
+``|<grad, u> - (f(theta + h u) - f(theta - h u)) / 2h|`` over the batch and a few unit
+directions ``u``, with ``h = 1e-6``; ``mu`` is piecewise linear, so away from the kinks the
+difference is rounding) and the largest difference between the two libraries' ``mu``
+(LP-SparseMAP stops at a residual of ``1e-6``).
+
+LP-SparseMAP is optional: its PyPI release does not build on current Python, so install it from
+source (https://github.com/deep-spin/lp-sparsemap; it needs the Eigen headers, e.g. Debian's
+``libeigen3-dev``). Without it the script times latentgrad alone and prints the LP-SparseMAP
+times of issue 16 as the reference.
+
+Usage::
+
+    python benchmarks/bench_lpsparsemap.py
+    python benchmarks/bench_lpsparsemap.py --rounds 5 --only arborescence
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from _common import interleaved_times, quartiles
+from torch import Tensor
+
+from latentgrad.mappings._sparsemap import sparsemap
+from latentgrad.mappings.oracles import (
+    ArborescenceOracle,
+    BudgetBits,
+    SequenceOracle,
+    StructureOracle,
+)
+
+try:
+    import lpsmap
+except ImportError:  # the optional peer
+    lpsmap = None
+
+#: LP-SparseMAP's times (ms) in issue 16's table, printed when it is not installed.
+ISSUE_LPSMAP_MS = {
+    "32 bits, budget 8": 5.25,
+    "128 bits, budget 32": 8.88,
+    "sequence 20 x 5 tags": 170.0,
+    "arborescence n = 10": 16.8,
+    "arborescence n = 30": 414.0,
+}
+
+
+@dataclass
+class Problem:
+    name: str
+    oracle: StructureOracle
+    #: LP-SparseMAP's ``mu`` of one row's scores (differentiable), in latentgrad's layout
+    #: (the parts LP-SparseMAP does not penalize are left at 0).
+    peer: Callable[[Tensor], Tensor]
+    #: The parts that both libraries' ``mu`` cover (the loss and the comparison use these).
+    shared: Tensor
+    #: Whether both libraries solve the same problem (so that their ``mu`` agree).
+    same: bool = True
+
+
+def _budget_peer(budget: int) -> Callable[[Tensor], Tensor]:
+    def solve(theta: Tensor) -> Tensor:
+        fg = lpsmap.TorchFactorGraph()
+        x = fg.variable_from(theta)
+        fg.add(lpsmap.Budget(x, budget))
+        fg.solve()
+        return x.value
+
+    return solve
+
+
+def _sequence_peer(length: int, tags: int) -> Callable[[Tensor], Tensor]:
+    unary = length * tags
+
+    def solve(theta: Tensor) -> Tensor:
+        fg = lpsmap.TorchFactorGraph()
+        x = fg.variable_from(theta[:unary].reshape(length, tags))
+        fg.add(lpsmap.Sequence(x, theta[unary:].reshape(length - 1, tags, tags)))
+        fg.solve()
+        return torch.cat([x.value.reshape(-1), theta.new_zeros(theta.shape[0] - unary)])
+
+    return solve
+
+
+def _arborescence_peer(n: int) -> Callable[[Tensor], Tensor]:
+    # Root 0; word m = 1..n-1 has the packed variables x[m - 1, h - 1] (h != m: the edge h -> m)
+    # and x[m - 1, m - 1] (the edge 0 -> m).
+    words = torch.arange(1, n)
+    heads = words.unsqueeze(0).expand(n - 1, n - 1)
+    tails = torch.where(heads == words.unsqueeze(1), 0, heads)
+    index = tails * n + words.unsqueeze(1)  # (m - 1, h - 1) -> flat edge of latentgrad
+
+    def solve(theta: Tensor) -> Tensor:
+        fg = lpsmap.TorchFactorGraph()
+        x = fg.variable_from(theta[index])
+        fg.add(lpsmap.DepTree(x, packed=True))
+        fg.solve()
+        return theta.new_zeros(n * n).index_put((index.reshape(-1),), x.value.reshape(-1))
+
+    return solve
+
+
+def problems() -> list[Problem]:
+    seq = SequenceOracle(20, 5)
+    unary = torch.zeros(seq.dim, dtype=torch.bool)
+    unary[: 20 * 5] = True
+    out = [
+        Problem("32 bits, budget 8", BudgetBits(32, 8), _budget_peer(8), torch.ones(32).bool()),
+        Problem(
+            "128 bits, budget 32", BudgetBits(128, 32), _budget_peer(32), torch.ones(128).bool()
+        ),
+        Problem("sequence 20 x 5 tags", seq, _sequence_peer(20, 5), unary, same=False),
+    ]
+    for n in (10, 30):
+        oracle = ArborescenceOracle(n)
+        allowed = ~torch.eye(n, dtype=torch.bool)
+        allowed[:, 0] = False
+        out.append(
+            Problem(f"arborescence n = {n}", oracle, _arborescence_peer(n), allowed.reshape(-1))
+        )
+    return out
+
+
+def latentgrad_mu(theta: Tensor, oracle: StructureOracle) -> Tensor:
+    return sparsemap(theta, oracle).mu
+
+
+def peer_mu(theta: Tensor, problem: Problem) -> Tensor:
+    return torch.stack([problem.peer(row) for row in theta])
+
+
+def step(solve: Callable[[Tensor], Tensor], theta: Tensor, v: Tensor) -> int:
+    """Solve every row and backpropagate ``sum <v, mu>``."""
+    x = theta.detach().requires_grad_()
+    (solve(x) * v).sum().backward()
+    return 0
+
+
+def finite_difference_error(theta: Tensor, oracle: StructureOracle, v: Tensor) -> float:
+    """Largest directional-derivative error of latentgrad's gradient of ``sum <v, mu>``."""
+    x = theta.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((sparsemap(x, oracle).mu * v).sum(), x)
+    gen = torch.Generator().manual_seed(1)
+    h, worst = 1e-6, 0.0
+    for _ in range(3):
+        u = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
+        u = u / u.norm(dim=1, keepdim=True)
+        plus = (sparsemap(theta + h * u, oracle).mu * v).sum(1)
+        minus = (sparsemap(theta - h * u, oracle).mu * v).sum(1)
+        err = ((grad * u).sum(1) - (plus - minus) / (2 * h)).abs().max()
+        worst = max(worst, float(err))
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds per problem")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--only", default="", help="run the problems whose name contains this")
+    parser.add_argument("--no-peer", action="store_true", help="skip LP-SparseMAP")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    use_peer = lpsmap is not None and not args.no_peer
+    if not use_peer:
+        why = "is not installed" if lpsmap is None else "is skipped (--no-peer)"
+        print(f"LP-SparseMAP (lpsmap) {why}: its column gives issue 16's numbers.")
+    print(
+        f"SparseMAP, batch {args.batch}, float64, one thread, forward + backward, "
+        f"median ± IQR over {args.rounds} interleaved rounds (ms)"
+    )
+    print(
+        f"{'problem':>22} {'support':>8} {'latentgrad':>18} {'LP-SparseMAP':>18} {'ratio':>6} "
+        f"{'fd error':>9} {'|mu diff|':>9}"
+    )
+    for i, problem in enumerate(problems()):
+        if args.only not in problem.name:
+            continue
+        gen = torch.Generator().manual_seed(i)
+        d = problem.oracle.dim
+        theta = torch.randn(args.batch, d, generator=gen, dtype=torch.float64)
+        v = torch.randn(args.batch, d, generator=gen, dtype=torch.float64) * problem.shared
+        oracle = problem.oracle
+        ours = sparsemap(theta, oracle)
+        support = float((ours.weights > 0).sum(-1).double().mean())
+        cases: dict[str, tuple[object, ...]] = {
+            "latentgrad": (lambda t, o=oracle: latentgrad_mu(t, o), theta, v)
+        }
+        if use_peer:
+            cases["lpsmap"] = (lambda t, p=problem: peer_mu(t, p), theta, v)
+        _, times = interleaved_times(cases, step, args.rounds)
+        q1, med, q3 = quartiles(times["latentgrad"])
+        mine = f"{med:9.2f} ±{q3 - q1:6.2f}"
+        if use_peer:
+            p1, pmed, p3 = quartiles(times["lpsmap"])
+            peer = f"{pmed:9.2f} ±{p3 - p1:6.2f}"
+            with torch.no_grad():
+                diff = (peer_mu(theta, problem) - ours.mu) * problem.shared
+            mu_diff = f"{float(diff.abs().max()):9.1e}" if problem.same else f"{'(other)':>9}"
+        else:
+            pmed = ISSUE_LPSMAP_MS[problem.name]
+            peer, mu_diff = f"{pmed:9.2f} (issue)", f"{'-':>9}"
+        fd = finite_difference_error(theta, oracle, v)
+        print(
+            f"{problem.name:>22} {support:8.1f} {mine:>18} {peer:>18} {med / pmed:5.2f}x "
+            f"{fd:9.1e} {mu_diff}"
+        )
+    if use_peer and args.only in "sequence 20 x 5 tags":
+        print(
+            "(other): LP-SparseMAP's sequence factor penalizes the unary parts only, a different "
+            "problem (see the module docstring)."
+        )
+
+
+if __name__ == "__main__":
+    main()
