@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import latentgrad.structured.chu_liu_edmonds as cle
 from latentgrad.distributions.arborescence import Arborescence
 from latentgrad.structured.chu_liu_edmonds import ChuLiuEdmonds, min_cost_arborescence
 from latentgrad.structured.core import enumerate_traces, run, sample_noise, trace_log_prob
@@ -199,6 +200,46 @@ def test_min_cost_arborescence_extreme_and_low_precision_costs():
     # No rows, and two vertices (the only arborescence is the root's edge).
     assert min_cost_arborescence(torch.zeros(0, 9), 0).shape == (0, 3)
     assert min_cost_arborescence(torch.zeros(2, 4), 1).tolist() == [[1, -1], [1, -1]]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 30])
+def test_compiled_kernel_equals_the_plain_function(n):
+    # min_cost_arborescence runs _arborescence_rounds through TorchScript where it compiles:
+    # the same parent vectors, ties and absent edges included, in every dtype.
+    kernel = cle._arborescence_kernel()
+    if not isinstance(kernel, torch.jit.ScriptFunction):
+        pytest.skip("TorchScript does not compile here; the plain function runs")
+    g = torch.Generator().manual_seed(60 + n)
+    rows = 64
+    for root in sorted({0, n - 1}):
+        present = _random_mask(rows, n, root, g, drop=0.3 if n > 3 else 0.0)
+        for values in (
+            torch.randn(rows, n, n, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (rows, n, n), generator=g).double(),
+            torch.zeros(rows, n, n, dtype=torch.float64),
+            torch.randn(rows, n, n, generator=g).mul(1e4).to(torch.bfloat16),
+            torch.randn(rows, n, n, generator=g).to(torch.float16),
+        ):
+            costs = torch.where(present, values, torch.inf).reshape(rows, -1)
+            expected = cle._arborescence_rounds(costs, root, n, cle._jump_rounds(n))
+            assert torch.equal(kernel(costs, root, n, cle._jump_rounds(n)), expected)
+            assert torch.equal(min_cost_arborescence(costs, root), expected)
+
+
+def test_min_cost_arborescence_without_torchscript(monkeypatch):
+    # Where torch.jit.script fails, the plain function runs and gives the same result.
+    def broken(fn):
+        raise RuntimeError("no TorchScript")
+
+    g = torch.Generator().manual_seed(7)
+    costs = torch.randint(0, 3, (50, 36), generator=g).double()
+    expected = min_cost_arborescence(costs, 2)
+    monkeypatch.setattr(cle, "_KERNEL", [])
+    monkeypatch.setattr(torch.jit, "script", broken)
+    assert cle._arborescence_kernel() is cle._arborescence_rounds
+    assert torch.equal(min_cost_arborescence(costs, 2), expected)
+    expected_slow, _ = ChuLiuEdmonds(6, 2).run(costs, torch.ones(50, 36, dtype=torch.bool))
+    assert torch.equal(expected, expected_slow)
 
 
 def test_min_cost_arborescence_argument_errors():

@@ -4,8 +4,9 @@ Every family example: shapes of samples and log-probs, ``expand``, dtypes, no gr
 ``no_grad``. Every compatible (estimator, family) pair: the Estimate's shapes and typed fields,
 finite gradients reaching the parameters; exact estimators equal the
 brute-force expectation and gradient; (no_grad: tests/estimators/test_no_grad.py); unbiased estimators pass a z-test against the brute-force
-gradient (fixed seed, Bonferroni-corrected, false-failure rate below 1e-5 per pair; the whole
-matrix is marked slow).
+gradient (of E[loss], or of the K-sample bound for a multi-sample objective: VIMCO; fixed seed,
+Bonferroni-corrected, false-failure rate below 1e-5 per pair; the whole matrix is marked slow).
+The estimators that take a Categorical or a Bernoulli only are paired with exactly those.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from latentgrad.testing import (
     assert_unbiased,
     exact_expectation,
     exact_gradient,
+    exact_multisample_gradient,
     replicated_gradients,
 )
 from latentgrad.testing.examples import (
@@ -120,7 +122,7 @@ def test_estimate_contract(estimator: EstimatorExample, family: FamilyExample) -
     out = estimator.make(q)(q, _loss(q, w))
     assert isinstance(out, Estimate)
     assert out.value.shape == out.surrogate.shape == q.batch_shape
-    assert out.per_sample.shape[1:] == q.batch_shape
+    assert out.per_sample.shape == (estimator.num_samples, *q.batch_shape)
     assert not out.value.requires_grad
     assert isinstance(out.loss_evals, int) and out.loss_evals >= 1
     assert out.losses is None or not out.losses.requires_grad
@@ -186,7 +188,12 @@ def test_unbiased_estimators_against_brute_force(
 
     grads = replicated_gradients(surrogate, family.params, 4000)
     leaf = family.leaf(requires_grad=True)
-    (exact,) = exact_gradient(lambda: family.make(leaf), _loss(q0, w), [leaf])
+    if estimator.objective == "multi-sample":  # VIMCO: the gradient of the K-sample bound
+        (exact,) = exact_multisample_gradient(
+            lambda: family.make(leaf), _loss(q0, w), [leaf], est.num_samples
+        )
+    else:
+        (exact,) = exact_gradient(lambda: family.make(leaf), _loss(q0, w), [leaf])
     assert bool(torch.isfinite(grads).all())
     assert_unbiased(grads.flatten(1), exact.flatten(), name=f"{estimator.name} on {family.name}")
 
@@ -196,6 +203,34 @@ def test_compatible_reads_the_declared_flags() -> None:
     tree = family_examples(names=["spanning-tree"])[0].dist()
     (t_reinforce,) = estimator_examples(names=["t-reinforce"])
     assert compatible(t_reinforce, tree) and not compatible(t_reinforce, cat)
+
+
+SOFTMAX_ONLY = [
+    "reinmax",
+    "gumbel-rao",
+    "gst-1.0",
+    "gst-p",
+    "rebar",
+    "relax-concrete",
+    "disarm",
+    "arms",
+]
+
+
+@pytest.mark.parametrize("name", SOFTMAX_ONLY)
+def test_estimators_for_categorical_and_bernoulli_only_are_routed_there(name: str) -> None:
+    # They accept a Categorical or a Bernoulli (or to_event of them) by type; their declared
+    # needs (has_logits) must pair them with exactly those families, and every other family
+    # must get the TypeError of the capability check, naming dist.
+    (example,) = estimator_examples(names=[name])
+    base = {"categorical", "bernoulli", "independent-categorical", "independent-bernoulli"}
+    assert {f.family for x, f in PAIRS if x.name == name} == base
+    for family in FAMILY_EXAMPLES:
+        if family.family in base:
+            continue
+        q = family.dist()
+        with pytest.raises(TypeError, match=r"needs dist\.has_logits"):
+            example.make(family_examples(names=["categorical"])[0].dist())(q, _loss(q, _weights(q)))
 
 
 @pytest.mark.parametrize("example", ESTIMATOR_EXAMPLES, ids=lambda x: x.name)

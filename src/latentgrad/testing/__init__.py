@@ -14,7 +14,13 @@ from latentgrad.testing.chains import (
     single_layer_gradients,
     unpack_logits_and_t,
 )
-from latentgrad.testing.exact import exact_expectation, exact_gradient, replicated_gradients
+from latentgrad.testing.exact import (
+    exact_expectation,
+    exact_gradient,
+    exact_multisample_bound,
+    exact_multisample_gradient,
+    replicated_gradients,
+)
 from latentgrad.testing.images import ToySplits, noisy_patterns, toy_image_splits
 from latentgrad.testing.mappings import reference_entmax, reference_entmax_threshold
 from latentgrad.testing.stats import (
@@ -43,6 +49,8 @@ __all__ = [
     "chi_square_pvalue",
     "exact_expectation",
     "exact_gradient",
+    "exact_multisample_bound",
+    "exact_multisample_gradient",
     "ks_critical_value",
     "ks_statistic",
     "noisy_patterns",

@@ -93,7 +93,8 @@ class EstimatorExample:
     Attributes:
         name: identifier (a pytest id).
         group: the estimators it is tested with (``"score-function"``, ``"baseline"``,
-            ``"trace"``, ``"relaxed"``, ``"local"``, ``"enumeration"``, ``"muprop"``).
+            ``"trace"``, ``"relaxed"``, ``"local"``, ``"enumeration"``, ``"muprop"``,
+            ``"control-variate"``, ``"antithetic"``, ``"multi-sample"``).
         make: ``(dist, **overrides) -> estimator``; ``dist`` sizes estimators with parts of
             their own (RELAX's critic); ``overrides`` are constructor arguments (e.g. ``tau``).
         kind: ``"exact"`` (the expectation and its gradient), ``"unbiased"`` (for any loss)
@@ -103,6 +104,11 @@ class EstimatorExample:
         stateful: whether calls change the estimator (running averages, learned baselines).
         temperature: the constructor argument that sets a temperature (``"tau"``, ``"slope"``),
             for tests that sweep it; ``None`` if there is none.
+        objective: what ``kind`` refers to: ``"expectation"``, ``E_q[loss(z)]`` and its
+            gradient (every estimator but VIMCO), or ``"multi-sample"``, the ``K``-sample bound
+            ``E[-log (1/K) sum_k exp(-loss(z_k))]`` and its gradient, ``K`` the built
+            estimator's ``num_samples`` (:class:`~latentgrad.VIMCO`, whose ``value`` is the
+            bound, not a mean loss; see :func:`~latentgrad.testing.exact_multisample_bound`).
     """
 
     name: str
@@ -113,6 +119,7 @@ class EstimatorExample:
     num_samples: int = 1
     stateful: bool = False
     temperature: str | None = None
+    objective: Literal["expectation", "multi-sample"] = "expectation"
 
     def __repr__(self) -> str:
         return f"EstimatorExample({self.name!r})"
@@ -267,9 +274,31 @@ def _relax(dist: Any, num_samples: int = 1) -> Any:
     return e.RELAX(critic, num_samples=num_samples)
 
 
+def _random_weights(module: nn.Module, seed: int) -> nn.Module:
+    """``module`` in float64 with N(0, 0.5^2) weights drawn on the CPU (the same numbers on
+    every device): a random critic, whose terms must cancel in expectation."""
+    module = module.to(F64)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(
+                torch.empty(p.shape, dtype=p.dtype, device="cpu").normal_(0.0, 0.5, generator=g)
+            )
+    return module
+
+
+def _concrete_relax(dist: Any, **kw: Any) -> Any:
+    # A sized critic (no lazy first layer, so calls do not change the estimator).
+    critic = _random_weights(e.MLPCritic(dist.event_shape.numel(), hidden=8), seed=9)
+    options = {"num_samples": 2, "tau": 0.7, "loss_term": True, "eta": 0.6, **kw}
+    return e.ConcreteRELAX(critic, **options).to(F64)
+
+
 _RELAXED = frozenset({"has_noise", "has_relaxation"})
 _TRACE = frozenset({"has_trace"})
 _ENUM = frozenset({"has_enumerate_support"})
+_LOGITS = frozenset({"has_logits"})
+_CONCRETE = frozenset({"has_logits", "has_relaxation"})
 
 ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
     EstimatorExample(
@@ -441,6 +470,96 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "biased",
         frozenset({"has_mean_field", "has_logits"}),
         num_samples=2,
+    ),
+    # The successors of issue 18. The straight-through ones, REBAR/RELAX on the Concrete
+    # relaxation and DisARM/ARMS take a Categorical or a Bernoulli (or to_event of them) only:
+    # their `needs` (has_logits) are declared by exactly those families.
+    EstimatorExample(
+        "reinmax",
+        "relaxed",
+        lambda q, **kw: e.ReinMax(**{"tau": 1.0, "num_samples": 3, **kw}),
+        "biased",
+        _LOGITS,
+        num_samples=3,
+        temperature="tau",
+    ),
+    EstimatorExample(
+        "gumbel-rao",
+        "relaxed",
+        lambda q, **kw: e.GumbelRao(**{"tau": 0.7, "num_draws": 4, "num_samples": 3, **kw}),
+        "biased",
+        _LOGITS,
+        num_samples=3,
+        temperature="tau",
+    ),
+    EstimatorExample(
+        "gst-1.0",
+        "relaxed",
+        lambda q, **kw: e.GappedStraightThrough(**{"gap": 1.0, "num_samples": 3, **kw}),
+        "biased",
+        _LOGITS,
+        num_samples=3,
+        temperature="tau",
+    ),
+    EstimatorExample(
+        "gst-p",
+        "relaxed",
+        lambda q, **kw: e.GappedStraightThrough(**{"gap": "p", "num_samples": 3, **kw}),
+        "biased",
+        _LOGITS,
+        num_samples=3,
+        temperature="tau",
+    ),
+    EstimatorExample(
+        "rebar",
+        "control-variate",
+        lambda q, **kw: e.REBAR(**{"num_samples": 2, "tau": 0.7, "eta": 0.8, **kw}).to(F64),
+        "unbiased",
+        _CONCRETE,
+        num_samples=2,
+    ),
+    EstimatorExample(
+        "relax-concrete", "control-variate", _concrete_relax, "unbiased", _CONCRETE, num_samples=2
+    ),
+    EstimatorExample(
+        "disarm",
+        "antithetic",
+        lambda q, **kw: e.DisARM(**{"num_pairs": 2, **kw}),
+        "unbiased",
+        _LOGITS,
+        num_samples=2,
+    ),
+    EstimatorExample(
+        "arms",
+        "antithetic",
+        lambda q, **kw: e.ARMS(**{"num_samples": 3, **kw}),
+        "unbiased",
+        _LOGITS,
+        num_samples=3,
+    ),
+    EstimatorExample(
+        "indecater",
+        "local",
+        lambda q, **kw: e.IndeCateR(**{"num_samples": 2, **kw}),
+        "unbiased",
+        frozenset({"has_local_variants"}),
+        num_samples=2,
+    ),
+    EstimatorExample(
+        "unordered-set",
+        "enumeration",
+        lambda q, **kw: e.UnorderedSet(**{"k": 3, **kw}),
+        "unbiased",
+        _ENUM,
+    ),
+    # VIMCO estimates the K-sample bound (K = num_samples), not E_q[loss]: `objective` says so,
+    # and its one per_sample row is the whole estimate.
+    EstimatorExample(
+        "vimco",
+        "multi-sample",
+        lambda q, **kw: e.VIMCO(**{"num_samples": 2, **kw}),
+        "unbiased",
+        objective="multi-sample",
     ),
 ]
 """Every estimator, with the constructor arguments the contract tests use."""
