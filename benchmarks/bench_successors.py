@@ -19,8 +19,13 @@ The estimators are registry names (``latentgrad list``): ``ESTIMATORS`` below. N
 not registered (yet), or whose estimator does not apply to a categorical latent, are skipped
 with a note, so the list can name estimators that other work adds.
 
+With ``--record DIR`` every estimator's figures are also written as a results record
+(``experiment`` "bench-successors"; ``ms``, ``ms_q1``, ``ms_q3``, ``ratio_to_st_gs``,
+``loss_evals``); the docs' timing table is generated from ``results/bench-successors``.
+
 Usage:
     python benchmarks/bench_successors.py [--batch 100] [--rounds 30] [--estimators NAME ...]
+                                          [--record results/bench-successors]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from torch import Tensor, nn
 
 import latentgrad as lg
 from latentgrad.estimators import Estimator
+from latentgrad.lab.records import benchmark_record, save_record
 from latentgrad.lab.registry import ESTIMATORS as REGISTRY
 
 #: Registry names timed by default: the references, then the successors of issue 18.
@@ -46,7 +52,7 @@ ESTIMATORS = [
     "gst-1.0",
     "gst-p",
     "rebar",
-    "relax-categorical",
+    "relax-concrete",
     "disarm",
     "arms",
     "vimco",
@@ -99,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (>= 2)")
     parser.add_argument("--estimators", nargs="+", default=ESTIMATORS, help="registry names")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", metavar="DIR", help="also write one results record each")
     parser.add_argument(
         "--system-malloc", action="store_true", help="keep glibc's memory thresholds"
     )
@@ -149,6 +156,13 @@ def main() -> None:
         q1, med, q3 = quartiles(times[name])
         ratio = f"{med / reference:8.2f}" if reference else f"{'-':>8}"
         print(f"{name:<18} {med:>14.2f} {f'[{q1:.2f}, {q3:.2f}]':>19} {evals[name]:>6d} {ratio}")
+        if args.record:
+            test = {"ms": med, "ms_q1": q1, "ms_q3": q3, "loss_evals": float(evals[name])}
+            if reference:
+                test["ratio_to_st_gs"] = med / reference
+            config = {"estimator": name, "batch": args.batch, "rounds": args.rounds}
+            record = benchmark_record("bench-successors", config, test, primary_metric="ms")
+            save_record(record, args.record)
 
 
 if __name__ == "__main__":
