@@ -12,17 +12,17 @@ from torch import Tensor
 import latentgrad as lg
 from latentgrad.estimators import IndeCateR, LocalReparam
 from latentgrad.testing import assert_unbiased, check_unbiased, single_layer_gradients
-from latentgrad.testing.examples import FamilyExample, family_examples
+from latentgrad.testing.examples import (
+    UNIT_FAMILIES,
+    FamilyExample,
+    family_examples_by_name,
+)
+from latentgrad.testing.extremes import FLOAT_DTYPES, check_finite_on_extreme_logits
 
 F64 = torch.float64
 REPLICATES = 4000
 
-FAMILIES: dict[str, FamilyExample] = {
-    f.name: f
-    for f in family_examples(
-        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
-    )
-}
+FAMILIES: dict[str, FamilyExample] = family_examples_by_name(UNIT_FAMILIES)
 
 
 @pytest.mark.stat
@@ -124,32 +124,10 @@ def test_estimate_contract() -> None:
     torch.testing.assert_close(out.surrogate.detach(), out.value)
 
 
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    neg = torch.full((3, 5), -torch.inf)
-    neg[:, 2] = 0
-    cases = [
-        (lambda x: lg.Categorical(logits=x), torch.randn(3, 5) * 1e4, 1),
-        (lambda x: lg.Categorical(logits=x), neg, 1),
-        (lambda x: lg.Categorical(logits=x), torch.zeros(3, 1), 1),
-        (lambda x: lg.Bernoulli(logits=x), torch.randn(3, 4) * 1e4, 1),
-        (lambda x: lg.Bernoulli(logits=x), torch.tensor([[torch.inf, -torch.inf, 0.0]]), 1),
-        (lambda x: lg.Categorical(logits=x).to_event(1), torch.randn(2, 3, 3) * 1e4, 2),
-    ]
-    for make, logits, event_ndim in cases:
-        x = logits.to(dtype).requires_grad_(True)
-        theta = torch.tensor(1.5, dtype=dtype, requires_grad=True)
-        out = IndeCateR(2)(
-            make(x), lambda z, n=event_ndim, s=theta: z.flatten(z.dim() - n).sum(-1) * s + 1e3
-        )
-        out.surrogate.float().sum().backward()
-        assert torch.isfinite(out.value.float()).all()
-        assert x.grad is not None and torch.isfinite(x.grad.float()).all()
-        assert theta.grad is not None and torch.isfinite(theta.grad.float())
+    check_finite_on_extreme_logits(lambda: IndeCateR(2), dtype)
 
 
 def test_zero_probability_values_are_ignored() -> None:

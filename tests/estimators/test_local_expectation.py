@@ -26,19 +26,19 @@ from latentgrad.testing import (
     quadratic_loss,
     replicated_gradients,
 )
-from latentgrad.testing.examples import FamilyExample, family_examples
+from latentgrad.testing.examples import (
+    UNIT_FAMILIES,
+    FamilyExample,
+    family_examples,
+    family_examples_by_name,
+)
 
 F64 = torch.float64
 REPLICATES = 4000
 
 
 # The families LocalReparam is tested on (batched, -inf too).
-FAMILIES: dict[str, FamilyExample] = {
-    f.name: f
-    for f in family_examples(
-        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
-    )
-}
+FAMILIES: dict[str, FamilyExample] = family_examples_by_name(UNIT_FAMILIES)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -25,7 +25,11 @@ from latentgrad.testing import (
     replicated_gradients,
     single_layer_gradients,
 )
-from latentgrad.testing.examples import FamilyExample, family_examples
+from latentgrad.testing.examples import (
+    UNIT_FAMILIES,
+    FamilyExample,
+    family_examples_by_name,
+)
 
 F64 = torch.float64
 REPLICATES = 4000
@@ -35,12 +39,7 @@ LOCAL_ESTIMATORS = [LocalReparam, LocalExpectation]
 
 
 # The families of the registry of examples that LocalReparam is tested on (batched, -inf too).
-FAMILIES: dict[str, FamilyExample] = {
-    f.name: f
-    for f in family_examples(
-        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
-    )
-}
+FAMILIES: dict[str, FamilyExample] = family_examples_by_name(UNIT_FAMILIES)
 
 
 @pytest.mark.stat

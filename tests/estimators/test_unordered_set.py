@@ -16,17 +16,17 @@ import latentgrad as lg
 from latentgrad.estimators import UnorderedSet
 from latentgrad.estimators.unordered_set import set_weights
 from latentgrad.testing import assert_unbiased, check_unbiased, single_layer_gradients
-from latentgrad.testing.examples import FamilyExample, family_examples
+from latentgrad.testing.examples import (
+    UNIT_FAMILIES,
+    FamilyExample,
+    family_examples_by_name,
+)
+from latentgrad.testing.extremes import FLOAT_DTYPES, check_finite_on_extreme_logits
 
 F64 = torch.float64
 REPLICATES = 4000
 
-FAMILIES: dict[str, FamilyExample] = {
-    f.name: f
-    for f in family_examples(
-        names=["categorical", "categorical-neg-inf", "bernoulli", "independent-categorical"]
-    )
-}
+FAMILIES: dict[str, FamilyExample] = family_examples_by_name(UNIT_FAMILIES)
 
 
 @pytest.mark.stat
@@ -212,35 +212,11 @@ def test_estimate_contract() -> None:
     assert logits.grad is not None and theta.grad is not None
 
 
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("k", [2, 4])
+def test_extreme_logits_stay_finite(dtype: torch.dtype, k: int) -> None:
     torch.manual_seed(0)
-    neg = torch.full((3, 5), -torch.inf)
-    neg[:, 2] = 0
-    cases = [
-        (lambda x: lg.Categorical(logits=x), torch.randn(3, 5) * 1e4, 1),
-        (lambda x: lg.Categorical(logits=x), neg, 1),
-        (lambda x: lg.Categorical(logits=x), torch.full((3, 5), -1e4), 1),
-        (lambda x: lg.Categorical(logits=x), torch.zeros(3, 1), 1),
-        (lambda x: lg.Categorical(logits=x), torch.tensor([[30.0, 0.0, -30.0, 1.0]]), 1),
-        (lambda x: lg.Bernoulli(logits=x), torch.randn(3, 4) * 1e4, 1),
-        (lambda x: lg.Bernoulli(logits=x), torch.tensor([[torch.inf, -torch.inf, 0.0]]), 1),
-        (lambda x: lg.Categorical(logits=x).to_event(1), torch.randn(2, 3, 3) * 1e4, 2),
-    ]
-    for make, logits, event_ndim in cases:
-        for k in (2, 4):
-            x = logits.to(dtype).requires_grad_(True)
-            theta = torch.tensor(1.5, dtype=dtype, requires_grad=True)
-            out = UnorderedSet(k=k)(
-                make(x), lambda z, n=event_ndim, s=theta: z.flatten(z.dim() - n).sum(-1) * s + 1e3
-            )
-            out.surrogate.float().sum().backward()
-            assert torch.isfinite(out.value.float()).all()
-            assert x.grad is not None and torch.isfinite(x.grad.float()).all()
-            assert theta.grad is not None and torch.isfinite(theta.grad.float())
+    check_finite_on_extreme_logits(lambda: UnorderedSet(k=k), dtype)
 
 
 def test_bad_arguments() -> None:

@@ -45,14 +45,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from latentgrad.data.files import resolve_data_dir
-from latentgrad.data.sequences import read_or_generate
+from latentgrad.data.sequences import Splits, check_split, check_split_size, load_split_files
 
 __all__ = [
     "OPERATORS",
@@ -76,7 +75,6 @@ DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 #: Token ids: the digits are their own ids (0-9), then the operators and the closing bracket.
 VOCAB: tuple[str, ...] = (*DIGITS, *OPERATORS, CLOSE)
 _ID = {token: i for i, token in enumerate(VOCAB)}
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -319,28 +317,14 @@ def generate_split(settings: ListOpsSettings, split: str, size: int) -> list[Lis
         >>> a == generate_split(ListOpsSettings(min_length=4, max_length=12), "test", 3)
         True
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    check_split(split)
+    check_split_size(size)
     rng = random.Random(f"listops:{settings.seed}:{split}")
     return [generate_example(rng, settings) for _ in range(size)]
 
 
-@dataclass(frozen=True)
-class ListOpsSplits:
+class ListOpsSplits(Splits[ListOpsExample]):
     """The train, valid and test expressions."""
-
-    train: list[ListOpsExample]
-    valid: list[ListOpsExample]
-    test: list[ListOpsExample]
-
-    def split(self, name: str) -> list[ListOpsExample]:
-        """The examples of ``name`` (``train``, ``valid`` or ``test``)."""
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
-        examples: list[ListOpsExample] = getattr(self, name)
-        return examples
 
 
 def load_listops(
@@ -368,18 +352,15 @@ def load_listops(
         (5, True)
     """
     settings = ListOpsSettings() if settings is None else settings
-    if len(sizes) != 3:
-        raise ValueError(f"sizes must be (train, valid, test), got {sizes!r}")
     folder = resolve_data_dir(data_dir) / "listops" / settings.tag()
-    loaded = {}
-    for split, size in zip(SPLITS, sizes, strict=True):
-        header = {**asdict(settings), "split": split, "size": size}
-        lines = read_or_generate(
-            folder / f"{split}-{size}.tsv",
-            header,
-            partial(_split_lines, settings, split, size),
-        )
-        loaded[split] = [ListOpsExample.from_line(line) for line in lines]
+    loaded = load_split_files(
+        folder,
+        asdict(settings),
+        sizes,
+        ".tsv",
+        lambda split, size: _split_lines(settings, split, size),
+        lambda path, line: ListOpsExample.from_line(line),
+    )
     return ListOpsSplits(**loaded)
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from latentgrad.data.files import resolve_data_dir
-from latentgrad.data.sequences import read_or_generate
+from latentgrad.data.sequences import Splits, check_split, check_split_size, load_split_files
 
 __all__ = [
     "CHARACTERS",
@@ -37,7 +37,6 @@ __all__ = [
 
 #: Character ids: ``(`` is 0, ``)`` is 1.
 CHARACTERS: tuple[str, str] = ("(", ")")
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -136,34 +135,15 @@ def generate_split(settings: ParenthesesSettings, split: str, size: int) -> list
         >>> generate_split(ParenthesesSettings(2, 6), "test", 4) == generate_split(ParenthesesSettings(2, 6), "test", 4)
         True
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    check_split(split)
+    check_split_size(size)
     rng = random.Random(f"parentheses:{settings.seed}:{split}")
     low, high = settings.min_length // 2, settings.max_length // 2
     return [random_balanced(rng, rng.randint(low, high)) for _ in range(size)]
 
 
-def _generate(settings: ParenthesesSettings, split: str, size: int) -> list[str]:
-    # Looked up at call time, so tests can check that existing files are only read.
-    return generate_split(settings, split, size)
-
-
-@dataclass(frozen=True)
-class ParenthesesSplits:
+class ParenthesesSplits(Splits[str]):
     """The train, valid and test sequences."""
-
-    train: list[str]
-    valid: list[str]
-    test: list[str]
-
-    def split(self, name: str) -> list[str]:
-        """The sequences of ``name`` (``train``, ``valid`` or ``test``)."""
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
-        sequences: list[str] = getattr(self, name)
-        return sequences
 
 
 def load_parentheses(
@@ -190,19 +170,23 @@ def load_parentheses(
         (6, True)
     """
     settings = ParenthesesSettings() if settings is None else settings
-    if len(sizes) != 3:
-        raise ValueError(f"sizes must be (train, valid, test), got {sizes!r}")
     folder = resolve_data_dir(data_dir) / "parentheses" / settings.tag()
-    loaded = {}
-    for split, size in zip(SPLITS, sizes, strict=True):
-        header = {**asdict(settings), "split": split, "size": size}
-        path = folder / f"{split}-{size}.txt"
-        lines = read_or_generate(path, header, partial(_generate, settings, split, size))
-        bad = next((line for line in lines if not is_balanced(line)), None)
-        if bad is not None:
-            raise ValueError(f"{path} holds a sequence that is not balanced: {bad!r}")
-        loaded[split] = lines
+    loaded = load_split_files(
+        folder,
+        asdict(settings),
+        sizes,
+        ".txt",
+        # generate_split is looked up at call time, so tests can check that files are only read.
+        lambda split, size: generate_split(settings, split, size),
+        _balanced_line,
+    )
     return ParenthesesSplits(**loaded)
+
+
+def _balanced_line(path: Path, line: str) -> str:
+    if not is_balanced(line):
+        raise ValueError(f"{path} holds a sequence that is not balanced: {line!r}")
+    return line
 
 
 def encode(sequence: str) -> Tensor:

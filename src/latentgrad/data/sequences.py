@@ -16,14 +16,111 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
-__all__ = ["length_batches", "read_or_generate"]
+__all__ = [
+    "SPLITS",
+    "Splits",
+    "check_split",
+    "check_split_size",
+    "length_batches",
+    "load_split_files",
+    "read_or_generate",
+]
 
 _HEADER = "# "
+SPLITS = ("train", "valid", "test")
+T = TypeVar("T")
+
+
+def check_split(split: str) -> str:
+    """``split`` if it is one of :data:`SPLITS`.
+
+    Raises:
+        ValueError: naming ``split`` otherwise.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return split
+
+
+def check_split_size(size: object) -> int:
+    """``size`` if it is a positive int (not a bool).
+
+    Raises:
+        ValueError: naming ``size`` otherwise.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class Splits(Generic[T]):
+    """The train, valid and test examples of a generated data set.
+
+    Example:
+        >>> Splits(["a", "b"], ["c"], ["d"]).split("valid")
+        ['c']
+    """
+
+    train: list[T]
+    valid: list[T]
+    test: list[T]
+
+    def split(self, name: str) -> list[T]:
+        """The examples of ``name`` (``train``, ``valid`` or ``test``)."""
+        examples: list[T] = getattr(self, check_split(name))
+        return examples
+
+
+def load_split_files(
+    folder: Path,
+    settings: dict[str, Any],
+    sizes: tuple[int, int, int],
+    suffix: str,
+    generate: Callable[[str, int], list[str]],
+    parse: Callable[[Path, str], T],
+) -> dict[str, list[T]]:
+    """The examples of each split, from ``folder / f"{split}-{size}{suffix}"`` (written from
+    ``generate(split, size)`` first when missing, :func:`read_or_generate`; the header holds
+    ``settings`` with the split and its size).
+
+    Args:
+        folder: the folder of this data set and settings.
+        settings: what the examples are generated from.
+        sizes: examples in train, valid and test.
+        suffix: the files' extension.
+        generate: the lines of a split.
+        parse: an example from its file's path (for error messages) and one line.
+
+    Returns:
+        The examples of ``train``, ``valid`` and ``test``.
+
+    Raises:
+        ValueError: if ``sizes`` is not three sizes, or as :func:`read_or_generate`.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> load_split_files(folder, {"seed": 0}, (2, 1, 1), ".txt",
+        ...                  lambda split, size: [split] * size, lambda path, line: line.upper())
+        {'train': ['TRAIN', 'TRAIN'], 'valid': ['VALID'], 'test': ['TEST']}
+    """
+    if len(sizes) != 3:
+        raise ValueError(f"sizes must be (train, valid, test), got {sizes!r}")
+    loaded = {}
+    for split, size in zip(SPLITS, sizes, strict=True):
+        path = folder / f"{split}-{size}{suffix}"
+        header = {**settings, "split": split, "size": size}
+        lines = read_or_generate(path, header, partial(generate, split, size))
+        loaded[split] = [parse(path, line) for line in lines]
+    return loaded
 
 
 def read_or_generate(

@@ -11,7 +11,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from latentgrad.distributions import Capability, DiscreteDistribution, Independent, require
+from latentgrad.distributions import (
+    Bernoulli,
+    Capability,
+    Categorical,
+    DiscreteDistribution,
+    Independent,
+    require,
+)
 
 LossFn = Callable[[Tensor], Tensor]
 """``loss_fn(z)``: samples ``sample_shape + batch_shape + event_shape`` (one or more leading
@@ -175,6 +182,29 @@ def check_distribution(dist: object, name: str = "dist") -> LatentDistribution:
             f"got {type(dist).__name__}"
         )
     return dist
+
+
+def latent_family(dist: LatentDistribution, by: str) -> Bernoulli | Categorical:
+    """The :class:`Categorical` or :class:`Bernoulli` under any :class:`Independent` wrappers
+    of ``dist``, for the estimators that know only these two (``by`` names the estimator).
+
+    Raises:
+        TypeError: naming ``dist`` for any other family.
+
+    Example:
+        >>> from latentgrad.distributions import Categorical
+        >>> type(latent_family(Categorical(logits=torch.zeros(2, 3)).to_event(1), "DisARM"))
+        <class 'latentgrad.distributions.categorical.Categorical'>
+    """
+    base: object = dist
+    while isinstance(base, Independent):
+        base = base.base_dist
+    if not isinstance(base, (Bernoulli, Categorical)):
+        raise TypeError(
+            f"{by} needs dist to be a Categorical or a Bernoulli (or to_event of them), got "
+            f"{type(base).__name__}"
+        )
+    return base
 
 
 def check_loss_fn(loss_fn: object, name: str = "loss_fn") -> LossFn:

@@ -23,13 +23,14 @@ from torch import Tensor
 
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_int, check_positive
-from latentgrad.distributions import Bernoulli, Capability, Categorical, Independent
+from latentgrad.distributions import Capability, Categorical
 from latentgrad.estimators._base import (
     Estimate,
     Estimator,
     LatentDistribution,
     LossFn,
     evaluate_loss,
+    latent_family,
     zero_forward,
 )
 from latentgrad.schedules import Constant, Schedule, Scheduled
@@ -44,17 +45,7 @@ def unit_family(dist: LatentDistribution, by: str) -> Family:
         TypeError: naming ``dist`` when it is neither a :class:`Categorical` nor a
             :class:`Bernoulli` (possibly reinterpreted with ``to_event``).
     """
-    base: object = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
-    if isinstance(base, Categorical):
-        return "categorical"
-    if isinstance(base, Bernoulli):
-        return "bernoulli"
-    raise TypeError(
-        f"{by} needs dist to be a Categorical or a Bernoulli (or units of them, .to_event), "
-        f"got {type(base).__name__}"
-    )
+    return "categorical" if isinstance(latent_family(dist, by), Categorical) else "bernoulli"
 
 
 def _finite_part(theta: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from latentgrad._numerics import exponential_noise, logistic_noise, safe_log, upcast
 from latentgrad._validation import check_int
-from latentgrad.distributions import Bernoulli, Capability, Categorical, Independent
+from latentgrad.distributions import Bernoulli, Capability, Categorical
 from latentgrad.distributions.categorical import one_hot_like
 from latentgrad.estimators._base import (
     Estimate,
@@ -31,25 +31,9 @@ from latentgrad.estimators._base import (
     LatentDistribution,
     LossFn,
     evaluate_loss,
+    latent_family,
     zero_forward,
 )
-
-
-def latent_family(dist: LatentDistribution, by: str) -> Bernoulli | Categorical:
-    """The :class:`Categorical` or :class:`Bernoulli` under any :class:`Independent` wrappers.
-
-    Raises:
-        TypeError: naming ``dist`` for any other family.
-    """
-    base: object = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
-    if not isinstance(base, (Bernoulli, Categorical)):
-        raise TypeError(
-            f"{by} needs dist to be a Categorical or a Bernoulli (or to_event of them), got "
-            f"{type(base).__name__}"
-        )
-    return base
 
 
 class StickBits:

@@ -33,9 +33,9 @@ from latentgrad.estimators._base import (
     LatentDistribution,
     LossFn,
     evaluate_loss,
+    latent_family,
     zero_forward,
 )
-from latentgrad.estimators.disarm import latent_family
 
 
 @dataclass

@@ -69,9 +69,9 @@ from latentgrad.data.listops import (
     encode,
     load_listops,
 )
-from latentgrad.data.sequences import length_batches
 from latentgrad.distributions import Arborescence
 from latentgrad.estimators import RELAX, LatentDistribution
+from latentgrad.experiments._steps import batches_by_length, estimator_step
 from latentgrad.experiments.rgm_toy import make_sparsemap
 from latentgrad.lab.config import (
     is_positive_int,
@@ -427,10 +427,10 @@ class ListOpsTrainable:
     def _batches(self, split: str, shuffle: bool, limit: int | None) -> Iterator[Batch]:
         examples = self.data.split(split)
         lengths = [len(e.tokens) for e in examples]
-        for indices in length_batches(
-            lengths, self.config.batch_size, shuffle=shuffle, limit=limit
+        for chunk in batches_by_length(
+            examples, lengths, self.config.batch_size, shuffle=shuffle, limit=limit
         ):
-            yield make_batch([examples[i] for i in indices])
+            yield make_batch(chunk)
 
     def train_batches(self, epoch: int) -> list[Batch]:
         """The training set in batches of one length, shuffled (torch's global RNG)."""
@@ -439,15 +439,12 @@ class ListOpsTrainable:
     def train_step(self, batch: Batch) -> Mapping[str, float]:
         """One Adam step on the expected cross-entropy; reports ``loss`` (the mean sampled or
         summed cross-entropy), ``loss_evals`` and, for RELAX, ``critic_loss``."""
-        self.modules.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        out = self.estimator(self.latent(self.encoder(batch.tokens)), self.loss_fn(batch))
-        out.surrogate.mean().backward()
-        self.optimizer.step()
-        metrics = {"loss": float(out.value.mean()), "loss_evals": float(out.loss_evals)}
-        if "critic_loss" in out.extras:
-            metrics["critic_loss"] = float(out.extras["critic_loss"])
-        return metrics
+        return estimator_step(
+            self.modules,
+            self.optimizer,
+            self.estimator,
+            lambda: (self.latent(self.encoder(batch.tokens)), self.loss_fn(batch)),
+        )
 
     def evaluate(self, split: str) -> Mapping[str, float]:
         """``accuracy``, ``error``, ``nll``, ``sampled_accuracy``, ``edge_precision`` and

@@ -66,9 +66,9 @@ from latentgrad.data.parentheses import (
     is_balanced,
     load_parentheses,
 )
-from latentgrad.data.sequences import length_batches
 from latentgrad.distributions import BinaryTree
 from latentgrad.estimators import Marginalize
+from latentgrad.experiments._steps import batches_by_length, estimator_step
 from latentgrad.experiments.listops import pad_relax_critic
 from latentgrad.lab.config import (
     is_positive_int,
@@ -401,10 +401,10 @@ class ParenthesesTrainable:
     def _batches(self, split: str, shuffle: bool, limit: int | None) -> Iterator[Tensor]:
         sequences = self.data.split(split)
         lengths = [len(s) for s in sequences]
-        for indices in length_batches(
-            lengths, self.config.batch_size, shuffle=shuffle, limit=limit
+        for chunk in batches_by_length(
+            sequences, lengths, self.config.batch_size, shuffle=shuffle, limit=limit
         ):
-            yield torch.stack([encode(sequences[i]) for i in indices])
+            yield torch.stack([encode(s) for s in chunk])
 
     def train_batches(self, epoch: int) -> list[Tensor]:
         """The training set in batches of one length, shuffled (torch's global RNG)."""
@@ -413,16 +413,12 @@ class ParenthesesTrainable:
     def train_step(self, batch: Tensor) -> Mapping[str, float]:
         """One Adam step on the negative ELBO; reports ``loss`` (its estimate, nats per
         sequence), ``loss_evals`` and, for RELAX, ``critic_loss``."""
-        self.modules.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        q = BinaryTree(self.encoder(batch))
-        out = self.estimator(q, self.loss_fn(batch, q))
-        out.surrogate.mean().backward()
-        self.optimizer.step()
-        metrics = {"loss": float(out.value.mean()), "loss_evals": float(out.loss_evals)}
-        if "critic_loss" in out.extras:
-            metrics["critic_loss"] = float(out.extras["critic_loss"])
-        return metrics
+
+        def problem() -> tuple[BinaryTree, Callable[[Tensor], Tensor]]:
+            q = BinaryTree(self.encoder(batch))
+            return q, self.loss_fn(batch, q)
+
+        return estimator_step(self.modules, self.optimizer, self.estimator, problem)
 
     def evaluate(self, split: str) -> Mapping[str, float]:
         """``nll``, ``elbo``, ``valid_fraction`` and ``generated_length`` (module docstring)."""

@@ -76,6 +76,7 @@ from latentgrad.distributions import (
     SparseMAP,
 )
 from latentgrad.estimators import LatentDistribution, Marginalize
+from latentgrad.experiments._steps import estimator_step
 from latentgrad.lab.config import (
     is_positive_int,
     require,
@@ -427,15 +428,13 @@ class RGMToyTrainable:
     def train_step(self, batch: Any) -> Mapping[str, float]:
         """One Adam step on ``E_q[f]``; reports ``loss`` (the mean ``f`` of the step's samples),
         ``loss_evals`` and, for RELAX, ``critic_loss``."""
-        self.modules.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        out = self.estimator(self.distribution(), self.loss_fn)
-        out.surrogate.mean().backward()
-        self.optimizer.step()
+        metrics = estimator_step(
+            self.modules,
+            self.optimizer,
+            self.estimator,
+            lambda: (self.distribution(), self.loss_fn),
+        )
         self.model.steps += 1
-        metrics = {"loss": float(out.value.mean()), "loss_evals": float(out.loss_evals)}
-        if "critic_loss" in out.extras:
-            metrics["critic_loss"] = float(out.extras["critic_loss"])
         return metrics
 
     def evaluate(self, split: str) -> Mapping[str, float]:

@@ -612,6 +612,26 @@ def family_examples(
     return chosen
 
 
+#: The single-layer examples of categorical and bit units (batched, one with a ``-inf`` logit,
+#: one of independent units) that the sampling estimators' tests check against enumeration.
+UNIT_FAMILIES: tuple[str, ...] = (
+    "categorical",
+    "categorical-neg-inf",
+    "bernoulli",
+    "independent-categorical",
+)
+
+
+def family_examples_by_name(names: Sequence[str] = UNIT_FAMILIES) -> dict[str, FamilyExample]:
+    """The family examples ``names`` (default :data:`UNIT_FAMILIES`) keyed by their names.
+
+    Example:
+        >>> sorted(family_examples_by_name(["bernoulli", "categorical"]))
+        ['bernoulli', 'categorical']
+    """
+    return {f.name: f for f in family_examples(names=names)}
+
+
 def estimator_examples(
     *,
     group: str | None = None,
@@ -640,11 +660,13 @@ def pairs(
 __all__ = [
     "ESTIMATOR_EXAMPLES",
     "FAMILY_EXAMPLES",
+    "UNIT_FAMILIES",
     "EstimatorExample",
     "FamilyExample",
     "WithContext",
     "compatible",
     "estimator_examples",
     "family_examples",
+    "family_examples_by_name",
     "pairs",
 ]
