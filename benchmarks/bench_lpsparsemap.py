@@ -24,6 +24,11 @@ problems are the same projection in both libraries (for arborescences, LP-Sparse
 the root). For sequences LP-SparseMAP's factor penalizes the unary parts only (the transition
 scores enter linearly), while latentgrad projects all ``L K + (L - 1) K^2`` parts: the same
 structures and the same Viterbi oracle, not the same problem; its loss uses the unary parts.
+With ``--same-sequence`` a sixth row gives LP-SparseMAP latentgrad's problem: all 500 parts as
+its variables (so all penalized), tied by logic factors (``Xor`` on each position's tags and
+``XorOut`` between each tag and its incoming and outgoing transitions), whose local polytope is
+the chain's marginal polytope; its ADMM then solves the same projection, with its default
+1000 iterations (a round takes seconds, so the row is opt-in).
 
 Rounds are interleaved (every contender once per round, in a rotating order); the table gives
 the median and interquartile range over rounds, in ms, on one thread. It also prints, per row,
@@ -42,11 +47,13 @@ Usage::
 
     python benchmarks/bench_lpsparsemap.py
     python benchmarks/bench_lpsparsemap.py --rounds 5 --only arborescence
+    python benchmarks/bench_lpsparsemap.py --rounds 3 --only "all parts" --same-sequence
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,12 +75,15 @@ except ImportError:  # the optional peer
     lpsmap = None
 
 #: LP-SparseMAP's times (ms) in issue 16's table, printed when it is not installed.
+SAME_SEQUENCE = "sequence, all parts"
+
 ISSUE_LPSMAP_MS = {
     "32 bits, budget 8": 5.25,
     "128 bits, budget 32": 8.88,
     "sequence 20 x 5 tags": 170.0,
     "arborescence n = 10": 16.8,
     "arborescence n = 30": 414.0,
+    SAME_SEQUENCE: math.nan,
 }
 
 
@@ -114,6 +124,30 @@ def _sequence_peer(length: int, tags: int) -> Callable[[Tensor], Tensor]:
     return solve
 
 
+def _sequence_logic_peer(length: int, tags: int) -> Callable[[Tensor], Tensor]:
+    # Every part is a variable: unary (t, a) at t K + a, transition (t, a, b) at
+    # L K + (t K + a) K + b, as in SequenceOracle. One tag per position (Xor); each tag equals
+    # the sum of its outgoing and of its incoming transitions (XorOut: inputs sum to the output).
+    unary = torch.arange(length * tags).reshape(length, tags)
+    pairs = length * tags + torch.arange((length - 1) * tags * tags).reshape(length - 1, tags, tags)
+    groups: list[tuple[bool, Tensor]] = [(True, unary[t]) for t in range(length)]
+    for t in range(length - 1):
+        for a in range(tags):
+            groups.append((False, torch.cat([pairs[t, a, :], unary[t, a : a + 1]])))
+            groups.append((False, torch.cat([pairs[t, :, a], unary[t + 1, a : a + 1]])))
+    index = [ix.numpy() for _, ix in groups]
+
+    def solve(theta: Tensor) -> Tensor:
+        fg = lpsmap.TorchFactorGraph()
+        x = fg.variable_from(theta)
+        for (xor, _), ix in zip(groups, index, strict=True):
+            fg.add(lpsmap.Xor(x[ix]) if xor else lpsmap.XorOut(x[ix]))
+        fg.solve()
+        return x.value
+
+    return solve
+
+
 def _arborescence_peer(n: int) -> Callable[[Tensor], Tensor]:
     # Root 0; word m = 1..n-1 has the packed variables x[m - 1, h - 1] (h != m: the edge h -> m)
     # and x[m - 1, m - 1] (the edge 0 -> m).
@@ -132,7 +166,7 @@ def _arborescence_peer(n: int) -> Callable[[Tensor], Tensor]:
     return solve
 
 
-def problems() -> list[Problem]:
+def problems(same_sequence: bool = False) -> list[Problem]:
     seq = SequenceOracle(20, 5)
     unary = torch.zeros(seq.dim, dtype=torch.bool)
     unary[: 20 * 5] = True
@@ -150,6 +184,9 @@ def problems() -> list[Problem]:
         out.append(
             Problem(f"arborescence n = {n}", oracle, _arborescence_peer(n), allowed.reshape(-1))
         )
+    if same_sequence:
+        every = torch.ones(seq.dim, dtype=torch.bool)
+        out.append(Problem(SAME_SEQUENCE, seq, _sequence_logic_peer(20, 5), every))
     return out
 
 
@@ -190,6 +227,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--only", default="", help="run the problems whose name contains this")
     parser.add_argument("--no-peer", action="store_true", help="skip LP-SparseMAP")
+    parser.add_argument(
+        "--same-sequence",
+        action="store_true",
+        help="add the sequence row with LP-SparseMAP on latentgrad's problem (slow)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     use_peer = lpsmap is not None and not args.no_peer
@@ -204,7 +246,7 @@ def main() -> None:
         f"{'problem':>22} {'support':>8} {'latentgrad':>18} {'LP-SparseMAP':>18} {'ratio':>6} "
         f"{'fd error':>9} {'|mu diff|':>9}"
     )
-    for i, problem in enumerate(problems()):
+    for i, problem in enumerate(problems(args.same_sequence)):
         if args.only not in problem.name:
             continue
         gen = torch.Generator().manual_seed(i)
@@ -230,7 +272,8 @@ def main() -> None:
             mu_diff = f"{float(diff.abs().max()):9.1e}" if problem.same else f"{'(other)':>9}"
         else:
             pmed = ISSUE_LPSMAP_MS[problem.name]
-            peer, mu_diff = f"{pmed:9.2f} (issue)", f"{'-':>9}"
+            peer = f"{pmed:9.2f} (issue)" if not math.isnan(pmed) else "-"
+            mu_diff = f"{'-':>9}"
         fd = finite_difference_error(theta, oracle, v)
         print(
             f"{problem.name:>22} {support:8.1f} {mine:>18} {peer:>18} {med / pmed:5.2f}x "

@@ -9,12 +9,18 @@ from torch import Tensor
 import latentgrad as lg
 from latentgrad.mappings import SparseMAPFunction
 from latentgrad.mappings._capped_simplex import capped_simplex_projection
+from latentgrad.mappings._shared import support_slots
 from latentgrad.mappings._sparsemap import (
+    _DROP,
     SparseMAPResult,
+    _active_set,
     _combine,
+    _complete_face,
     _dense,
     _parts,
     _slot_scores,
+    _take_slots,
+    _trim,
     sparsemap,
 )
 from latentgrad.mappings.oracles import (
@@ -243,6 +249,36 @@ def test_structures_as_part_lists_match_dense_products() -> None:
     x = torch.randn(6, 11, generator=gen, dtype=DT)
     torch.testing.assert_close(_combine(p, idx, 11), torch.einsum("na,nad->nd", p, z))
     torch.testing.assert_close(_slot_scores(x, idx), torch.einsum("nd,nad->na", x, z))
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [ArborescenceOracle(6, root=2), SequenceOracle(5, 3), BudgetBits(9, 4), KSubsetOracle(7, 3)],
+    ids=repr,
+)
+def test_face_completion_on_the_solver_part_lists_equals_it_on_dense_structures(
+    oracle: StructureOracle,
+) -> None:
+    # _complete_face reads the slots as the part lists the solver kept (cut to their widest
+    # structure) instead of finding them again in the dense structures: the same lists, so the
+    # same completed supports, bit for bit, on continuous and on tied scores.
+    gen = torch.Generator().manual_seed(31)
+    d = oracle.dim
+    for theta in (
+        torch.randn(40, d, generator=gen, dtype=DT),
+        torch.randint(-2, 3, (40, d), generator=gen).to(DT) / 2,
+        torch.zeros(3, d, dtype=DT),
+    ):
+        sol = _active_set(theta, oracle, 100 + 2 * d, 1e-6, d + 1, None, True)
+        order, support = support_slots(sol.mask & (sol.p > _DROP))
+        z = _take_slots(sol.z, order)
+        kept = _take_slots(sol.parts, order)
+        n, a, _ = z.shape
+        found = _parts(z.reshape(n * a, d)).reshape(n, a, -1)
+        assert torch.equal(_trim(kept, d), found)
+        got = _complete_face(theta, oracle, z.clone(), kept, support.clone(), d + 1)
+        expected = _complete_face(theta, oracle, z.clone(), found, support.clone(), d + 1)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 @pytest.mark.parametrize(

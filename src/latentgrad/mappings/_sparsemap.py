@@ -173,6 +173,7 @@ class _Solution(NamedTuple):
     p: Tensor  # (n, K) float64, 0 outside the active set
     mask: Tensor  # (n, K) bool
     iterations: Tensor  # (n,)
+    parts: Tensor  # (n, K, k) long: the slots as lists of their parts (see _parts)
 
 
 def _grow(t: Tensor, k: int, fill: float | int | bool = 0) -> Tensor:
@@ -575,7 +576,7 @@ def _active_set(
             w_iter = w_iter[keep]
     if rows.numel():
         write_back(torch.ones_like(live))
-    return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations)
+    return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations, out_idx)
 
 
 #: Probes of the optimal face: the oracle sees ``theta - mu +- _PROBE (1 + max|theta|) r`` for a
@@ -599,10 +600,21 @@ def _hull_coordinates(y: Tensor, idx: Tensor, m: Tensor, kinv: Tensor) -> tuple[
     return c, y - _combine(c, idx, y.shape[1])
 
 
+def _trim(parts: Tensor, d: int) -> Tensor:
+    """Part lists ``(..., k)`` (padded with ``d``) cut to the largest count of parts (at least 1),
+    the width :func:`_parts` gives the same structures, so that sums over them add in the same
+    order."""
+    width = max(1, int((parts < d).sum(-1).max())) if parts.numel() else 1
+    return parts[..., :width]
+
+
 def _complete_face(
-    theta: Tensor, oracle: Oracle, z: Tensor, support: Tensor, max_active: int
+    theta: Tensor, oracle: Oracle, z: Tensor, parts: Tensor, support: Tensor, max_active: int
 ) -> tuple[Tensor, Tensor]:
     """The support ``(z, support)`` (true slots first) completed to span the optimal face.
+
+    ``parts`` holds the slots of ``z`` as part lists (see :func:`_parts`), which the solver
+    kept, so that they need not be found again in the dense ``(n, K, D)`` structures.
 
     After the face-identification phase a row can still miss a dimension of the optimal face
     ``F``: when ``mu*`` lies within rounding of the affine hull of a simplex of ``F``'s
@@ -625,27 +637,27 @@ def _complete_face(
         x = torch.randn(d, generator=gen, dtype=theta.dtype, device="cpu").to(theta.device)
         if live.numel() == 0:
             break
-        th, zs, sup = theta[live], z[live], support[live]
+        th, zs, sup = theta[live], z.index_select(0, live), support[live]
         w, k = th.shape[0], zs.shape[1]
         m = sup.to(zs.dtype)
         kinv = _kkt_inverse(_gram(zs), sup)
         ones = th.new_ones(w, 1)
-        parts = _parts(zs.reshape(w * k, d)).reshape(w, k, -1)
-        rhs = torch.cat([_slot_scores(th, parts) * m, ones], 1).unsqueeze(1)
-        p = _refine(rhs, kinv, parts, th, sup) * m
-        mu = _combine(p, parts, d)
+        slots = _trim(parts.index_select(0, live), d)
+        rhs = torch.cat([_slot_scores(th, slots) * m, ones], 1).unsqueeze(1)
+        p = _refine(rhs, kinv, slots, th, sup) * m
+        mu = _combine(p, slots, d)
         g = th - mu
         # r: x less its projection onto the directions of the hull (M^T S M x).
-        mx = _slot_scores(x.expand(w, d), parts) * m
+        mx = _slot_scores(x.expand(w, d), slots) * m
         coef = torch.bmm(torch.cat([mx, 0.0 * ones], 1).unsqueeze(1), kinv)
-        r = x - _combine(coef[:, 0, :k] * m, parts, d)
+        r = x - _combine(coef[:, 0, :k] * m, slots, d)
         r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-300)
         step = eps[live] * r
         found = _call_oracle(oracle, torch.cat([g + step, g - step]))
 
         z_plus, z_minus = found[:w], found[w:]
-        c_plus, r_plus = _hull_coordinates(z_plus, parts, m, kinv)
-        c_minus, r_minus = _hull_coordinates(z_minus, parts, m, kinv)
+        c_plus, r_plus = _hull_coordinates(z_plus, slots, m, kinv)
+        c_minus, r_minus = _hull_coordinates(z_minus, slots, m, kinv)
         d_plus, d_minus = (r_plus * r_plus).sum(1), (r_minus * r_minus).sum(1)
         gamma = -(r_plus * r_minus).sum(1) / d_minus.clamp_min(1e-300)
         off = r_plus + gamma.unsqueeze(1) * r_minus
@@ -671,10 +683,15 @@ def _complete_face(
         idx = ok.nonzero().squeeze(1)
         if int(count[idx].max()) >= z.shape[1]:
             z, support = _grow(z, z.shape[1] + 1), _grow(support, support.shape[1] + 1)
+            parts = _grow(parts, parts.shape[1] + 1, d)
         rows = live[idx]
         z[rows, leave[idx]] = z_plus[idx]
         z[rows, count[idx]] = z_minus[idx]
         support[rows, count[idx]] = True
+        new_parts = _parts(torch.cat([z_plus[idx], z_minus[idx]]), parts.shape[2])
+        parts = _widen(parts, new_parts.shape[1], d)
+        parts[rows, leave[idx]] = new_parts[: idx.numel()]
+        parts[rows, count[idx]] = new_parts[idx.numel() :]
         live = rows
     return z, support
 
@@ -686,14 +703,18 @@ def duality_gap(theta: Tensor, mu: Tensor, oracle: Oracle) -> Tensor:
     return (g * (_call_oracle(oracle, g) - mu)).sum(1)
 
 
+def _take_slots(t: Tensor, order: Tensor) -> Tensor:
+    """The slots ``order`` ``(n, A)`` of ``t`` ``(n, K, k)``, ``(n, A, k)``."""
+    return t.gather(1, order.unsqueeze(2).expand(-1, -1, t.shape[2]))
+
+
 def _compact(z: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """The slots ``keep`` first (slot order kept), padded with copies of the first one.
 
     Returns ``(structures (n, A, D), support (n, A) bool)``.
     """
     order, support = support_slots(keep)
-    rows = torch.arange(z.shape[0], device=z.device).unsqueeze(1)
-    return z[rows, order], support
+    return _take_slots(z, order), support
 
 
 # -- differentiation ------------------------------------------------------------------------------
@@ -910,9 +931,13 @@ def sparsemap(
     if closed_form is None:
         with torch.no_grad():
             sol = _active_set(th, oracle, max_iter, tol, max_active, warm, identify_face)
-            structures, support = _compact(sol.z, sol.mask & (sol.p > _DROP))
+            order, support = support_slots(sol.mask & (sol.p > _DROP))
+            structures = _take_slots(sol.z, order)
             if identify_face:
-                structures, support = _complete_face(th, oracle, structures, support, max_active)
+                parts = _take_slots(sol.parts, order)
+                structures, support = _complete_face(
+                    th, oracle, structures, parts, support, max_active
+                )
         iterations = sol.iterations
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         structures, weights, mu = _weights_on_support(compute, structures, support)
