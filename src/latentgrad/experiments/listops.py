@@ -71,7 +71,7 @@ from latentgrad.data.listops import (
 )
 from latentgrad.distributions import Arborescence
 from latentgrad.estimators import RELAX, LatentDistribution
-from latentgrad.experiments._steps import batches_by_length, estimator_step
+from latentgrad.lab.steps import batches_by_length, estimator_step
 from latentgrad.experiments.rgm_toy import make_sparsemap
 from latentgrad.lab.config import (
     is_positive_int,

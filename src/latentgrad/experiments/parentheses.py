@@ -68,7 +68,7 @@ from latentgrad.data.parentheses import (
 )
 from latentgrad.distributions import BinaryTree
 from latentgrad.estimators import Marginalize
-from latentgrad.experiments._steps import batches_by_length, estimator_step
+from latentgrad.lab.steps import batches_by_length, estimator_step
 from latentgrad.experiments.listops import pad_relax_critic
 from latentgrad.lab.config import (
     is_positive_int,

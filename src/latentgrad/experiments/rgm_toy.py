@@ -76,7 +76,7 @@ from latentgrad.distributions import (
     SparseMAP,
 )
 from latentgrad.estimators import LatentDistribution, Marginalize
-from latentgrad.experiments._steps import estimator_step
+from latentgrad.lab.steps import estimator_step
 from latentgrad.lab.config import (
     is_positive_int,
     require,

@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentgrad._validation import own_samples
 from latentgrad.distributions import Bernoulli, Categorical, SparsemaxCategorical, TopKSparsemax
 from latentgrad.estimators import (
     VIMCO,
@@ -447,9 +446,7 @@ class VAETrainable:
         log_num_values = self.model.log_num_values
 
         def neg_log_weight(z: Tensor) -> Tensor:
-            with own_samples():  # z: the estimator's samples of q
-                log_q = q.log_prob(z)
-            return reconstruction(z) + log_num_values + log_q
+            return reconstruction(z) + log_num_values + q.log_prob(z)
 
         return neg_log_weight
 

@@ -373,7 +373,9 @@ def min_cost_arborescence(costs: Tensor, root: int = 0) -> Tensor:
     if costs.dim() != 2 or n * n != d or n < 2:
         raise ValueError(f"costs must have shape (N, n * n) with n >= 2, got {tuple(costs.shape)}")
     root = check_index(root, "root", n)
-    return _arborescence_kernel()(costs, root, n, _jump_rounds(n))
+    # a TorchScript function cannot run on the meta device (shapes only): the plain rounds can
+    kernel = _arborescence_rounds if costs.device.type == "meta" else _arborescence_kernel()
+    return kernel(costs, root, n, _jump_rounds(n))
 
 
 def _arborescence_rounds(costs: Tensor, root: int, n: int, rounds: int) -> Tensor:

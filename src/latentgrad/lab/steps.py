@@ -1,5 +1,6 @@
-"""What the trainables of the single-estimator experiments share (:mod:`.listops`,
-:mod:`.parentheses`, :mod:`.rgm_toy`): one optimizer step on an estimator's surrogate, and the
+"""What the trainables of the single-estimator experiments share
+(:mod:`latentgrad.experiments.listops`, :mod:`~latentgrad.experiments.parentheses`,
+:mod:`~latentgrad.experiments.rgm_toy`): one optimizer step on an estimator's surrogate, and the
 batches of equal length of a generated sequence data set."""
 
 from __future__ import annotations
