@@ -275,6 +275,11 @@ def test_generated_blocks_are_checked_and_rewritten(grid, tmp_path, monkeypatch)
     marked = f"<!-- table (no record yet): {command.replace('tiny', 'later')} -->"
     doc.write_text(f"{marked}\n| 1.0 |\n<!-- end table -->\n")
     assert stale_blocks(doc) == []
+    # ... also while only some of its sources exist (new records beside old ones)
+    both = command.replace("results/tiny", "results/tiny results/later")
+    assert both != command
+    doc.write_text(f"<!-- table (no record yet): {both} -->\n| 1.0 |\n<!-- end table -->\n")
+    assert stale_blocks(doc) == []
     doc.write_text(
         f"<!-- table: {command.replace('tiny', 'later')} -->\n| 1 |\n<!-- end table -->\n"
     )

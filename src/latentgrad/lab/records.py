@@ -378,9 +378,10 @@ def render_block(command: str) -> str:
 
 
 def has_records(block: TableBlock) -> bool:
-    """Whether any source of the block's command exists and holds a record or run."""
-    sources = [s for s in block.sources() if Path(s).exists()]
-    if not sources:
+    """Whether every source of the block's command exists, and they hold a record or run (a
+    table that adds new records to old ones has its records only once the new ones exist)."""
+    sources = block.sources()
+    if not sources or not all(Path(s).exists() for s in sources):
         return False
     try:
         return bool(collect_runs(sources))
