@@ -17,6 +17,7 @@ from latentgrad.experiments.rgm_toy import (
     SPARSEMAP_PROBLEMS,
     RGMToyConfig,
     RGMToyTrainable,
+    figures_from_records,
     make_family,
     make_oracle,
     objective,
@@ -248,3 +249,16 @@ def test_plot_curves_draws_one_line_per_run(tmp_path: Path) -> None:
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "e-reinforce" / "curves.png").exists()  # plots=False: csv only
     assert (tmp_path / "e-reinforce" / "curves.csv").exists()
+
+
+def test_figures_from_records_one_per_problem(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    for name in ("e-reinforce", "t-reinforce+"):
+        run(EXPERIMENT, tiny_config(estimator=name, epochs=2), tmp_path / "runs" / name,
+            progress=False, plots=False)  # fmt: skip
+    written = figures_from_records([tmp_path / "runs"], tmp_path / "figures", prefix="toy")
+    problem = tiny_config().problem
+    assert [p.name for p in written] == [f"toy-{problem}-n4.png"]
+    assert written[0].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError):
+        figures_from_records([tmp_path / "figures"], tmp_path / "again")

@@ -71,7 +71,6 @@ from latentgrad.data.listops import (
 )
 from latentgrad.distributions import Arborescence
 from latentgrad.estimators import RELAX, LatentDistribution
-from latentgrad.lab.steps import batches_by_length, estimator_step
 from latentgrad.experiments.rgm_toy import make_sparsemap
 from latentgrad.lab.config import (
     is_positive_int,
@@ -80,6 +79,7 @@ from latentgrad.lab.config import (
     require_positive_ints,
 )
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.steps import batches_by_length, estimator_step
 
 ESTIMATORS = ("e-reinforce+", "t-reinforce+", "relax", "sparsemap", "e-reinforce", "t-reinforce")
 NUM_CLASSES = 10

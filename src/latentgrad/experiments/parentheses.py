@@ -68,7 +68,6 @@ from latentgrad.data.parentheses import (
 )
 from latentgrad.distributions import BinaryTree
 from latentgrad.estimators import Marginalize
-from latentgrad.lab.steps import batches_by_length, estimator_step
 from latentgrad.experiments.listops import pad_relax_critic
 from latentgrad.lab.config import (
     is_positive_int,
@@ -77,6 +76,7 @@ from latentgrad.lab.config import (
     require_positive_ints,
 )
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.steps import batches_by_length, estimator_step
 
 ESTIMATORS = ("exact", "e-reinforce", "t-reinforce", "e-reinforce+", "t-reinforce+", "relax")
 #: Productions: the two characters (their ids), then the empty slot.

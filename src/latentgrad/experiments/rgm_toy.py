@@ -76,7 +76,6 @@ from latentgrad.distributions import (
     SparseMAP,
 )
 from latentgrad.estimators import LatentDistribution, Marginalize
-from latentgrad.lab.steps import estimator_step
 from latentgrad.lab.config import (
     is_positive_int,
     require,
@@ -85,6 +84,7 @@ from latentgrad.lab.config import (
     require_positive_ints,
 )
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, ResolvedEstimator
+from latentgrad.lab.steps import estimator_step
 from latentgrad.mappings.oracles import (
     ArborescenceOracle,
     KSubsetOracle,
@@ -589,6 +589,45 @@ def write_curves(run_dir: Path, figures: bool = True) -> list[Path]:
         history = read_metrics(run_dir)
         written.append(
             plot_curves({label: history}, run_dir / "curves.png", optimum=best, title=title)
+        )
+    return written
+
+
+def figures_from_records(
+    sources: Sequence[str | Path], out_dir: str | Path, prefix: str = "rgm-toy"
+) -> list[Path]:
+    """One figure per problem (and dimension) of the ``rgm-toy`` runs or results records in
+    ``sources``: :func:`plot_curves` with one line per estimator (and its non-default options),
+    written to ``out_dir/<prefix>-<problem>.png``. The docs' figures are made this way from
+    ``results/rgm-toy``.
+
+    Raises:
+        FileNotFoundError: if ``sources`` hold no ``rgm-toy`` run.
+    """
+    from latentgrad.lab.report import collect_runs
+
+    groups: dict[tuple[str, int, int], dict[str, Sequence[Mapping[str, Any]]]] = {}
+    for info in collect_runs(sources):
+        if info.experiment != "rgm-toy" or not info.finished:
+            continue
+        cfg = info.config
+        options = cfg.get("estimator_options") or {}
+        label = cfg["estimator"]
+        if cfg["estimator"] == "relax":
+            label += f" ({options.get('num_samples', 1)} samples)"
+        key = (cfg["problem"], cfg["dimension"], cfg.get("subset_size", 3))
+        groups.setdefault(key, {})[label] = info.history
+    if not groups:
+        raise FileNotFoundError(f"no finished rgm-toy run in {', '.join(map(str, sources))}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (problem, n, k), series in sorted(groups.items()):
+        name = f"{prefix}-{problem}.png" if n == 10 else f"{prefix}-{problem}-n{n}.png"
+        best = optimum(problem, n, k)
+        title = f"rgm-toy {problem}, n = {n}"
+        written.append(
+            plot_curves(dict(sorted(series.items())), out / name, optimum=best, title=title)
         )
     return written
 
