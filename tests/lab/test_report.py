@@ -175,3 +175,18 @@ def test_eval_every_does_not_split_rows(tmp_path):
     same = toy.ToyConfig(estimator="sf", seed=0, epochs=2, eval_every=2)
     again = run(toy.EXPERIMENT, same, tmp_path / "again", progress=False, plots=False)
     assert again["test"] == outs[0]["test"]
+
+
+def test_a_field_older_runs_lack_labels_rows_only_where_it_differs():
+    from latentgrad.lab.report import _labels
+
+    old = {"estimator": "gs", "lr": 0.001}
+    new = [{"estimator": e, "lr": 0.001, "objective": "auto"} for e in ("reinmax", "vimco")]
+    assert _labels([old, *new], set()) == ["gs", "reinmax", "vimco"]
+    new[1]["objective"] = "iwae"
+    assert _labels([old, *new], set()) == [
+        "gs",
+        "reinmax (objective=auto)",
+        "vimco (objective=iwae)",
+    ]
+    assert _labels([old, {**old, "lr": 0.01}], set()) == ["gs (lr=0.001)", "gs (lr=0.01)"]

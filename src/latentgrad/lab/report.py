@@ -745,7 +745,8 @@ def build_table(
 
 def _labels(keys: list[dict[str, Any]], options: set[str]) -> list[str]:
     """Row labels: the estimator, then the config fields that vary between rows and the
-    estimator options that vary between rows of the same estimator."""
+    estimator options that vary between rows of the same estimator. A field some rows lack (a
+    run older than the field) varies only if the rows that have it differ in it."""
     labels = []
     for key in keys:
         same = [k for k in keys if k.get("estimator") == key.get("estimator")]
@@ -753,7 +754,8 @@ def _labels(keys: list[dict[str, Any]], options: set[str]) -> list[str]:
             name
             for name in sorted(key)
             if name != "estimator"
-            and len({json.dumps(k.get(name)) for k in (same if name in options else keys)}) > 1
+            and len({json.dumps(k[name]) for k in (same if name in options else keys) if name in k})
+            > 1
         ]
         extra = ", ".join(f"{name}={_show(key.get(name))}" for name in shown)
         labels.append(f"{key.get('estimator')} ({extra})" if extra else str(key.get("estimator")))
