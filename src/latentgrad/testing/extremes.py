@@ -8,8 +8,8 @@ gradients there (for the logits and for a parameter of the loss), in ``float16``
 
 Example:
     >>> from latentgrad.estimators import ScoreFunction
-    >>> [c.name for c in extreme_unit_cases(["one-category", "bernoulli-inf"])]
-    ['one-category', 'bernoulli-inf']
+    >>> " and ".join(c.name for c in extreme_unit_cases(["one-category", "bernoulli-inf"]))
+    'one-category and bernoulli-inf'
     >>> check_finite_on_extreme_logits(lambda: ScoreFunction(), torch.bfloat16)
 """
 
