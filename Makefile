@@ -66,6 +66,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_structured.py
 	$(BIN)/python benchmarks/bench_sparsemap.py
 	$(BIN)/python benchmarks/bench_local.py
+	$(BIN)/python benchmarks/bench_ssvae.py
+	$(BIN)/python benchmarks/bench_successors.py
+	$(BIN)/python benchmarks/bench_bitvae.py
+	$(BIN)/python benchmarks/bench_lpsparsemap.py
 
 # The result tables of README.md and docs/*.md, regenerated from the records in results/.
 tables: $(STAMP)
