@@ -150,8 +150,6 @@ def benchmark_record(
         >>> r["results"]["test"], record_name(r).startswith("bench-x-gs-")
         ({'ms': 1.5}, True)
     """
-    from types import SimpleNamespace
-
     from latentgrad.lab.rundir import environment
 
     if "estimator" not in config:
@@ -159,7 +157,7 @@ def benchmark_record(
     if primary_metric not in test:
         raise ValueError(f"primary_metric: {primary_metric!r} is not among {sorted(test)}")
     config = {**config, "seed": config.get("seed", 0)}
-    env = environment(SimpleNamespace(seed=config["seed"]))  # type: ignore[arg-type]
+    env = environment(config["seed"])
     env.pop("cwd", None)
     return _scrub(
         {

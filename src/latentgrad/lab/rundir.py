@@ -250,7 +250,7 @@ class RunDirectory:
     def write_env(self, config: ExperimentConfig, state: TrainState) -> None:
         """Record the environment; a resumed run (``state.step > 0``) appends a resumption."""
         path = self.path / "env.json"
-        now = environment(config)
+        now = environment(config.seed)
         env: Any = None
         if state.step > 0 and path.exists():
             try:
@@ -436,8 +436,8 @@ def git_revision() -> dict[str, Any] | None:
         return None
 
 
-def environment(config: ExperimentConfig) -> dict[str, Any]:
-    """Versions, platform, git revision, command line, start time, seed and threads."""
+def environment(seed: int) -> dict[str, Any]:
+    """Versions, platform, git revision, command line, start time, ``seed`` and threads."""
     import latentgrad
 
     np = numpy_module()
@@ -446,7 +446,7 @@ def environment(config: ExperimentConfig) -> dict[str, Any]:
         "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": list(sys.argv),
         "cwd": os.getcwd(),
-        "seed": config.seed,
+        "seed": seed,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": np.__version__ if np is not None else None,
