@@ -6,6 +6,8 @@ bits for a uniform in (0, 1) to be useful) and in the input's own dtype otherwis
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -63,6 +65,13 @@ def logistic_noise(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
     dtype = compute_dtype(like.dtype)
     u = torch.rand(shape, dtype=dtype, device=like.device).clamp_min_(torch.finfo(dtype).tiny)
     return u.log() - torch.log1p(-u)
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate at both ends (``-inf`` at ``x = 0``, ``0`` at
+    ``x = -inf``): ``log(-expm1(x))`` near 0 and ``log1p(-exp(x))`` below ``-log 2``."""
+    near_zero = x > -math.log(2.0)
+    return torch.where(near_zero, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 def safe_log(p: Tensor) -> Tensor:

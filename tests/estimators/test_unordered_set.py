@@ -14,7 +14,7 @@ from torch import Tensor
 
 import latentgrad as lg
 from latentgrad.estimators import UnorderedSet
-from latentgrad.estimators.unordered_set import set_weights
+from latentgrad.estimators.unordered_set import sample_without_replacement, set_weights
 from latentgrad.testing import assert_unbiased, check_unbiased, single_layer_gradients
 from latentgrad.testing.examples import (
     UNIT_FAMILIES,
@@ -22,6 +22,7 @@ from latentgrad.testing.examples import (
     family_examples_by_name,
 )
 from latentgrad.testing.extremes import FLOAT_DTYPES, check_finite_on_extreme_logits
+from latentgrad.testing.stats import chi_square_pvalue
 
 F64 = torch.float64
 REPLICATES = 4000
@@ -235,7 +236,135 @@ def test_bad_arguments() -> None:
         est(q, 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="loss_fn"):
         est(q, lambda z: z.sum((-1, -2)))
-    with pytest.raises(ValueError, match="max_support"):
-        UnorderedSet(k=2, max_support=4)(
-            lg.Bernoulli(logits=torch.zeros(2, 3)), lambda z: z.sum(-1)
+    with pytest.raises(ValueError, match="max_support"):  # not factorized: no beam search
+        UnorderedSet(k=2, max_support=4)(lg.KSubset(torch.zeros(2, 5), k=2), lambda z: z.sum(-1))
+
+
+# -- factorized latents too large to enumerate: stochastic beam search ---------------------------
+
+
+def _set_probabilities(p: list[float], k: int) -> dict[frozenset[int], float]:
+    """P(S) of every unordered k-set drawn without replacement, by enumerating orderings."""
+    sets: dict[frozenset[int], float] = {}
+    for order in itertools.permutations(range(len(p)), k):
+        prob, used = 1.0, 0.0
+        for s in order:
+            prob *= p[s] / (1.0 - used)
+            used += p[s]
+        key = frozenset(order)
+        sets[key] = sets.get(key, 0.0) + prob
+    return sets
+
+
+def _support_index(z: Tensor, values: Tensor) -> Tensor:
+    """The row of ``values`` (``(S,) + E``) equal to each ``z`` (``(...,) + E``)."""
+    n_event = values.dim() - 1
+    same = (z.unsqueeze(-1 - n_event) == values).flatten(z.dim() - n_event + 1).all(-1)
+    assert torch.equal(same.sum(-1), torch.ones_like(same.sum(-1)))  # exactly one match
+    return same.long().argmax(-1)
+
+
+@pytest.mark.stat
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: lg.Categorical(logits=x.reshape((*x.shape[:-1], 2, 3))).to_event(1),
+        lambda x: lg.Bernoulli(logits=x[..., :3]),
+    ],
+    ids=["independent-categorical", "bernoulli"],
+)
+@pytest.mark.parametrize("k", [2, 3])
+def test_beam_search_draws_sets_with_the_gumbel_top_k_law(make: Callable, k: int) -> None:
+    """The frequency of every unordered set (9 or 8 values: 36 / 84 / 28 / 56 sets) matches
+    P(S) from the orderings of the enumerated joint support."""
+    torch.manual_seed(0)
+    n = 20000
+    x = torch.tensor([0.8, -0.4, 0.1, 1.2, -1.0, 0.3], dtype=F64)
+    values, probs = make(x).support_probs()
+    table = _set_probabilities(probs.tolist(), k)
+    z, log_q = sample_without_replacement(make(x.expand(n, 6)), k)
+    assert z.shape[:2] == (k, n) and log_q.shape == (k, n)
+    torch.testing.assert_close(log_q, make(x.expand(n, 6)).log_prob(z), atol=1e-12, rtol=0)
+    index = _support_index(z, values)  # (k, n)
+    code = (torch.zeros(n, len(probs), dtype=torch.bool)).scatter_(1, index.T, True)
+    assert code.sum(1).eq(k).all()  # k distinct values
+    keys = sorted(table, key=sorted)
+    members = torch.tensor([[i in s for i in range(len(probs))] for s in keys])
+    counts = (code.unsqueeze(1) == members.unsqueeze(0)).all(-1).sum(0)  # (sets,)
+    expected = torch.tensor([table[s] for s in keys], dtype=F64)
+    assert counts.sum() == n
+    # Pearson's chi-square (rare sets pooled); 4 such tests at 1e-5 each.
+    assert chi_square_pvalue(counts, expected) > 1e-5
+
+
+@pytest.mark.stat
+def test_set_law_check_has_power(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Perturbing each prefix afresh (not conditioned on its parent's value) is a plausible
+    mistake that draws distinct but wrongly distributed sets: the chi-square test sees it."""
+    from latentgrad.estimators import unordered_set
+
+    monkeypatch.setattr(
+        unordered_set,
+        "_conditioned_gumbel",
+        lambda log_q, maximum: log_q + torch.distributions.Gumbel(0.0, 1.0).sample(log_q.shape),
+    )
+    with pytest.raises(AssertionError):
+        test_beam_search_draws_sets_with_the_gumbel_top_k_law(
+            lambda x: lg.Categorical(logits=x.reshape((*x.shape[:-1], 2, 3))).to_event(1), 2
         )
+
+
+@pytest.mark.stat
+@pytest.mark.parametrize("family", ["bernoulli", "independent-categorical"])
+def test_unbiased_with_beam_search(family: str) -> None:
+    """``max_support=1`` sends every factorized family through the beam search."""
+    torch.manual_seed(0)
+    est = UnorderedSet(k=3, max_support=1)
+    grads, expected = single_layer_gradients(FAMILIES[family], est, REPLICATES)
+    assert torch.isfinite(grads).all() and grads.var(0).sum() > 0
+    assert_unbiased(grads, expected, name=f"UnorderedSet(k=3) by beam search on {family}")
+
+
+def test_beam_search_is_exact_when_k_covers_the_nonzero_support() -> None:
+    """Two of four joint values have probability 0: with k = 4 the set holds the other two
+    first, the zero-probability fillers get no weight and the estimate is exact."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[[0.3, -0.2], [0.0, -torch.inf]]] * 5, dtype=F64, requires_grad=True)
+    c = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=F64)
+
+    def loss(z: Tensor) -> Tensor:
+        return torch.sin((z * c).sum((-1, -2))) + 2.0
+
+    reference = lg.Marginalize()(lg.Categorical(logits=logits).to_event(1), loss)
+    (ref_grad,) = torch.autograd.grad(reference.surrogate.sum(), logits)
+    for _ in range(3):
+        q = lg.Categorical(logits=logits).to_event(1)
+        out = UnorderedSet(k=4, max_support=1)(q, loss)
+        assert out.loss_evals == 4
+        assert out.extras["first_probs"][2:].eq(0).all()  # drawn last, weight 0
+        torch.testing.assert_close(out.value, reference.value, atol=1e-12, rtol=0)
+        (grad,) = torch.autograd.grad(out.surrogate.sum(), logits)
+        torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=0)
+
+
+def test_vae_sized_latents_train() -> None:
+    """20 categoricals of 10 classes (10^20 values) and 200 bits: no enumeration, k distinct
+    values, probabilities of the set that sum to 1, finite gradients."""
+    torch.manual_seed(0)
+    logits = torch.randn(8, 20, 10, requires_grad=True)
+    q = lg.Categorical(logits=logits).to_event(1)
+    out = UnorderedSet(k=4)(q, lambda z: (z * torch.linspace(-1, 1, 10)).sum((-1, -2)) ** 2)
+    assert out.loss_evals == 4 and out.losses.shape == (4, 8)
+    torch.testing.assert_close(out.extras["first_probs"].sum(0), torch.ones(8))
+    out.surrogate.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    bits = torch.randn(8, 200, requires_grad=True)
+    out = UnorderedSet(k=4)(lg.Bernoulli(logits=bits), lambda z: z.sum(-1))
+    out.surrogate.sum().backward()
+    assert bits.grad is not None and torch.isfinite(bits.grad).all()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_beam_search_extreme_logits_stay_finite(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    check_finite_on_extreme_logits(lambda: UnorderedSet(k=3, max_support=1), dtype)

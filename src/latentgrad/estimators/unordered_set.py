@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from latentgrad._numerics import gumbel_noise, upcast
+from latentgrad._numerics import gumbel_noise, log1mexp, upcast
 from latentgrad._validation import check_int, own_samples
+from latentgrad.distributions import Bernoulli, Categorical, Independent
+from latentgrad.distributions.categorical import one_hot_like
 from latentgrad.estimators._base import (
     Estimate,
     Estimator,
@@ -50,18 +54,20 @@ class UnorderedSet(Estimator):
     q(s_{i-1}))``), hence ``k <= 6`` (:data:`MAX_K`; the paper's numerical integral for large
     sets is not implemented).
 
-    The sample is drawn from the enumerated support (``support_probs()``), so the distribution
-    must declare ``has_enumerate_support``: a :class:`~latentgrad.Categorical` (its ``K``
-    classes), or a small factorized latent (``Independent`` units, a few bits) whose joint
-    support is enumerated. Larger factorized latents would need stochastic beam search and are
-    refused (``max_support``). When ``k`` is at least the number of values of nonzero
+    The set is Gumbel-top-k over the enumerated support (``support_probs()``) when it has at
+    most ``max_support`` values; larger factorized latents (a :class:`~latentgrad.Bernoulli`,
+    ``Categorical(...).to_event(n)``: :func:`is_factorized`) draw it unit by unit by stochastic
+    beam search [2] (:func:`sample_without_replacement`, ``O(units * k * values)``), so the
+    ``vae`` experiment's 10^20- and 2^200-value latents work; other families with more than
+    ``max_support`` values are refused. When ``k`` is at least the number of values of nonzero
     probability the set holds them all and the estimate is exact; zero-probability values in
     the set never enter it (a NaN or infinite loss there does no harm).
 
     Args:
         k: the size of the sample without replacement, ``2 <= k <= 6`` (smaller when the
             support is).
-        max_support: refuse (``ValueError``) distributions with more support points than this.
+        max_support: enumerate supports of at most this many values; beyond it, beam search
+            for factorized latents and ``ValueError`` for the others.
 
     Returns:
         :class:`Estimate` with ``per_sample`` ``(1,) + batch_shape``, ``loss_evals``
@@ -105,24 +111,35 @@ class UnorderedSet(Estimator):
     def _estimate(
         self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
     ) -> Estimate:
-        values, probs = support_probs(dist, self.max_support)  # (S,) + B + E, (S,) + B
         batch_shape = dist.batch_shape
-        with own_samples():  # the family's own support
-            log_p = upcast(dist.log_prob(values))  # (S,) + B, differentiable
-        # A ragged support is padded with copies of a value at probability 0 (KSubset with
-        # absent items, ...): the copies must not be drawn as values of their own.
-        log_p = torch.where(probs > 0, log_p, torch.full_like(log_p, -math.inf))
-        k = min(self.k, values.shape[0])
-        scores = log_p.detach()
-        index = (scores + gumbel_noise(scores.shape, scores)).topk(k, dim=0).indices  # (k,) + B
-        n_event = values.dim() - 1 - len(batch_shape)
-        event_index = index.reshape(index.shape + (1,) * n_event)
-        z = values.gather(0, event_index.expand(index.shape + values.shape[1 + len(batch_shape) :]))
-        losses = evaluate_loss(loss_fn, z, (k,), batch_shape)
-        in_set = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-        in_set.scatter_(0, index, True)
-        log_outside = scores.masked_fill(in_set, -math.inf).logsumexp(0)  # log(1 - q(S))
-        chosen = log_p.gather(0, index)  # (k,) + B
+        if dist.support_size() > self.max_support and is_factorized(dist):
+            # Too many joint values to list: draw the set unit by unit (stochastic beam search).
+            z, scores = sample_without_replacement(dist, self.k)  # (k,) + B + E, (k,) + B
+            k = z.shape[0]
+            with own_samples():  # values of the family's own support
+                chosen = upcast(dist.log_prob(z))  # (k,) + B, differentiable
+            chosen = torch.where(scores > -math.inf, chosen, torch.full_like(chosen, -math.inf))
+            log_outside = log1mexp(scores.logsumexp(0).clamp_max(0.0))  # log(1 - q(S))
+            losses = evaluate_loss(loss_fn, z, (k,), batch_shape)
+        else:
+            values, probs = support_probs(dist, self.max_support)  # (S,) + B + E, (S,) + B
+            with own_samples():  # the family's own support
+                log_p = upcast(dist.log_prob(values))  # (S,) + B, differentiable
+            # A ragged support is padded with copies of a value at probability 0 (KSubset with
+            # absent items, ...): the copies must not be drawn as values of their own.
+            log_p = torch.where(probs > 0, log_p, torch.full_like(log_p, -math.inf))
+            k = min(self.k, values.shape[0])
+            scores = log_p.detach()
+            index = (scores + gumbel_noise(scores.shape, scores)).topk(k, dim=0).indices
+            n_event = values.dim() - 1 - len(batch_shape)
+            event_index = index.reshape(index.shape + (1,) * n_event)
+            event_shape = values.shape[1 + len(batch_shape) :]
+            z = values.gather(0, event_index.expand(index.shape + event_shape))
+            losses = evaluate_loss(loss_fn, z, (k,), batch_shape)
+            in_set = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+            in_set.scatter_(0, index, True)
+            log_outside = scores.masked_fill(in_set, -math.inf).logsumexp(0)  # log(1 - q(S))
+            chosen = log_p.gather(0, index)  # (k,) + B
         first, baseline = set_weights(chosen.detach(), log_outside, upcast(losses.detach()))
         present = first > 0
         safe_losses = torch.where(present, upcast(losses), torch.zeros_like(first))
@@ -138,6 +155,117 @@ class UnorderedSet(Estimator):
             value=value.to(losses.dtype),
             extras={"first_probs": first, "baseline": baseline},
         )
+
+
+def is_factorized(dist: LatentDistribution) -> bool:
+    """Whether ``dist`` is a product of small categorical units that
+    :func:`sample_without_replacement` can walk: a :class:`~latentgrad.Bernoulli` (one unit per
+    bit), a :class:`~latentgrad.Categorical` (one unit) or ``to_event`` of either."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return isinstance(dist, (Bernoulli, Categorical))
+
+
+def _unit_table(dist: LatentDistribution) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Per-unit log-probabilities of a factorized ``dist`` and the map back to its values.
+
+    Returns:
+        ``(table, to_values)``: ``table`` of shape ``batch_shape + (U, C)`` (``U`` units of
+        ``C`` values each, in :func:`~latentgrad._numerics.compute_dtype`, detached), and
+        ``to_values`` taking value indices ``(N,) + batch_shape + (U,)`` to values
+        ``(N,) + batch_shape + event_shape`` in the family's dtype.
+    """
+    base = dist
+    while isinstance(base, Independent):
+        base = base.base_dist
+    batch_shape, event_shape = dist.batch_shape, dist.event_shape
+    if isinstance(base, Bernoulli):
+        a = upcast(base.logits).detach()
+        table = torch.stack([F.logsigmoid(-a), F.logsigmoid(a)], -1)
+        dtype = base.logits.dtype
+
+        def to_values(index: Tensor) -> Tensor:
+            return index.to(dtype).reshape(index.shape[:1] + batch_shape + event_shape)
+
+    elif isinstance(base, Categorical):
+        table = torch.log_softmax(upcast(base.logits).detach(), -1)
+        like = base.logits
+
+        def to_values(index: Tensor) -> Tensor:
+            values = one_hot_like(index, table.shape[-1], like)
+            return values.reshape(index.shape[:1] + batch_shape + event_shape)
+
+    else:
+        raise TypeError(f"{type(base).__name__} is not a product of categorical units")
+    return table.reshape((*batch_shape, -1, table.shape[-1])), to_values
+
+
+def sample_without_replacement(dist: LatentDistribution, k: int) -> tuple[Tensor, Tensor]:
+    """``k`` distinct values of a factorized ``dist``, drawn without replacement by stochastic
+    beam search (Kool, van Hoof & Welling 2019), without listing the joint support.
+
+    The set has the law of Gumbel-top-k over the joint support (the ``k`` largest
+    ``log q(z) + G_z``), built one unit at a time: a beam of prefixes carries the perturbed
+    log-probability of each prefix, the largest perturbed value among its completions; each
+    prefix's children get Gumbel values conditioned on their maximum being their parent's, and
+    the ``k`` largest children are kept. Cost ``O(U k C)`` for ``U`` units of ``C`` values.
+    When fewer than ``k`` values have nonzero probability, the others are filled with distinct
+    values of probability 0 (``log q = -inf``), drawn after every value of nonzero probability.
+
+    Args:
+        dist: a product of categorical units (:func:`is_factorized`).
+        k: the number of values, at most the support size.
+
+    Returns:
+        ``(values, log_probs)``: shapes ``(k,) + batch_shape + event_shape`` (in order of
+        decreasing perturbed log-probability) and ``(k,) + batch_shape`` (detached, in
+        :func:`~latentgrad._numerics.compute_dtype`).
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.estimators.unordered_set import sample_without_replacement
+        >>> q = lg.Categorical(logits=torch.zeros(8, 20, 10)).to_event(1)
+        >>> z, log_q = sample_without_replacement(q, 4)
+        >>> z.shape, log_q.shape
+        (torch.Size([4, 8, 20, 10]), torch.Size([4, 8]))
+    """
+    table, to_values = _unit_table(dist)  # B + (U, C)
+    batch_shape = table.shape[:-2]
+    units, num_values = table.shape[-2:]
+    table = table.reshape(-1, units, num_values)  # (Bf, U, C)
+    flat = table.shape[0]
+    log_q = table.new_zeros(flat, 1)  # the beam's prefixes: log q, perturbed value, choices
+    perturbed = table.new_zeros(flat, 1)
+    choices = torch.zeros(flat, 1, 0, dtype=torch.long, device=table.device)
+    for u in range(units):
+        child_q = log_q.unsqueeze(-1) + table[:, u].unsqueeze(1)  # (Bf, beam, C)
+        child = _conditioned_gumbel(child_q, perturbed)
+        width = child.shape[1]
+        top = child.reshape(flat, -1).topk(min(k, width * num_values), dim=1).indices
+        parent, value = top // num_values, top % num_values
+        log_q = child_q.reshape(flat, -1).gather(1, top)
+        perturbed = child.reshape(flat, -1).gather(1, top)
+        picked = choices.gather(1, parent.unsqueeze(-1).expand(-1, -1, u))
+        choices = torch.cat([picked, value.unsqueeze(-1)], -1)
+    index = choices.movedim(1, 0).reshape((choices.shape[1], *batch_shape, units))
+    return to_values(index), log_q.movedim(1, 0).reshape((-1, *batch_shape))
+
+
+def _conditioned_gumbel(log_q: Tensor, maximum: Tensor) -> Tensor:
+    """Gumbel perturbations of ``log_q`` (``(Bf, beam, C)``) conditioned on their maximum over
+    the last dim being ``maximum`` (``(Bf, beam)``); ``-inf`` wherever ``log_q`` or
+    ``maximum`` is."""
+    g = log_q + gumbel_noise(log_q.shape, log_q)
+    top = g.amax(-1, keepdim=True)
+    target = maximum.unsqueeze(-1)
+    alive = (log_q > -math.inf) & (target > -math.inf)
+    g, top, target = (
+        torch.where(alive, x.expand_as(log_q), torch.zeros_like(log_q)) for x in (g, top, target)
+    )
+    # -log(exp(-target) - exp(-top) + exp(-g)), computed stably (Kool et al. 2019, App. B).
+    v = target - g + log1mexp((g - top).clamp_max(0.0))
+    shifted = target - v.clamp_min(0.0) - torch.log1p(torch.exp(-v.abs()))
+    return torch.where(alive, shifted, torch.full_like(log_q, -math.inf))
 
 
 def set_weights(log_p: Tensor, log_outside: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
@@ -204,4 +332,10 @@ def _others(k: int, device: torch.device) -> Tensor:
     return index + (index >= torch.arange(k, device=device).unsqueeze(1)).long()
 
 
-__all__ = ["MAX_K", "UnorderedSet", "set_weights"]
+__all__ = [
+    "MAX_K",
+    "UnorderedSet",
+    "is_factorized",
+    "sample_without_replacement",
+    "set_weights",
+]

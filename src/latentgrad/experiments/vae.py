@@ -50,7 +50,6 @@ from latentgrad.estimators import (
     LatentDistribution,
     Marginalize,
     SumAndSample,
-    UnorderedSet,
 )
 from latentgrad.lab.config import (
     is_positive_int,
@@ -322,7 +321,8 @@ def _hidden_sizes(config: VAEConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def _check_enumerable(name: str, estimator: Estimator, model: DiscreteVAE) -> None:
     """Refuse, at build time, estimators that sum over a support too large to enumerate."""
-    enumerates = (Marginalize, SumAndSample, UnorderedSet)
+    # UnorderedSet draws from a larger factorized latent by stochastic beam search instead.
+    enumerates = (Marginalize, SumAndSample)
     if not isinstance(estimator, enumerates) or model.topk is not None:
         return  # top-k sparsemax: at most k structures, whatever the latent's size
     if model.num_values > estimator.max_support:

@@ -553,7 +553,8 @@ class UnorderedSetOptions(EstimatorOptions):
 
     Attributes:
         k: values drawn without replacement per example and step (2 to 6).
-        max_support: largest support enumerated to draw them.
+        max_support: largest support enumerated to draw them (larger factorized latents
+            are drawn by stochastic beam search).
     """
 
     k: int = 4
