@@ -295,3 +295,15 @@ def test_the_command_line_runs_it_on_the_digits(tmp_path: Path) -> None:
     assert results["experiment"] == "bitvae" and results["estimator"] == "sparsemap-budget"
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["config"]["estimator_options"]["budget"] == 3
+
+
+def test_support_figure_one_panel_per_latent_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    pytest.importorskip("matplotlib")
+    for name, bits in (("sparsemap", 6), ("topk-sparsemax", 6), ("sparsemap", 8), ("gs", 6)):
+        config = tiny_config(estimator=name, num_bits=bits)
+        run(bitvae.EXPERIMENT, config, tmp_path / "runs" / f"{name}-{bits}", progress=False)
+    out = bitvae.support_figure([tmp_path / "runs"], tmp_path / "figures" / "support.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="sparse family"):
+        bitvae.support_figure([tmp_path / "runs" / "gs-6"], tmp_path / "none.png")

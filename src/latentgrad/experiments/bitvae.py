@@ -66,8 +66,9 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
@@ -686,6 +687,64 @@ def build(config: BitVAEConfig, chosen: ResolvedEstimator) -> BitVAETrainable:
     from latentgrad.data import load_dataset
 
     return BitVAETrainable(config, chosen, load_dataset(config.dataset, data_dir=config.data))
+
+
+def support_figure(sources: Sequence[str | Path], path: str | Path) -> Path:
+    """The mean support size (decoder calls per image) over training of the sparse families
+    in the ``bitvae`` runs or results records ``sources``: one panel per latent size ``D``, one
+    line per estimator (the mean over its seeds), against training steps, log scale. The
+    README's figure is made this way from ``results/bitvae``.
+
+    Args:
+        sources: run directories, results records, or folders of them.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        FileNotFoundError: if ``sources`` hold no finished ``bitvae`` run of a sparse family.
+    """
+    from latentgrad.lab.plots import new_figure
+    from latentgrad.lab.report import collect_runs
+
+    curves: dict[int, dict[str, list[list[tuple[int, float]]]]] = {}
+    for info in collect_runs(sources):
+        if info.experiment != "bitvae" or not info.finished:
+            continue
+        points = [
+            (int(r["step"]), float(r["train"]["support_size"]))
+            for r in info.history
+            if "support_size" in r.get("train", {})
+        ]
+        if points:
+            by_name = curves.setdefault(int(info.config["num_bits"]), {})
+            by_name.setdefault(str(info.config["estimator"]), []).append(points)
+    if not curves:
+        raise FileNotFoundError(
+            f"no finished bitvae run of a sparse family in {', '.join(map(str, sources))}"
+        )
+    fig = new_figure((5.0 * len(curves), 4.0))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (bits, by_name) in zip(axes, sorted(curves.items()), strict=True):
+        for name, runs in sorted(by_name.items()):
+            steps = sorted({s for run in runs for s, _ in run})
+            means = [
+                sum(v for run in runs for s2, v in run if s2 == s)
+                / sum(1 for run in runs for s2, _ in run if s2 == s)
+                for s in steps
+            ]
+            ax.plot(steps, means, marker="o", markersize=3, label=f"{name} (n={len(runs)})")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mean support size (decoder calls per image)")
+        ax.set_title(f"bitvae, D = {bits}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
 
 
 EXPERIMENT = Experiment(

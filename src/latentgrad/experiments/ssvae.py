@@ -55,7 +55,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Categorical, SparsemaxCategorical
-from latentgrad.estimators import LatentDistribution
+from latentgrad.estimators import LatentDistribution, PackedLoss
 from latentgrad.lab.config import (
     is_positive_int,
     require,
@@ -328,9 +328,14 @@ class M2(nn.Module):
         kl = 0.5 * (mean.square() + (2 * log_std).exp() - 1 - 2 * log_std)
         return nll.sum(-1) + kl.sum(-1)
 
-    def loss_fn(self, x: Tensor) -> Callable[[Tensor], Tensor]:
-        """``y -> f(x, y)`` for the estimator: ``S + (B, K) -> S + (B,)``, one decoder pass."""
-        return lambda y: self.conditional_nelbo(x, y)
+    def loss_fn(self, x: Tensor) -> PackedLoss:
+        """``y -> f(x, y)`` for the estimator: ``S + (B, K) -> S + (B,)``, one decoder pass.
+
+        A :class:`~latentgrad.estimators.PackedLoss`: summed over a support
+        (:class:`~latentgrad.Marginalize`), it decodes only the classes of nonzero ``q(y | x)``
+        of each image, not every image padded to the batch's largest support.
+        """
+        return PackedLoss.from_rows(lambda y, rows: self.conditional_nelbo(rows, y), x)
 
     def kl_to_prior(self, q: LatentDistribution) -> Tensor:
         """``KL(q(y | x) || uniform) = log K - H(q)``, analytic, shape ``(B,)``."""
