@@ -237,9 +237,10 @@ def sample_without_replacement(dist: LatentDistribution, k: int) -> tuple[Tensor
     log_q = table.new_zeros(flat, 1)  # the beam's prefixes: log q, perturbed value, choices
     perturbed = table.new_zeros(flat, 1)
     choices = torch.zeros(flat, 1, 0, dtype=torch.long, device=table.device)
+    noise = gumbel_noise((units, flat, k, num_values), table)  # one draw: fewer small ops
     for u in range(units):
         child_q = log_q.unsqueeze(-1) + table[:, u].unsqueeze(1)  # (Bf, beam, C)
-        child = _conditioned_gumbel(child_q, perturbed)
+        child = _conditioned_gumbel(child_q, perturbed, noise[u, :, : child_q.shape[1]])
         width = child.shape[1]
         top = child.reshape(flat, -1).topk(min(k, width * num_values), dim=1).indices
         parent, value = top // num_values, top % num_values
@@ -251,21 +252,19 @@ def sample_without_replacement(dist: LatentDistribution, k: int) -> tuple[Tensor
     return to_values(index), log_q.movedim(1, 0).reshape((-1, *batch_shape))
 
 
-def _conditioned_gumbel(log_q: Tensor, maximum: Tensor) -> Tensor:
-    """Gumbel perturbations of ``log_q`` (``(Bf, beam, C)``) conditioned on their maximum over
-    the last dim being ``maximum`` (``(Bf, beam)``); ``-inf`` wherever ``log_q`` or
-    ``maximum`` is."""
-    g = log_q + gumbel_noise(log_q.shape, log_q)
+def _conditioned_gumbel(log_q: Tensor, maximum: Tensor, noise: Tensor) -> Tensor:
+    """Gumbel perturbations ``log_q + noise`` (``(Bf, beam, C)``, ``noise`` standard Gumbel)
+    conditioned on their maximum over the last dim being ``maximum`` (``(Bf, beam)``); ``-inf``
+    wherever ``log_q`` or ``maximum`` is."""
+    g = log_q + noise
     top = g.amax(-1, keepdim=True)
     target = maximum.unsqueeze(-1)
-    alive = (log_q > -math.inf) & (target > -math.inf)
-    g, top, target = (
-        torch.where(alive, x.expand_as(log_q), torch.zeros_like(log_q)) for x in (g, top, target)
-    )
-    # -log(exp(-target) - exp(-top) + exp(-g)), computed stably (Kool et al. 2019, App. B).
-    v = target - g + log1mexp((g - top).clamp_max(0.0))
+    # -log(exp(-target) - exp(-top) + exp(-g)), computed stably (Kool et al. 2019, App. B). A
+    # dead child (g = -inf) comes out -inf; a dead prefix (target = -inf) NaN, masked below.
+    v = target - g + log1mexp(g - top)
     shifted = target - v.clamp_min(0.0) - torch.log1p(torch.exp(-v.abs()))
-    return torch.where(alive, shifted, torch.full_like(log_q, -math.inf))
+    alive = (log_q > -math.inf) & (target > -math.inf)
+    return torch.where(alive, shifted, -math.inf)
 
 
 def set_weights(log_p: Tensor, log_outside: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
