@@ -25,8 +25,9 @@ of one length (one tree size per batch); RELAX's critic sees the log-noise padde
 ``max_length`` items (:class:`~latentgrad.experiments.listops.PaddedCritic`).
 
 Estimators: ``e-reinforce``, ``t-reinforce``, ``e-reinforce+``, ``t-reinforce+`` (3 samples),
-``relax`` (a learned critic) and ``exact`` (the sum over all ``Catalan(n)`` trees, for
-``max_length <= 10``). SparseMAP does not apply: binary trees have no MAP oracle here.
+``relax`` (a learned critic) and ``exact`` (the sum over all ``Catalan(n)`` trees, every tree
+of every sequence of a batch decoded at once: at most :data:`MAX_EXACT_ROWS` a step, so
+``max_length <= 6`` at batch 64 and 10 at batch 1). SparseMAP does not apply: binary trees have no MAP oracle here.
 
 Metrics (valid and test): ``nll``, the importance-weighted bound on ``-log p(x)`` with
 ``eval_samples`` trees from ``q`` (Burda et al. 2016; an upper bound on the negative
@@ -89,6 +90,11 @@ ROOT, LEFT, RIGHT = 0, 1, 2
 NO_PARENT = 2
 #: Largest sequence the exact sum over trees is offered for (Catalan(10) = 16,796 trees).
 MAX_EXACT_LENGTH = 10
+
+#: Most decoded sequences in one exact step, ``Catalan(max_length) * batch_size``: every tree of
+#: every sequence of the batch is decoded at once, about 85 kB of activations each, so a step
+#: stays near 1.4 GB (as many as the trees of one sequence of :data:`MAX_EXACT_LENGTH`).
+MAX_EXACT_ROWS = 16796
 
 
 @dataclass
@@ -356,7 +362,8 @@ class ParenthesesTrainable:
 
     Raises:
         ValueError: for a latent family other than the binary trees', or the exact sum over
-            sequences longer than :data:`MAX_EXACT_LENGTH`.
+            sequences longer than :data:`MAX_EXACT_LENGTH` or over more than
+            :data:`MAX_EXACT_ROWS` trees per batch.
     """
 
     def __init__(
@@ -373,6 +380,16 @@ class ParenthesesTrainable:
                 f"the exact estimator sums over Catalan(n) trees: max_length must be at most "
                 f"{MAX_EXACT_LENGTH}, got {config.max_length}"
             )
+        if isinstance(chosen.estimator, Marginalize):
+            rows = math.comb(2 * config.max_length, config.max_length) // (config.max_length + 1)
+            rows *= config.batch_size
+            if rows > MAX_EXACT_ROWS:
+                raise ValueError(
+                    f"the exact estimator decodes every tree of every sequence of a batch at "
+                    f"once: Catalan(max_length) * batch_size = {rows} sequences, more than "
+                    f"{MAX_EXACT_ROWS}; lower max_length or batch_size (max_length 6 at "
+                    "batch_size 64)"
+                )
         self.config = config
         self.estimator = chosen.estimator
         sizes = (config.train_size, config.valid_size, config.test_size)
