@@ -173,7 +173,7 @@ def test_exact_is_refused_on_long_sequences(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_length must be at most 10"):
         make(tiny_config(tmp_path, estimator="exact", max_length=12))
     # Catalan(10) * 64 = 1,074,944 decoded sequences a step (it asked for 90 GB): refused.
-    with pytest.raises(ValueError, match="Catalan.max_length. \\* batch_size = 1074944"):
+    with pytest.raises(ValueError, match=r"Catalan\(max_length\) \* batch_size = 1074944"):
         make(tiny_config(tmp_path, estimator="exact", max_length=10, batch_size=64))
 
 
