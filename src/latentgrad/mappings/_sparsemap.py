@@ -315,10 +315,13 @@ _NEGATIVE = 1e-12
 _FLOOR = 1e-15
 
 
-def gap_floor(theta: Tensor) -> Tensor:
-    """The rounding level of the duality gap of each row of float64 ``theta`` ``(n, D)``, ``(n,)``."""
+def gap_floor(theta: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The rounding level of the duality gap of each row of ``theta`` ``(n, D)``, ``(n,)``, for
+    a point ``mu`` computed in ``dtype`` (float64 by default, as the solver works; a float32
+    ``mu`` is only known to float32 rounding, about ``2^29`` times coarser)."""
     scale = theta.abs().amax(1) + 1.0
-    return _FLOOR * math.sqrt(theta.shape[1]) * scale * scale
+    unit = _FLOOR * torch.finfo(dtype).eps / torch.finfo(torch.float64).eps
+    return unit * math.sqrt(theta.shape[1]) * scale * scale
 
 
 def _grow_border(v: Tensor, k: int) -> Tensor:
@@ -946,9 +949,10 @@ def sparsemap(
         structures, weights, mu = closed_form(flat.double())
         iterations = torch.zeros(n, dtype=torch.long, device=th.device)
     with torch.no_grad():
-        # The gap of the returned point (in float64, as the solver works), never a stale one.
+        # The gap of the returned point (in float64, as the solver works), never a stale one;
+        # a point returned in float32 is judged at float32's rounding level.
         gap = duality_gap(th, mu.detach().double(), oracle)
-        converged = gap <= gap_floor(th).clamp_min(tol)
+        converged = gap <= gap_floor(th, mu.dtype).clamp_min(tol)
     if strict and not bool(converged.all()):
         bad = int((~converged).sum())
         raise RuntimeError(
