@@ -157,13 +157,18 @@ class UnorderedSet(Estimator):
         )
 
 
+def _unit_family(dist: LatentDistribution) -> LatentDistribution:
+    """The family under any ``to_event`` wrappers of ``dist``."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return dist
+
+
 def is_factorized(dist: LatentDistribution) -> bool:
     """Whether ``dist`` is a product of small categorical units that
     :func:`sample_without_replacement` can walk: a :class:`~latentgrad.Bernoulli` (one unit per
     bit), a :class:`~latentgrad.Categorical` (one unit) or ``to_event`` of either."""
-    while isinstance(dist, Independent):
-        dist = dist.base_dist
-    return isinstance(dist, (Bernoulli, Categorical))
+    return isinstance(_unit_family(dist), (Bernoulli, Categorical))
 
 
 def _unit_table(dist: LatentDistribution) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -175,9 +180,7 @@ def _unit_table(dist: LatentDistribution) -> tuple[Tensor, Callable[[Tensor], Te
         ``to_values`` taking value indices ``(N,) + batch_shape + (U,)`` to values
         ``(N,) + batch_shape + event_shape`` in the family's dtype.
     """
-    base = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
+    base = _unit_family(dist)
     batch_shape, event_shape = dist.batch_shape, dist.event_shape
     if isinstance(base, Bernoulli):
         a = upcast(base.logits).detach()

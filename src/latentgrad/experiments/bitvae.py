@@ -69,7 +69,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -705,35 +705,27 @@ def support_figure(sources: Sequence[str | Path], path: str | Path) -> Path:
     Raises:
         FileNotFoundError: if ``sources`` hold no finished ``bitvae`` run of a sparse family.
     """
-    from latentgrad.lab.plots import new_figure
+    from latentgrad.lab.plots import new_figure, seed_band
     from latentgrad.lab.report import collect_runs
 
-    curves: dict[int, dict[str, list[list[tuple[int, float]]]]] = {}
+    histories: dict[int, dict[str, list[Sequence[Mapping[str, Any]]]]] = {}
     for info in collect_runs(sources):
         if info.experiment != "bitvae" or not info.finished:
             continue
-        points = [
-            (int(r["step"]), float(r["train"]["support_size"]))
-            for r in info.history
-            if "support_size" in r.get("train", {})
-        ]
-        if points:
-            by_name = curves.setdefault(int(info.config["num_bits"]), {})
-            by_name.setdefault(str(info.config["estimator"]), []).append(points)
-    if not curves:
+        if any("support_size" in r.get("train", {}) for r in info.history):
+            by_name = histories.setdefault(int(info.config["num_bits"]), {})
+            by_name.setdefault(str(info.config["estimator"]), []).append(info.history)
+    if not histories:
         raise FileNotFoundError(
             f"no finished bitvae run of a sparse family in {', '.join(map(str, sources))}"
         )
-    fig = new_figure((5.0 * len(curves), 4.0))
-    axes = fig.subplots(1, len(curves), squeeze=False)[0]
-    for ax, (bits, by_name) in zip(axes, sorted(curves.items()), strict=True):
+    fig = new_figure((5.0 * len(histories), 4.0))
+    axes = fig.subplots(1, len(histories), squeeze=False)[0]
+    for ax, (bits, by_name) in zip(axes, sorted(histories.items()), strict=True):
         for name, runs in sorted(by_name.items()):
-            steps = sorted({s for run in runs for s, _ in run})
-            means = [
-                sum(v for run in runs for s2, v in run if s2 == s)
-                / sum(1 for run in runs for s2, _ in run if s2 == s)
-                for s in steps
-            ]
+            epochs, means, _, _ = seed_band(runs, "train", "support_size")
+            step_of = {int(r["epoch"]): int(r["step"]) for run in runs for r in run}
+            steps = [step_of[e] for e in epochs]
             ax.plot(steps, means, marker="o", markersize=3, label=f"{name} (n={len(runs)})")
         ax.set_yscale("log")
         ax.set_xlabel("training step")

@@ -27,7 +27,8 @@ of one length (one tree size per batch); RELAX's critic sees the log-noise padde
 Estimators: ``e-reinforce``, ``t-reinforce``, ``e-reinforce+``, ``t-reinforce+`` (3 samples),
 ``relax`` (a learned critic) and ``exact`` (the sum over all ``Catalan(n)`` trees, every tree
 of every sequence of a batch decoded at once: at most :data:`MAX_EXACT_ROWS` a step, so
-``max_length <= 6`` at batch 64 and 10 at batch 1). SparseMAP does not apply: binary trees have no MAP oracle here.
+``max_length <= 6`` at batch 64 and 10 at batch 1). SparseMAP does not apply: binary trees
+have no MAP oracle here.
 
 Metrics (valid and test): ``nll``, the importance-weighted bound on ``-log p(x)`` with
 ``eval_samples`` trees from ``q`` (Burda et al. 2016; an upper bound on the negative
@@ -375,14 +376,14 @@ class ParenthesesTrainable:
         config.validate()
         if chosen.latent != "softmax":
             raise ValueError(f"parentheses has no latent family {chosen.latent!r}")
-        if isinstance(chosen.estimator, Marginalize) and config.max_length > MAX_EXACT_LENGTH:
-            raise ValueError(
-                f"the exact estimator sums over Catalan(n) trees: max_length must be at most "
-                f"{MAX_EXACT_LENGTH}, got {config.max_length}"
-            )
         if isinstance(chosen.estimator, Marginalize):
-            rows = math.comb(2 * config.max_length, config.max_length) // (config.max_length + 1)
-            rows *= config.batch_size
+            if config.max_length > MAX_EXACT_LENGTH:
+                raise ValueError(
+                    f"the exact estimator sums over Catalan(n) trees: max_length must be at "
+                    f"most {MAX_EXACT_LENGTH}, got {config.max_length}"
+                )
+            n = config.max_length
+            rows = math.comb(2 * n, n) // (n + 1) * config.batch_size
             if rows > MAX_EXACT_ROWS:
                 raise ValueError(
                     f"the exact estimator decodes every tree of every sequence of a batch at "
