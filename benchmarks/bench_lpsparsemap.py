@@ -16,8 +16,11 @@ arborescence n = 30         ``ArborescenceOracle(30)``              ``DepTree`` 
 ==========================  ======================================  ==========================
 
 latentgrad solves all rows in one call of :func:`~latentgrad.mappings.sparsemap` with its
-defaults (the closed form for budgeted bits, the batched active set with face identification
-otherwise). LP-SparseMAP runs its C++ solver through ``lpsmap.TorchFactorGraph`` in a Python
+defaults (the closed form for budgeted bits, the active set with face identification
+otherwise). Where numba is installed (the ``fast`` extra) the active set and the
+Chu-Liu-Edmonds and Viterbi oracles run as compiled loops (:mod:`latentgrad._native`), as a user
+with that extra gets them; ``--torch-too`` adds a column with the batched PyTorch solver (the
+path without numba) in the same interleaved rounds. LP-SparseMAP runs its C++ solver through ``lpsmap.TorchFactorGraph`` in a Python
 loop over the rows, with one ``backward`` of the summed loss. The budget and arborescence
 problems are the same projection in both libraries (for arborescences, LP-SparseMAP's packed
 ``DepTree`` variable ``x[m - 1, h - 1]`` is the edge ``h -> m`` and its diagonal the edges out of
@@ -48,6 +51,7 @@ Usage::
     python benchmarks/bench_lpsparsemap.py
     python benchmarks/bench_lpsparsemap.py --rounds 5 --only arborescence
     python benchmarks/bench_lpsparsemap.py --rounds 3 --only "all parts" --same-sequence
+    python benchmarks/bench_lpsparsemap.py --rounds 5 --torch-too
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import torch
 from _common import interleaved_times, quartiles
 from torch import Tensor
 
+from latentgrad import _native
 from latentgrad.mappings._sparsemap import sparsemap
 from latentgrad.mappings.oracles import (
     ArborescenceOracle,
@@ -194,6 +199,11 @@ def latentgrad_mu(theta: Tensor, oracle: StructureOracle) -> Tensor:
     return sparsemap(theta, oracle).mu
 
 
+def torch_mu(theta: Tensor, oracle: StructureOracle) -> Tensor:
+    with _native.disabled():
+        return sparsemap(theta, oracle).mu
+
+
 def peer_mu(theta: Tensor, problem: Problem) -> Tensor:
     return torch.stack([problem.peer(row) for row in theta])
 
@@ -232,8 +242,18 @@ def main() -> None:
         action="store_true",
         help="add the sequence row with LP-SparseMAP on latentgrad's problem (slow)",
     )
+    parser.add_argument(
+        "--torch-too",
+        action="store_true",
+        help="also time latentgrad's batched PyTorch solver (the path without numba)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    both = args.torch_too and _native.available()
+    print(
+        "latentgrad's active set and oracles: "
+        + ("compiled (numba)" if _native.available() else "batched PyTorch (numba not installed)")
+    )
     use_peer = lpsmap is not None and not args.no_peer
     if not use_peer:
         why = "is not installed" if lpsmap is None else "is skipped (--no-peer)"
@@ -245,6 +265,7 @@ def main() -> None:
     print(
         f"{'problem':>22} {'support':>8} {'latentgrad':>18} {'LP-SparseMAP':>18} {'ratio':>6} "
         f"{'fd error':>9} {'|mu diff|':>9}"
+        + (f" {'PyTorch path':>18} {'ratio':>6}" if both else "")
     )
     for i, problem in enumerate(problems(args.same_sequence)):
         if args.only not in problem.name:
@@ -261,6 +282,8 @@ def main() -> None:
         }
         if use_peer:
             cases["lpsmap"] = (lambda t, p=problem: peer_mu(t, p), theta, v)
+        if both:
+            cases["torch"] = (lambda t, o=oracle: torch_mu(t, o), theta, v)
         _, times = interleaved_times(cases, step, args.rounds)
         q1, med, q3 = quartiles(times["latentgrad"])
         mine = f"{med:9.2f} ±{q3 - q1:6.2f}"
@@ -275,9 +298,13 @@ def main() -> None:
             peer = f"{pmed:9.2f} (issue)" if not math.isnan(pmed) else "-"
             mu_diff = f"{'-':>9}"
         fd = finite_difference_error(theta, oracle, v)
+        extra = ""
+        if both:
+            t1, tmed, t3 = quartiles(times["torch"])
+            extra = f" {tmed:9.2f} ±{t3 - t1:6.2f} {tmed / pmed:5.2f}x"
         print(
             f"{problem.name:>22} {support:8.1f} {mine:>18} {peer:>18} {med / pmed:5.2f}x "
-            f"{fd:9.1e} {mu_diff}"
+            f"{fd:9.1e} {mu_diff}{extra}"
         )
     if use_peer and args.only in "sequence 20 x 5 tags":
         print(

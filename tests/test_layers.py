@@ -9,8 +9,9 @@ layer order of DESIGN.md:
     < data < lab (the machinery experiments share) < experiments < cli
 
 ``latentgrad/__init__.py`` (the public front, which imports everything) and the shared private
-vocabulary ``latentgrad._validation`` / ``latentgrad._numerics`` (importable from anywhere,
-importing no package) sit outside the order. A *private* module is one whose name starts with
+vocabulary ``latentgrad._validation`` / ``latentgrad._numerics`` and the optional compiled
+kernels ``latentgrad._native`` (importable from anywhere, importing no package) sit outside the
+order. A *private* module is one whose name starts with
 ``_`` (``__init__`` aside); a package may use its own private modules, never another's, and
 never another package's private names. ``import latentgrad`` itself (for ``__version__``) is
 allowed; names are imported from the package that defines them, not from the root.
@@ -30,6 +31,7 @@ PACKAGE = SRC / "latentgrad"
 RANK = {
     "_validation": 0,
     "_numerics": 0,
+    "_native": 0,
     "structured": 1,
     "mappings": 2,
     "distributions": 3,
@@ -41,7 +43,7 @@ RANK = {
     "experiments": 8,
     "cli": 9,
 }
-RANK_ZERO = {"_validation", "_numerics"}
+RANK_ZERO = {"_validation", "_numerics", "_native"}
 
 
 def module_name(path: Path) -> str:
@@ -102,7 +104,7 @@ def violations(module: str, imports: list[tuple[int, str, str | None]] | None = 
             continue  # the root package itself, for its metadata
         if target_top is None:
             found.append(f"{where}: import from the package's modules instead")
-        elif own_top in ("_validation", "_numerics") and target_top not in RANK_ZERO:
+        elif own_top in RANK_ZERO and target_top not in RANK_ZERO:
             found.append(f"{where}: the shared vocabulary imports no package")
         elif target_top != own_top:
             if any(is_private(p) for p in parts[2:]):

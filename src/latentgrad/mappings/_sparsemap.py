@@ -20,8 +20,11 @@ face-identification phase (exact oracle directions, refined solves) admits the s
 tiny weight that the solution still needs, so that the support spans the optimal face and the
 Jacobian is that of the projection; probes of the oracle orthogonal to the support's affine
 hull then add a face dimension that it still misses by rounding. Rows that finished leave the
-batch, so the loop runs over solver iterations only. Everything is computed in float64 internally. Oracles that know the
-solution in closed form (free bit-vectors: the clamp, as a nested decomposition; budgeted
+batch, so the loop runs over solver iterations only. On the CPU, where numba is installed (the
+``fast`` extra), oracles with a compiled kernel (arborescences, tag sequences, bit-vectors) run
+the same active set row by row as compiled loops (:mod:`latentgrad._native`): the per-operation
+overhead of batched PyTorch, not arithmetic, sets the time of the batched loop at these sizes.
+Everything is computed in float64 internally. Oracles that know the solution in closed form (free bit-vectors: the clamp, as a nested decomposition; budgeted
 bit-vectors: the capped-simplex projection, by systematic sampling) skip the iterations.
 
 The weights and ``mu`` are differentiable through the KKT system of the final support (the
@@ -40,6 +43,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from latentgrad import _native
 from latentgrad._validation import check_int, check_nonnegative
 from latentgrad.mappings._shared import apply_function as _apply
 from latentgrad.mappings._shared import support_slots
@@ -582,6 +586,81 @@ def _active_set(
     return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations, out_idx)
 
 
+def _native_active_set(
+    theta: Tensor,
+    spec: tuple[int, tuple[int, ...]],
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    warm: tuple[Tensor, Tensor] | None,
+    identify_face: bool,
+) -> _Solution:
+    """:func:`_active_set` for an oracle with a compiled kernel (``spec``: its kind and sizes,
+    from ``oracle._native_spec()``), row by row in :func:`latentgrad._native.active_set_rows`:
+    the same phases, tolerances and updates, without the per-operation overhead of batched
+    PyTorch, which sets the time of the batched loop on the CPU."""
+    import numpy as np
+
+    n, d = theta.shape
+    kind, sizes = spec
+    params = np.asarray(sizes, dtype=np.int64)
+    consts = np.asarray(
+        [_GRID, _DROP, _NEGATIVE, _DEPENDENT, _FLOOR, _RIDGE, _REFRESH], dtype=np.float64
+    )
+    warm_np = None
+    if warm is not None:
+        z, p = warm
+        parts = _parts(z.reshape(-1, d), int(sizes[2])).reshape(n, z.shape[1], -1)
+        warm_np = (
+            parts.numpy(),
+            (parts < d).sum(-1).numpy(),
+            (p * (p > 0)).numpy(),
+        )
+    rows = _native.active_set_rows(
+        theta.contiguous().numpy(),
+        kind,
+        params,
+        max_iter,
+        tol,
+        max_active,
+        identify_face,
+        consts,
+        warm_np,
+    )
+    cap = max(r[0].shape[0] for r in rows)
+    width = max(r[0].shape[1] for r in rows)
+    cpu = theta.device  # (the compiled path runs on the CPU only)
+    idx = torch.full((n, cap, width), d, dtype=torch.long, device=cpu)
+    weights = torch.zeros(n, cap, dtype=torch.float64, device=cpu)
+    mask = torch.zeros(n, cap, dtype=torch.bool, device=cpu)
+    iterations = torch.zeros(n, dtype=torch.long, device=cpu)
+    for r, (parts_r, _, p_r, mask_r, it) in enumerate(rows):
+        k, w = parts_r.shape
+        idx[r, :k, :w] = torch.from_numpy(parts_r)
+        weights[r, :k] = torch.from_numpy(p_r)
+        mask[r, :k] = torch.from_numpy(mask_r)
+        iterations[r] = it
+    weights = weights * mask
+    return _Solution(_dense(idx, d, theta.dtype), weights, mask, iterations, idx)
+
+
+def _solve_active_set(
+    theta: Tensor,
+    oracle: Oracle,
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    warm: tuple[Tensor, Tensor] | None,
+    identify_face: bool,
+) -> _Solution:
+    """The active set, compiled where it can be (an oracle with a kernel, CPU scores, numba
+    installed and :func:`latentgrad._native.available`), batched in PyTorch otherwise."""
+    spec = getattr(oracle, "_native_spec", None)
+    if spec is not None and theta.device.type == "cpu" and _native.available():
+        return _native_active_set(theta, spec(), max_iter, tol, max_active, warm, identify_face)
+    return _active_set(theta, oracle, max_iter, tol, max_active, warm, identify_face)
+
+
 #: Probes of the optimal face: the oracle sees ``theta - mu +- _PROBE (1 + max|theta|) r`` for a
 #: unit direction ``r`` orthogonal to the support's affine hull.
 _PROBE = 1e-9
@@ -933,7 +1012,7 @@ def sparsemap(
     warm = None if warm_start is None else _warm_arrays(warm_start, n, d, max_active)
     if closed_form is None:
         with torch.no_grad():
-            sol = _active_set(th, oracle, max_iter, tol, max_active, warm, identify_face)
+            sol = _solve_active_set(th, oracle, max_iter, tol, max_active, warm, identify_face)
             order, support = support_slots(sol.mask & (sol.p > _DROP))
             structures = _take_slots(sol.z, order)
             if identify_face:

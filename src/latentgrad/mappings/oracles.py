@@ -35,6 +35,7 @@ import math
 import torch
 from torch import Tensor
 
+from latentgrad import _native
 from latentgrad._numerics import upcast
 from latentgrad._validation import check_index, check_int, check_k, check_tensor
 from latentgrad.mappings._capped_simplex import capped_simplex_decomposition
@@ -193,6 +194,11 @@ class FreeBits(StructureOracle):
     def _solve(self, w: Tensor) -> Tensor:
         return w > 0
 
+    def _native_spec(self) -> tuple[int, tuple[int, ...]]:
+        """The compiled kernel of this oracle for the active set (see :mod:`latentgrad._native`):
+        its kind and sizes (``d``, unused, the largest number of parts of a structure)."""
+        return _native.FREE_BITS, (self.dim, self.dim, self.dim)
+
     def _enumerate(self) -> Tensor:
         return bit_vectors(self.dim)
 
@@ -274,6 +280,11 @@ class BudgetBits(StructureOracle):
         order = torch.sort(w, dim=-1, descending=True, stable=True).indices[:, : self.budget]
         top = torch.zeros(w.shape, dtype=torch.bool, device=w.device).scatter_(-1, order, True)
         return top & (w > 0)
+
+    def _native_spec(self) -> tuple[int, tuple[int, ...]]:
+        """The compiled kernel of this oracle for the active set (see :mod:`latentgrad._native`):
+        its kind and sizes (``d``, the budget, the largest number of parts of a structure)."""
+        return _native.BUDGET_BITS, (self.dim, self.budget, max(self.budget, 1))
 
     def _enumerate(self) -> Tensor:
         bits = bit_vectors(self.dim)
@@ -543,6 +554,11 @@ class ArborescenceOracle(_SquareValues):
         parent = min_cost_arborescence(-w.to(torch.float64), self.root)
         return self._from_parent(parent)
 
+    def _native_spec(self) -> tuple[int, tuple[int, ...]]:
+        """The compiled kernel of this oracle for the active set (see :mod:`latentgrad._native`):
+        its kind and sizes (``n``, the root, the number of parts of a structure)."""
+        return _native.ARBORESCENCE, (self.n, self.root, self.n - 1)
+
     def _from_parent(self, parent: Tensor) -> Tensor:
         n = self.n
         head = torch.arange(n, device=parent.device)
@@ -614,6 +630,11 @@ class SequenceOracle(StructureOracle):
         unary = w[:, : self._num_unary].reshape(rows, length, k)
         transition = w[:, self._num_unary :].reshape(rows, length - 1, k, k)
         return self.from_tags(viterbi(unary, transition))
+
+    def _native_spec(self) -> tuple[int, tuple[int, ...]]:
+        """The compiled kernel of this oracle for the active set (see :mod:`latentgrad._native`):
+        its kind and sizes (``L``, ``K``, the number of parts of a structure)."""
+        return _native.SEQUENCE, (self.length, self.num_tags, 2 * self.length - 1)
 
     def from_tags(self, tags: Tensor) -> Tensor:
         """The bool indicators ``batch + (D,)`` of tag sequences ``batch + (L,)`` (long).

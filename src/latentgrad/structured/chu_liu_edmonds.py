@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from latentgrad import _native
 from latentgrad._validation import check_index, check_int, check_tensor
 from latentgrad.structured.core import RecursiveAlgorithm, State, Trace
 from latentgrad.structured.core import run as _generic_run
@@ -341,7 +342,9 @@ def min_cost_arborescence(costs: Tensor, root: int = 0) -> Tensor:
     the same arborescence (the parent vector of :meth:`ChuLiuEdmonds.run`), ties included.
     The rounds run as a TorchScript function where TorchScript compiles it (the first call
     compiles it, once per process), which cuts the per-operation overhead that sets the time
-    here; otherwise as plain PyTorch, with the same result.
+    here; otherwise as plain PyTorch, with the same result. Float64 costs on the CPU go to the
+    compiled kernel of :mod:`latentgrad._native` where numba is installed (the same rounds, row
+    by row; the same parents).
 
     Args:
         costs: edge costs, ``(N, n * n)`` with edge ``u -> v`` at ``u * n + v``, float; ``+inf``
@@ -373,6 +376,9 @@ def min_cost_arborescence(costs: Tensor, root: int = 0) -> Tensor:
     if costs.dim() != 2 or n * n != d or n < 2:
         raise ValueError(f"costs must have shape (N, n * n) with n >= 2, got {tuple(costs.shape)}")
     root = check_index(root, "root", n)
+    if costs.dtype == torch.float64 and costs.device.type == "cpu" and _native.available():
+        # the same rounds, compiled (same parents, ties included)
+        return torch.from_numpy(_native.arborescence_rows(costs.detach().numpy(), root))
     # a TorchScript function cannot run on the meta device (shapes only): the plain rounds can
     kernel = _arborescence_rounds if costs.device.type == "meta" else _arborescence_kernel()
     return kernel(costs, root, n, _jump_rounds(n))

@@ -1,0 +1,683 @@
+"""Compiled CPU kernels, used when numba is installed (the optional ``fast`` extra).
+
+Batched PyTorch pays a fixed overhead per tensor operation, which sets the time of solvers that
+run many small iterations: SparseMAP's active set and the oracles it calls (Chu-Liu-Edmonds,
+Viterbi) spend most of their time in that overhead at the sizes of structured latent variables.
+Here the same algorithms run row by row as numba-compiled loops:
+
+* :func:`arborescence_rows`: Chu-Liu-Edmonds as :func:`~latentgrad.structured.chu_liu_edmonds.
+  min_cost_arborescence` runs it (all cycles of a round contracted at once, the same reduced
+  costs and tie-breaking), so both return the same parent vectors, ties included;
+* :func:`viterbi_rows`: :func:`~latentgrad.structured.viterbi.viterbi`, lowest tags on ties;
+* :func:`active_set_rows`: the active set of :mod:`latentgrad.mappings._sparsemap` (same
+  phases, tolerances and updates) for oracles that have a kernel here.
+
+The kernels take and return numpy arrays on the CPU; the callers convert (without copies for
+contiguous CPU tensors). The core never needs them: without numba, or with the environment
+variable ``LATENTGRAD_NATIVE=0``, or inside :func:`disabled`, everything runs in PyTorch.
+Compiled code is cached next to this file (numba's ``cache=True``), so a process compiles only
+on the first use after an install or an edit (a few seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+try:  # the optional accelerator
+    import numba
+    import numpy as np
+except ImportError:  # pragma: no cover - exercised by the core environment
+    numba = None  # type: ignore[assignment]
+    np = None  # type: ignore[assignment]
+
+#: Oracle kinds with a compiled kernel (the ``kind`` argument of :func:`active_set_rows`).
+ARBORESCENCE = 0
+SEQUENCE = 1
+FREE_BITS = 2
+BUDGET_BITS = 3
+
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("latentgrad_native", default=True)
+
+
+def available() -> bool:
+    """Whether the compiled kernels can run here and are switched on (numba importable,
+    ``LATENTGRAD_NATIVE`` not ``0``, not inside :func:`disabled`)."""
+    return numba is not None and os.environ.get("LATENTGRAD_NATIVE", "1") != "0" and _ENABLED.get()
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """A context in which the PyTorch implementations run even where numba is installed."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def _jit(fn: Any) -> Any:
+    return fn if numba is None else numba.njit(cache=True, nogil=True)(fn)
+
+
+# -- Chu-Liu-Edmonds ----------------------------------------------------------------------------
+
+
+@_jit
+def _arborescence(costs: Any, n: int, root: int, parent: Any) -> None:
+    """One row of :func:`arborescence_rows`: costs ``(n * n,)`` (edge ``u -> v`` at
+    ``u * n + v``), the parent vector written into ``parent`` ``(n,)``."""
+    inf = math.inf
+    d = n * n
+    # red[v, u]: the reduced cost of the edge u -> v.
+    red = np.empty((n, n))
+    for v in range(n):
+        for u in range(n):
+            red[v, u] = inf if (u == v or v == root) else costs[u * n + v]
+    label = np.arange(n)
+    edge = np.full(n, -1)
+    choose = np.ones(n, dtype=np.bool_)
+    choose[root] = False
+    hist_label = np.empty((n, n), dtype=np.int64)
+    hist_edge = np.empty((n, n), dtype=np.int64)
+    levels = 0
+    low = np.empty(n)
+    tail = np.empty(n, dtype=np.int64)
+    column = np.empty(n)
+    best = np.empty(n)
+    pick = np.empty(n, dtype=np.int64)
+    par = np.empty(n, dtype=np.int64)
+    on_cycle = np.zeros(n, dtype=np.bool_)
+    name = np.empty(n, dtype=np.int64)
+    state = np.empty(n, dtype=np.int64)
+    while True:
+        best[:] = inf
+        pick[:] = d
+        for v in range(n):
+            own = label[v]
+            if not choose[own]:
+                continue
+            lo, arg = inf, 0
+            for u in range(n):
+                c = red[v, u] if label[u] != own else inf
+                column[u] = c
+                if c < lo:
+                    lo, arg = c, u
+            low[v], tail[v] = lo, arg
+            if lo < best[own]:
+                best[own] = lo
+            for u in range(n):
+                red[v, u] = column[u]
+        for v in range(n):
+            own = label[v]
+            if not choose[own]:
+                continue
+            if low[v] == best[own]:
+                key = tail[v] * n + v
+                if key < pick[own]:
+                    pick[own] = key
+            for u in range(n):
+                red[v, u] = red[v, u] - best[own]
+        for s in range(n):
+            if choose[s]:
+                edge[s] = pick[s]
+        for s in range(n):
+            par[s] = label[edge[s] // n] if edge[s] >= 0 else s
+        # The cycles of the choice (of length at least 2), named by their lowest member.
+        state[:] = 0  # 0 unseen, 1 on the current path, 2 finished
+        found = False
+        for s in range(n):
+            on_cycle[s] = False
+            name[s] = s
+        for s in range(n):
+            x = s
+            while state[x] == 0:
+                state[x] = 1
+                x = par[x]
+            if state[x] == 1 and par[x] != x:
+                lowest, y = x, par[x]
+                while y != x:
+                    lowest = min(lowest, y)
+                    y = par[y]
+                y = x
+                while True:
+                    on_cycle[y] = True
+                    name[y] = lowest
+                    y = par[y]
+                    if y == x:
+                        break
+                found = True
+            x = s
+            while state[x] == 1:
+                state[x] = 2
+                x = par[x]
+        if not found:
+            break
+        for v in range(n):
+            hist_label[levels, v] = label[v]
+            hist_edge[levels, v] = edge[label[v]]
+        levels += 1
+        for v in range(n):
+            label[v] = name[label[v]]
+        for s in range(n):
+            choose[s] = on_cycle[s] and name[s] == s
+            if on_cycle[s]:
+                edge[s] = -1
+    enter = np.empty(n, dtype=np.int64)
+    for v in range(n):
+        enter[v] = edge[label[v]]
+    for k in range(levels - 1, -1, -1):
+        for v in range(n):
+            e = enter[v]
+            if e >= 0 and hist_label[k, e % n] != hist_label[k, v]:
+                enter[v] = hist_edge[k, v]
+    for v in range(n):
+        parent[v] = enter[v] // n if enter[v] >= 0 else -1
+
+
+@_jit
+def _arborescence_batch(costs: Any, n: int, root: int, out: Any) -> None:
+    for r in range(costs.shape[0]):
+        _arborescence(costs[r], n, root, out[r])
+
+
+def arborescence_rows(costs: Any, root: int) -> Any:
+    """Minimum-cost arborescences of the rows of ``costs`` ``(N, n * n)`` (float64 numpy), as
+    parent vectors ``(N, n)`` (int64, ``-1`` at the root); checked arguments only."""
+    n = math.isqrt(costs.shape[1])
+    out = np.empty((costs.shape[0], n), dtype=np.int64)
+    _arborescence_batch(np.ascontiguousarray(costs), n, root, out)
+    return out
+
+
+# -- Viterbi --------------------------------------------------------------------------------------
+
+
+@_jit
+def _viterbi(w: Any, length: int, k: int, tags: Any) -> None:
+    """One row of :func:`viterbi_rows`: scores ``(L K + (L - 1) K^2,)`` laid out as in
+    :class:`~latentgrad.mappings.oracles.SequenceOracle`, tags written into ``tags`` ``(L,)``."""
+    best = np.empty(k)
+    nxt = np.empty(k)
+    back = np.empty((max(length - 1, 1), k), dtype=np.int64)
+    for a in range(k):
+        best[a] = w[a]
+    base = length * k
+    for t in range(length - 1):
+        for b in range(k):
+            top, arg = -math.inf, 0
+            for a in range(k):
+                s = best[a] + w[base + (t * k + a) * k + b]
+                if s > top or a == 0:
+                    top, arg = s, a
+            back[t, b] = arg
+            nxt[b] = top + w[(t + 1) * k + b]
+        best[:] = nxt
+    arg = 0
+    for a in range(1, k):
+        if best[a] > best[arg]:
+            arg = a
+    tags[length - 1] = arg
+    for t in range(length - 2, -1, -1):
+        arg = back[t, arg]
+        tags[t] = arg
+
+
+@_jit
+def _viterbi_batch(w: Any, length: int, k: int, out: Any) -> None:
+    for r in range(w.shape[0]):
+        _viterbi(w[r], length, k, out[r])
+
+
+def viterbi_rows(w: Any, length: int, num_tags: int) -> Any:
+    """Best tag sequences ``(N, L)`` (int64) of the rows of ``w`` (float64 numpy, laid out as
+    in :class:`~latentgrad.mappings.oracles.SequenceOracle`); checked arguments only."""
+    out = np.empty((w.shape[0], length), dtype=np.int64)
+    _viterbi_batch(np.ascontiguousarray(w), length, num_tags, out)
+    return out
+
+
+# -- the oracles of the active set ----------------------------------------------------------------
+
+
+@_jit
+def _oracle(kind: int, params: Any, g: Any, z: Any, work: Any) -> None:
+    """The 0/1 structure maximizing ``<g, z>`` of oracle ``kind`` (``params``: its sizes, as
+    the oracles' ``_native_spec`` give them), written into ``z`` ``(D,)``, as the PyTorch
+    oracle picks it (the same ties); ``work``: an int64 scratch vector of length at least
+    ``params[0]``."""
+    z[:] = 0.0
+    if kind == ARBORESCENCE:
+        n, root = params[0], params[1]
+        costs = np.empty(n * n)
+        for i in range(n * n):
+            costs[i] = -g[i]
+        _arborescence(costs, n, root, work)
+        for v in range(n):
+            if work[v] >= 0:
+                z[work[v] * n + v] = 1.0
+    elif kind == FREE_BITS:
+        for i in range(params[0]):
+            if g[i] > 0.0:
+                z[i] = 1.0
+    elif kind == BUDGET_BITS:
+        # the budget largest positive scores, lower index first on ties (a stable sort)
+        d, budget = params[0], params[1]
+        count = 0
+        for i in range(d):
+            if g[i] > 0.0:
+                work[count] = i
+                count += 1
+        if count <= budget:
+            for i in range(count):
+                z[work[i]] = 1.0
+        else:
+            keys = np.empty(count)
+            for i in range(count):
+                keys[i] = -g[work[i]]
+            order = np.argsort(keys, kind="mergesort")
+            for i in range(budget):
+                z[work[order[i]]] = 1.0
+    else:
+        length, k = params[0], params[1]
+        _viterbi(g, length, k, work)
+        for t in range(length):
+            z[t * k + work[t]] = 1.0
+        for t in range(length - 1):
+            z[length * k + (t * k + work[t]) * k + work[t + 1]] = 1.0
+
+
+# -- the active set -------------------------------------------------------------------------------
+
+
+@_jit
+def _kkt_inverse(gram: Any, mask: Any, ridge: float) -> tuple[Any, bool]:
+    """The inverse of the bordered KKT matrix ``[[G, m], [m^T, 0]]`` (inactive slots: identity
+    rows and columns), by Gauss-Jordan elimination with partial pivoting; ``ok`` is False when
+    a pivot is exactly 0."""
+    cap = mask.shape[0]
+    size = cap + 1
+    a = np.zeros((size, 2 * size))
+    for i in range(cap):
+        if mask[i]:
+            for j in range(cap):
+                if mask[j]:
+                    a[i, j] = gram[i, j]
+            a[i, i] += ridge
+            a[i, cap] = 1.0
+            a[cap, i] = 1.0
+        else:
+            a[i, i] = 1.0
+    for i in range(size):
+        a[i, size + i] = 1.0
+    for c in range(size):
+        piv, top = c, abs(a[c, c])
+        for r in range(c + 1, size):
+            if abs(a[r, c]) > top:
+                piv, top = r, abs(a[r, c])
+        if top == 0.0:
+            return np.zeros((size, size)), False
+        if piv != c:
+            for j in range(2 * size):
+                a[c, j], a[piv, j] = a[piv, j], a[c, j]
+        inv = 1.0 / a[c, c]
+        for j in range(2 * size):
+            a[c, j] *= inv
+        for r in range(size):
+            if r != c:
+                f = a[r, c]
+                if f != 0.0:
+                    for j in range(2 * size):
+                        a[r, j] -= f * a[c, j]
+    return a[:, size:].copy(), True
+
+
+@_jit
+def _inverse(gram: Any, mask: Any, ridge: float) -> Any:
+    kinv, ok = _kkt_inverse(gram, mask, 0.0)
+    if not ok:
+        kinv, ok = _kkt_inverse(gram, mask, ridge)
+    return kinv
+
+
+@_jit
+def _bordered_product(b: Any, kinv: Any, cap: int) -> Any:
+    """``b K^-1`` for a bordered vector ``b`` ``(cap + 1,)``."""
+    out = np.zeros(cap + 1)
+    for i in range(cap + 1):
+        bi = b[i]
+        if bi != 0.0:
+            for j in range(cap + 1):
+                out[j] += bi * kinv[i, j]
+    return out
+
+
+@_jit
+def _mix(p: Any, parts: Any, counts: Any, d: int) -> Any:
+    """``sum_a p_a z_a`` ``(D,)`` from the part lists of the slots."""
+    mu = np.zeros(d)
+    for a in range(p.shape[0]):
+        if p[a] != 0.0:
+            for i in range(counts[a]):
+                mu[parts[a, i]] += p[a]
+    return mu
+
+
+@_jit
+def _row(
+    theta: Any,
+    kind: int,
+    params: Any,
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    identify_face: bool,
+    warm_parts: Any,
+    warm_counts: Any,
+    warm_p: Any,
+    consts: Any,
+) -> tuple[Any, Any, Any, Any, int]:
+    """The active set of :func:`latentgrad.mappings._sparsemap._active_set` on one row.
+
+    Returns the slots' part lists ``(cap, width)`` and counts ``(cap,)``, weights, mask and the
+    number of iterations."""
+    grid_unit, drop, negative, dependent_tol, floor_unit, ridge = (
+        consts[0],
+        consts[1],
+        consts[2],
+        consts[3],
+        consts[4],
+        consts[5],
+    )
+    refresh_every = int(consts[6])
+    d = theta.shape[0]
+    width = int(params[2])  # parts per structure, at most
+    work = np.empty(max(params[0], 1), dtype=np.int64)
+    new_parts = np.empty(d, dtype=np.int64)
+    z_new = np.empty(d)
+    scale = 0.0
+    for i in range(d):
+        scale = max(scale, abs(theta[i]))
+    scale += 1.0
+    grid = scale * grid_unit
+    floor = floor_unit * math.sqrt(d) * scale * scale
+    loose = max(floor, tol)
+    # The slots: part lists, dense 0/1 copies (for inner products), weights, mask, scores.
+    n_warm = warm_p.shape[0]
+    cap = min(max_active, max(n_warm, 8))
+    parts = np.full((cap, width), d, dtype=np.int64)
+    counts = np.zeros(cap, dtype=np.int64)
+    dense = np.zeros((cap, d + 1))
+    p = np.zeros(cap)
+    mask = np.zeros(cap, dtype=np.bool_)
+    score = np.zeros(cap)
+    gram = np.zeros((cap, cap))
+    if n_warm == 0:
+        _oracle(kind, params, theta, z_new, work)
+        c = 0
+        for i in range(d):
+            if z_new[i] != 0.0:
+                parts[0, c] = i
+                c += 1
+        counts[0] = c
+        p[0] = 1.0
+    else:
+        for a in range(n_warm):
+            counts[a] = warm_counts[a]
+            for i in range(warm_counts[a]):
+                parts[a, i] = warm_parts[a, i]
+            p[a] = warm_p[a]
+    for a in range(cap):
+        mask[a] = p[a] > 0.0
+        for i in range(counts[a]):
+            dense[a, parts[a, i]] = 1.0
+            score[a] += theta[parts[a, i]]
+    for a in range(cap):
+        for c in range(cap):
+            s = 0.0
+            for i in range(counts[a]):
+                s += dense[c, parts[a, i]]
+            gram[a, c] = s
+    kinv = _inverse(gram, mask, ridge)
+    fine = False
+    since_refresh = 0
+    iterations = 0
+    rhs = np.zeros(cap + 1)
+    for _ in range(max_iter):
+        if since_refresh >= refresh_every:
+            kinv = _inverse(gram, mask, ridge)
+            since_refresh = 0
+        since_refresh += 1
+        # The minimizer on the active set, then a feasible step towards it.
+        rhs = np.zeros(cap + 1)
+        for a in range(cap):
+            rhs[a] = score[a] if mask[a] else 0.0
+        rhs[cap] = 1.0
+        sol = _bordered_product(rhs, kinv, cap)
+        if fine:  # one round of iterative refinement
+            pr = np.zeros(cap)
+            for a in range(cap):
+                pr[a] = sol[a] if mask[a] else 0.0
+            mu = _mix(pr, parts, counts, d)
+            res = np.zeros(cap + 1)
+            total = 0.0
+            for a in range(cap):
+                total += pr[a]
+                if mask[a]:
+                    s = 0.0
+                    for i in range(counts[a]):
+                        s += theta[parts[a, i]] - mu[parts[a, i]]
+                    res[a] = s - sol[cap]
+            res[cap] = 1.0 - total
+            corr = _bordered_product(res, kinv, cap)
+            for j in range(cap + 1):
+                sol[j] += corr[j]
+        p_hat = sol[:cap]
+        infeasible = False
+        alpha, block = math.inf, 0
+        for a in range(cap):
+            if mask[a]:
+                if p_hat[a] < -negative:
+                    infeasible = True
+                step = p_hat[a] - p[a]
+                if step < 0.0:
+                    ratio = p[a] / max(-step, 1e-300)
+                    if ratio < alpha:
+                        alpha, block = ratio, a
+        alpha = min(alpha, 1.0)
+        p_new = np.empty(cap)
+        for a in range(cap):
+            p_new[a] = p[a] + alpha * (p_hat[a] - p[a]) if infeasible else p_hat[a]
+        new_mask = mask.copy()
+        shrunk = False
+        for a in range(cap):
+            if mask[a] and ((infeasible and a == block) or p_new[a] <= drop):
+                new_mask[a] = False
+                shrunk = True
+        total = 0.0
+        for a in range(cap):
+            p_new[a] = max(p_new[a], 0.0) if new_mask[a] else 0.0
+            total += p_new[a]
+        for a in range(cap):
+            p_new[a] /= total
+        # Where nothing left, the oracle's best structure in direction theta - mu.
+        mu = _mix(p_new, parts, counts, d)
+        g = theta - mu
+        add = False
+        done = False
+        gap = 0.0
+        schur = 0.0
+        size = 0
+        inner = np.zeros(cap)
+        u = np.zeros(cap + 1)
+        if not shrunk:
+            if fine:
+                _oracle(kind, params, g, z_new, work)
+            else:
+                _oracle(kind, params, np.rint(g / grid) * grid, z_new, work)
+            new_count = 0
+            for i in range(d):
+                if z_new[i] != 0.0:
+                    gap += g[i] * (1.0 - mu[i])
+                    new_parts[new_count] = i
+                    new_count += 1
+                else:
+                    gap -= g[i] * mu[i]
+            small = gap <= (floor if fine else loose)
+            if not small:
+                size = new_count
+                b = np.zeros(cap + 1)
+                for a in range(cap):
+                    s = 0.0
+                    if new_mask[a]:
+                        for i in range(new_count):
+                            s += dense[a, new_parts[i]]
+                    inner[a] = s
+                    b[a] = s
+                b[cap] = 1.0
+                u = _bordered_product(b, kinv, cap)
+                bu = 0.0
+                for j in range(cap + 1):
+                    bu += b[j] * u[j]
+                schur = size - bu
+                dependent = schur <= dependent_tol or (fine and gap <= drop * schur)
+                add = not dependent
+                done = dependent
+            else:
+                done = True
+            if identify_face and done and not fine:
+                fine = True
+                done = False
+        count = 0
+        for a in range(cap):
+            if new_mask[a]:
+                count += 1
+        full = False
+        if add and count >= cap:
+            if cap < max_active:
+                new_cap = min(max_active, cap + max(8, cap // 2))
+                grow = new_cap - cap
+                parts = np.concatenate((parts, np.full((grow, width), d, dtype=np.int64)))
+                counts = np.concatenate((counts, np.zeros(grow, dtype=np.int64)))
+                dense = np.concatenate((dense, np.zeros((grow, d + 1))))
+                p_new = np.concatenate((p_new, np.zeros(grow)))
+                new_mask = np.concatenate((new_mask, np.zeros(grow, dtype=np.bool_)))
+                mask = np.concatenate((mask, np.zeros(grow, dtype=np.bool_)))
+                score = np.concatenate((score, np.zeros(grow)))
+                inner = np.concatenate((inner, np.zeros(grow)))
+                g2 = np.zeros((new_cap, new_cap))
+                g2[:cap, :cap] = gram
+                gram = g2
+                k2 = np.zeros((new_cap + 1, new_cap + 1))
+                k2[:cap, :cap] = kinv[:cap, :cap]
+                k2[:cap, new_cap] = kinv[:cap, cap]
+                k2[new_cap, :cap] = kinv[cap, :cap]
+                k2[new_cap, new_cap] = kinv[cap, cap]
+                for a in range(cap, new_cap):
+                    k2[a, a] = 1.0
+                kinv = k2
+                u2 = np.zeros(new_cap + 1)
+                u2[:cap] = u[:cap]
+                u2[new_cap] = u[cap]
+                u = u2
+                cap = new_cap
+            else:
+                full = True
+                add = False
+        # Rank-one updates of the inverse for a leaving slot j or an entering one.
+        dropped, first_left, free_slot = 0, -1, -1
+        for a in range(cap):
+            if mask[a] and not new_mask[a]:
+                dropped += 1
+                if first_left < 0:
+                    first_left = a
+            if free_slot < 0 and not new_mask[a]:
+                free_slot = a
+        if add:
+            j = free_slot
+            for a in range(cap + 1):
+                u[a] -= 1.0 if a == j else 0.0
+            for a in range(cap + 1):
+                ua = u[a] / schur
+                if ua != 0.0:
+                    for c in range(cap + 1):
+                        kinv[a, c] += ua * u[c]
+            kinv[j, j] -= 1.0
+            new_mask[j] = True
+            c = size
+            for i in range(c):
+                parts[j, i] = new_parts[i]
+            for i in range(c, width):
+                parts[j, i] = d
+            counts[j] = c
+            dense[j, :] = 0.0
+            s = 0.0
+            for i in range(c):
+                dense[j, parts[j, i]] = 1.0
+                s += theta[parts[j, i]]
+            score[j] = s
+            for a in range(cap):
+                gram[j, a] = inner[a]
+                gram[a, j] = inner[a]
+            gram[j, j] = size
+        elif dropped == 1:
+            j = first_left
+            col = kinv[j, :].copy()
+            h = col[j]
+            for a in range(cap + 1):
+                for c in range(cap + 1):
+                    kinv[a, c] -= col[a] * col[c] / h
+            kinv[j, j] += 1.0
+        p, mask = p_new, new_mask
+        if dropped > 1:
+            kinv = _inverse(gram, mask, ridge)
+            since_refresh = 0
+        iterations += 1
+        if done or full:
+            break
+    return parts, counts, p, mask, iterations
+
+
+def active_set_rows(
+    theta: Any,
+    kind: int,
+    params: Any,
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    identify_face: bool,
+    consts: Any,
+    warm: tuple[Any, Any, Any] | None = None,
+) -> list[tuple[Any, Any, Any, Any, int]]:
+    """:func:`_row` on every row of ``theta`` ``(N, D)`` (float64 numpy); ``warm``: part lists
+    ``(N, A, width)``, counts ``(N, A)`` and weights ``(N, A)`` of initial active sets."""
+    out = []
+    no_parts = np.zeros((0, 1), dtype=np.int64)
+    no_counts = np.zeros(0, dtype=np.int64)
+    no_p = np.zeros(0)
+    for r in range(theta.shape[0]):
+        if warm is None:
+            wp, wc, ww = no_parts, no_counts, no_p
+        else:
+            wp, wc, ww = warm[0][r], warm[1][r], warm[2][r]
+        out.append(
+            _row(
+                theta[r], kind, params, max_iter, tol, max_active, identify_face, wp, wc, ww, consts
+            )
+        )
+    return out
+
+
+__all__ = [
+    "ARBORESCENCE",
+    "SEQUENCE",
+    "active_set_rows",
+    "arborescence_rows",
+    "available",
+    "disabled",
+    "viterbi_rows",
+]
