@@ -61,7 +61,14 @@ def disabled() -> Iterator[None]:
 
 
 def _jit(fn: Any) -> Any:
-    return fn if numba is None else numba.njit(cache=True, nogil=True)(fn)
+    """``fn`` compiled on first call, cached on disk where numba finds a writable place (next to
+    this file, else its user-wide cache), else compiled once per process."""
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # no cache locator (a read-only install without a user cache)
+        return numba.njit(nogil=True)(fn)
 
 
 # -- Chu-Liu-Edmonds ----------------------------------------------------------------------------
@@ -297,21 +304,27 @@ def _oracle(kind: int, params: Any, g: Any, z: Any, work: Any) -> None:
 @_jit
 def _kkt_inverse(gram: Any, mask: Any, ridge: float) -> tuple[Any, bool]:
     """The inverse of the bordered KKT matrix ``[[G, m], [m^T, 0]]`` (inactive slots: identity
-    rows and columns), by Gauss-Jordan elimination with partial pivoting; ``ok`` is False when
-    a pivot is exactly 0."""
+    rows and columns); ``ok`` is False when a pivot is exactly 0.
+
+    The active block and the border are inverted by Gauss-Jordan elimination with partial
+    pivoting on their own (the inactive slots' identity needs no work), then placed back.
+    """
     cap = mask.shape[0]
-    size = cap + 1
-    a = np.zeros((size, 2 * size))
+    act = np.empty(cap + 1, dtype=np.int64)
+    m = 0
     for i in range(cap):
         if mask[i]:
-            for j in range(cap):
-                if mask[j]:
-                    a[i, j] = gram[i, j]
-            a[i, i] += ridge
-            a[i, cap] = 1.0
-            a[cap, i] = 1.0
-        else:
-            a[i, i] = 1.0
+            act[m] = i
+            m += 1
+    act[m] = cap  # the border
+    size = m + 1
+    a = np.zeros((size, 2 * size))
+    for i in range(m):
+        for j in range(m):
+            a[i, j] = gram[act[i], act[j]]
+        a[i, i] += ridge
+        a[i, m] = 1.0
+        a[m, i] = 1.0
     for i in range(size):
         a[i, size + i] = 1.0
     for c in range(size):
@@ -320,20 +333,27 @@ def _kkt_inverse(gram: Any, mask: Any, ridge: float) -> tuple[Any, bool]:
             if abs(a[r, c]) > top:
                 piv, top = r, abs(a[r, c])
         if top == 0.0:
-            return np.zeros((size, size)), False
+            return np.zeros((cap + 1, cap + 1)), False
         if piv != c:
-            for j in range(2 * size):
+            for j in range(c, 2 * size):
                 a[c, j], a[piv, j] = a[piv, j], a[c, j]
         inv = 1.0 / a[c, c]
-        for j in range(2 * size):
+        for j in range(c, 2 * size):
             a[c, j] *= inv
         for r in range(size):
             if r != c:
                 f = a[r, c]
                 if f != 0.0:
-                    for j in range(2 * size):
+                    for j in range(c, 2 * size):
                         a[r, j] -= f * a[c, j]
-    return a[:, size:].copy(), True
+    out = np.zeros((cap + 1, cap + 1))
+    for i in range(cap):
+        if not mask[i]:
+            out[i, i] = 1.0
+    for i in range(size):
+        for j in range(size):
+            out[act[i], act[j]] = a[i, size + j]
+    return out, True
 
 
 @_jit
@@ -642,6 +662,174 @@ def _row(
     return parts, counts, p, mask, iterations
 
 
+@_jit
+def _slot_dot(x: Any, parts: Any, counts: Any, k: int) -> Any:
+    """``<x, z_a>`` for the first ``k`` slots, ``(k,)``."""
+    out = np.zeros(k)
+    for a in range(k):
+        s = 0.0
+        for i in range(counts[a]):
+            s += x[parts[a, i]]
+        out[a] = s
+    return out
+
+
+@_jit
+def _hull(y: Any, parts: Any, counts: Any, k: int, kinv: Any, d: int) -> tuple[Any, Any]:
+    """Barycentric coordinates of the projection of ``y`` onto the affine hull of the first
+    ``k`` slots, and ``y`` less that projection (``_hull_coordinates`` in PyTorch)."""
+    b = np.zeros(k + 1)
+    b[:k] = _slot_dot(y, parts, counts, k)
+    b[k] = 1.0
+    c = _bordered_product(b, kinv, k)[:k].copy()
+    return c, y - _mix(c, parts, counts, d)
+
+
+@_jit
+def _complete(
+    theta: Any,
+    kind: int,
+    params: Any,
+    parts_in: Any,
+    counts_in: Any,
+    k: int,
+    max_active: int,
+    xs: Any,
+    consts: Any,
+) -> tuple[Any, Any, int]:
+    """``_complete_face`` of :mod:`latentgrad.mappings._sparsemap` on one row: the support (the
+    first ``k`` slots of ``parts_in``) completed by probes of the oracle along the directions
+    ``xs`` ``(rounds, D)`` (the same for every row, as there). Returns the part lists, counts and
+    size of the completed support."""
+    ridge, floor_unit, probe, outside = consts[5], consts[4], consts[7], consts[8]
+    d = theta.shape[0]
+    width = parts_in.shape[1]
+    rounds = xs.shape[0]
+    parts = np.full((k + rounds, width), d, dtype=np.int64)
+    counts = np.zeros(k + rounds, dtype=np.int64)
+    parts[:k] = parts_in[:k]
+    counts[:k] = counts_in[:k]
+    scale = 0.0
+    for i in range(d):
+        scale = max(scale, abs(theta[i]))
+    scale += 1.0
+    near = 4.0 * floor_unit * math.sqrt(d) * scale * scale
+    eps = probe * scale
+    work = np.empty(max(params[0], 1), dtype=np.int64)
+    z_plus = np.empty(d)
+    z_minus = np.empty(d)
+    dense = np.zeros((k + rounds, d + 1))
+    for a in range(k):
+        for i in range(counts[a]):
+            dense[a, parts[a, i]] = 1.0
+    for rd in range(rounds):
+        if k >= max_active:
+            break
+        mask = np.ones(k, dtype=np.bool_)
+        gram = np.zeros((k, k))
+        for a in range(k):
+            for c in range(k):
+                s = 0.0
+                for i in range(counts[a]):
+                    s += dense[c, parts[a, i]]
+                gram[a, c] = s
+        kinv = _inverse(gram, mask, ridge)
+        # the minimizer on the support, refined once
+        rhs = np.zeros(k + 1)
+        rhs[:k] = _slot_dot(theta, parts, counts, k)
+        rhs[k] = 1.0
+        sol = _bordered_product(rhs, kinv, k)
+        p = sol[:k].copy()
+        mu = _mix(p, parts, counts, d)
+        res = np.zeros(k + 1)
+        res[:k] = _slot_dot(theta - mu, parts, counts, k) - sol[k]
+        res[k] = 1.0 - p.sum()
+        sol = sol + _bordered_product(res, kinv, k)
+        p = sol[:k].copy()
+        mu = _mix(p, parts, counts, d)
+        g = theta - mu
+        # r: the probe direction less its projection onto the directions of the hull
+        x = xs[rd]
+        bx = np.zeros(k + 1)
+        bx[:k] = _slot_dot(x, parts, counts, k)
+        coef = _bordered_product(bx, kinv, k)[:k].copy()
+        r = x - _mix(coef, parts, counts, d)
+        r = r / max(math.sqrt((r * r).sum()), 1e-300)
+        _oracle(kind, params, g + eps * r, z_plus, work)
+        _oracle(kind, params, g - eps * r, z_minus, work)
+        c_plus, r_plus = _hull(z_plus, parts, counts, k, kinv, d)
+        c_minus, r_minus = _hull(z_minus, parts, counts, k, kinv, d)
+        d_plus, d_minus = (r_plus * r_plus).sum(), (r_minus * r_minus).sum()
+        gamma = -(r_plus * r_minus).sum() / max(d_minus, 1e-300)
+        off = r_plus + gamma * r_minus
+        ok = (
+            d_plus > outside
+            and d_minus > outside
+            and gamma > 0
+            and (off * off).sum() <= 1e-10 * d_plus
+            and (g * (z_plus - mu)).sum() >= -near
+            and (g * (z_minus - mu)).sum() >= -near
+        )
+        if not ok:
+            break
+        # Weight moves onto z_plus and z_minus along their dependency on the hull; the first
+        # support structure whose weight reaches 0 leaves (z_plus takes its slot).
+        leave, best = 0, math.inf
+        for a in range(k):
+            c_bar = (c_plus[a] + gamma * c_minus[a]) / (1.0 + gamma)
+            if c_bar > 0:
+                ratio = max(p[a], 0.0) / c_bar
+                if ratio < best:
+                    leave, best = a, ratio
+        for target in (leave, k):
+            z = z_plus if target == leave else z_minus
+            c = 0
+            dense[target, :] = 0.0
+            for i in range(d):
+                if z[i] != 0.0:
+                    parts[target, c] = i
+                    dense[target, i] = 1.0
+                    c += 1
+            for i in range(c, width):
+                parts[target, i] = d
+            counts[target] = c
+        k += 1
+    return parts, counts, k
+
+
+@_jit
+def _support_and_face(
+    theta: Any,
+    kind: int,
+    params: Any,
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    identify_face: bool,
+    warm_parts: Any,
+    warm_counts: Any,
+    warm_p: Any,
+    consts: Any,
+    xs: Any,
+) -> tuple[Any, Any, int, int]:
+    """:func:`_row`, then the structures of weight above ``_DROP`` in slot order, then (with
+    ``identify_face``) :func:`_complete`. Returns part lists, counts, support size, iterations."""
+    parts, counts, p, mask, iterations = _row(
+        theta, kind, params, max_iter, tol, max_active, identify_face,
+        warm_parts, warm_counts, warm_p, consts,
+    )  # fmt: skip
+    drop = consts[1]
+    k = 0
+    for a in range(p.shape[0]):
+        if mask[a] and p[a] > drop:
+            parts[k] = parts[a]
+            counts[k] = counts[a]
+            k += 1
+    if identify_face and k > 0:
+        parts, counts, k = _complete(theta, kind, params, parts, counts, k, max_active, xs, consts)
+    return parts, counts, k, iterations
+
+
 def active_set_rows(
     theta: Any,
     kind: int,
@@ -651,10 +839,14 @@ def active_set_rows(
     max_active: int,
     identify_face: bool,
     consts: Any,
+    xs: Any,
     warm: tuple[Any, Any, Any] | None = None,
-) -> list[tuple[Any, Any, Any, Any, int]]:
-    """:func:`_row` on every row of ``theta`` ``(N, D)`` (float64 numpy); ``warm``: part lists
-    ``(N, A, width)``, counts ``(N, A)`` and weights ``(N, A)`` of initial active sets."""
+) -> list[tuple[Any, Any, int, int]]:
+    """:func:`_support_and_face` on every row of ``theta`` ``(N, D)`` (float64 numpy):
+    ``(part lists, counts, support size, iterations)`` per row. ``consts``: the solver's
+    tolerances, in the order of ``latentgrad.mappings._sparsemap._native_consts``; ``xs``: the
+    probe directions of the face completion; ``warm``: part lists ``(N, A, width)``, counts
+    ``(N, A)`` and weights ``(N, A)`` of initial active sets."""
     out = []
     no_parts = np.zeros((0, 1), dtype=np.int64)
     no_counts = np.zeros(0, dtype=np.int64)
@@ -665,8 +857,19 @@ def active_set_rows(
         else:
             wp, wc, ww = warm[0][r], warm[1][r], warm[2][r]
         out.append(
-            _row(
-                theta[r], kind, params, max_iter, tol, max_active, identify_face, wp, wc, ww, consts
+            _support_and_face(
+                theta[r],
+                kind,
+                params,
+                max_iter,
+                tol,
+                max_active,
+                identify_face,
+                wp,
+                wc,
+                ww,
+                consts,
+                xs,
             )
         )
     return out

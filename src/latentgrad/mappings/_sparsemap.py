@@ -586,81 +586,6 @@ def _active_set(
     return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations, out_idx)
 
 
-def _native_active_set(
-    theta: Tensor,
-    spec: tuple[int, tuple[int, ...]],
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    warm: tuple[Tensor, Tensor] | None,
-    identify_face: bool,
-) -> _Solution:
-    """:func:`_active_set` for an oracle with a compiled kernel (``spec``: its kind and sizes,
-    from ``oracle._native_spec()``), row by row in :func:`latentgrad._native.active_set_rows`:
-    the same phases, tolerances and updates, without the per-operation overhead of batched
-    PyTorch, which sets the time of the batched loop on the CPU."""
-    import numpy as np
-
-    n, d = theta.shape
-    kind, sizes = spec
-    params = np.asarray(sizes, dtype=np.int64)
-    consts = np.asarray(
-        [_GRID, _DROP, _NEGATIVE, _DEPENDENT, _FLOOR, _RIDGE, _REFRESH], dtype=np.float64
-    )
-    warm_np = None
-    if warm is not None:
-        z, p = warm
-        parts = _parts(z.reshape(-1, d), int(sizes[2])).reshape(n, z.shape[1], -1)
-        warm_np = (
-            parts.numpy(),
-            (parts < d).sum(-1).numpy(),
-            (p * (p > 0)).numpy(),
-        )
-    rows = _native.active_set_rows(
-        theta.contiguous().numpy(),
-        kind,
-        params,
-        max_iter,
-        tol,
-        max_active,
-        identify_face,
-        consts,
-        warm_np,
-    )
-    cap = max(r[0].shape[0] for r in rows)
-    width = max(r[0].shape[1] for r in rows)
-    cpu = theta.device  # (the compiled path runs on the CPU only)
-    idx = torch.full((n, cap, width), d, dtype=torch.long, device=cpu)
-    weights = torch.zeros(n, cap, dtype=torch.float64, device=cpu)
-    mask = torch.zeros(n, cap, dtype=torch.bool, device=cpu)
-    iterations = torch.zeros(n, dtype=torch.long, device=cpu)
-    for r, (parts_r, _, p_r, mask_r, it) in enumerate(rows):
-        k, w = parts_r.shape
-        idx[r, :k, :w] = torch.from_numpy(parts_r)
-        weights[r, :k] = torch.from_numpy(p_r)
-        mask[r, :k] = torch.from_numpy(mask_r)
-        iterations[r] = it
-    weights = weights * mask
-    return _Solution(_dense(idx, d, theta.dtype), weights, mask, iterations, idx)
-
-
-def _solve_active_set(
-    theta: Tensor,
-    oracle: Oracle,
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    warm: tuple[Tensor, Tensor] | None,
-    identify_face: bool,
-) -> _Solution:
-    """The active set, compiled where it can be (an oracle with a kernel, CPU scores, numba
-    installed and :func:`latentgrad._native.available`), batched in PyTorch otherwise."""
-    spec = getattr(oracle, "_native_spec", None)
-    if spec is not None and theta.device.type == "cpu" and _native.available():
-        return _native_active_set(theta, spec(), max_iter, tol, max_active, warm, identify_face)
-    return _active_set(theta, oracle, max_iter, tol, max_active, warm, identify_face)
-
-
 #: Probes of the optimal face: the oracle sees ``theta - mu +- _PROBE (1 + max|theta|) r`` for a
 #: unit direction ``r`` orthogonal to the support's affine hull.
 _PROBE = 1e-9
@@ -711,12 +636,11 @@ def _complete_face(
     result does not depend on the other rows.
     """
     n, _, d = z.shape
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    directions = _probe_directions(d, theta.dtype).to(theta.device)
     floor = 4.0 * gap_floor(theta)
     eps = _PROBE * (theta.abs().amax(1, keepdim=True) + 1.0)
     live = torch.arange(n, device=theta.device)
-    for _ in range(_PROBE_ROUNDS):
-        x = torch.randn(d, generator=gen, dtype=theta.dtype, device="cpu").to(theta.device)
+    for x in directions:
         if live.numel() == 0:
             break
         th, zs, sup = theta[live], z.index_select(0, live), support[live]
@@ -776,6 +700,96 @@ def _complete_face(
         parts[rows, count[idx]] = new_parts[idx.numel() :]
         live = rows
     return z, support
+
+
+def _native_consts() -> Any:
+    """The solver's tolerances for :func:`latentgrad._native.active_set_rows`, in its order."""
+    import numpy as np
+
+    return np.asarray(
+        [_GRID, _DROP, _NEGATIVE, _DEPENDENT, _FLOOR, _RIDGE, _REFRESH, _PROBE, _OUTSIDE],
+        dtype=np.float64,
+    )
+
+
+def _probe_directions(d: int, dtype: torch.dtype) -> Tensor:
+    """The directions ``(_PROBE_ROUNDS, D)`` that :func:`_complete_face` draws, in its order."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randn(_PROBE_ROUNDS, d, generator=gen, dtype=dtype, device="cpu")
+
+
+def _native_support(
+    theta: Tensor,
+    spec: tuple[int, tuple[int, ...]],
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    warm: tuple[Tensor, Tensor] | None,
+    identify_face: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The support of the solution (:func:`_active_set`, then :func:`_complete_face` with
+    ``identify_face``) for an oracle with a compiled kernel (``spec``: its kind and sizes, from
+    ``oracle._native_spec()``), row by row in :func:`latentgrad._native.active_set_rows`: the
+    same phases, tolerances, updates and probes, without the per-operation overhead of batched
+    PyTorch. Returns ``(structures (n, A, D), support (n, A), iterations (n,))``."""
+    import numpy as np
+
+    n, d = theta.shape
+    kind, sizes = spec
+    warm_np = None
+    if warm is not None:
+        z, p = warm
+        parts = _parts(z.reshape(-1, d), int(sizes[2])).reshape(n, z.shape[1], -1)
+        warm_np = (parts.numpy(), (parts < d).sum(-1).numpy(), (p * (p > 0)).numpy())
+    rows = _native.active_set_rows(
+        theta.contiguous().numpy(),
+        kind,
+        np.asarray(sizes, dtype=np.int64),
+        max_iter,
+        tol,
+        max_active,
+        identify_face,
+        _native_consts(),
+        _probe_directions(d, theta.dtype).numpy(),
+        warm_np,
+    )
+    size = max(max(k for _, _, k, _ in rows), 1)
+    width = max(r[0].shape[1] for r in rows)
+    cpu = theta.device  # (the compiled path runs on the CPU only)
+    idx = torch.full((n, size, width), d, dtype=torch.long, device=cpu)
+    support = torch.zeros(n, size, dtype=torch.bool, device=cpu)
+    iterations = torch.zeros(n, dtype=torch.long, device=cpu)
+    for r, (parts_r, _, k, it) in enumerate(rows):
+        idx[r, :k, : parts_r.shape[1]] = torch.from_numpy(parts_r[:k])
+        idx[r, k:] = idx[r, :1]  # padding: copies of the first structure, as support_slots pads
+        support[r, :k] = True
+        iterations[r] = it
+    return _dense(idx, d, theta.dtype), support, iterations
+
+
+def _support(
+    theta: Tensor,
+    oracle: Oracle,
+    max_iter: int,
+    tol: float,
+    max_active: int,
+    warm: tuple[Tensor, Tensor] | None,
+    identify_face: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The support of SparseMAP's solution on float64 scores ``(n, D)``: the active set (and,
+    with ``identify_face``, the face completion). Compiled where it can be (an oracle with a
+    kernel, CPU scores, :func:`latentgrad._native.available`), batched PyTorch otherwise.
+    Returns ``(structures (n, A, D), support (n, A) bool, iterations (n,))``."""
+    spec = getattr(oracle, "_native_spec", None)
+    if spec is not None and theta.device.type == "cpu" and _native.available():
+        return _native_support(theta, spec(), max_iter, tol, max_active, warm, identify_face)
+    sol = _active_set(theta, oracle, max_iter, tol, max_active, warm, identify_face)
+    order, support = support_slots(sol.mask & (sol.p > _DROP))
+    structures = _take_slots(sol.z, order)
+    if identify_face:
+        parts = _take_slots(sol.parts, order)
+        structures, support = _complete_face(theta, oracle, structures, parts, support, max_active)
+    return structures, support, sol.iterations
 
 
 def duality_gap(theta: Tensor, mu: Tensor, oracle: Oracle) -> Tensor:
@@ -1012,15 +1026,9 @@ def sparsemap(
     warm = None if warm_start is None else _warm_arrays(warm_start, n, d, max_active)
     if closed_form is None:
         with torch.no_grad():
-            sol = _solve_active_set(th, oracle, max_iter, tol, max_active, warm, identify_face)
-            order, support = support_slots(sol.mask & (sol.p > _DROP))
-            structures = _take_slots(sol.z, order)
-            if identify_face:
-                parts = _take_slots(sol.parts, order)
-                structures, support = _complete_face(
-                    th, oracle, structures, parts, support, max_active
-                )
-        iterations = sol.iterations
+            structures, support, iterations = _support(
+                th, oracle, max_iter, tol, max_active, warm, identify_face
+            )
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         structures, weights, mu = _weights_on_support(compute, structures, support)
     else:
