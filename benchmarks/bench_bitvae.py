@@ -35,13 +35,16 @@ from one more set of rounds.
 
 Last, the active-set solver (``method="active_set"``) on the scores of a ``D = 128`` encoder at
 initialization (free bits and at most 64 ones), forward and backward, the batch of 64 in one
-call against one example at a time.
+call against one example at a time: with numba installed, for the compiled solver (row by row
+in compiled loops either way, so the batch saves only the per-call overhead) and for the batched
+PyTorch solver (the path without numba), interleaved.
 
 Usage::
 
     python benchmarks/bench_bitvae.py                        # trains 100 steps first
     python benchmarks/bench_bitvae.py --train-steps 60 --rounds 3
     python benchmarks/bench_bitvae.py --checkpoint runs/bitvae/sparsemap-seed0/checkpoint.pt
+    python benchmarks/bench_bitvae.py --active-set-only
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import torch
 from _common import interleaved_times, quartiles
 from torch import Tensor
 
+from latentgrad import _native
 from latentgrad.data import load_dataset
 from latentgrad.estimators import pack_support
 from latentgrad.experiments.bitvae import BitVAEConfig, BitVAETrainable
@@ -251,14 +255,28 @@ def active_set(data: Any, rounds: int) -> None:
             total.backward()
             return 0
 
-        evals, times = interleaved_times(
-            {"batched": (batched,), "one-at-a-time": (one_at_a_time,)}, lambda f: f(), rounds
-        )
-        qb, qo = quartiles(times["batched"]), quartiles(times["one-at-a-time"])
-        print(
-            f"  {oracle!r}: mean support {evals['batched'] / theta.shape[0]:.1f}; batched "
-            f"{fmt(qb)}, one at a time {fmt(qo)}; speed-up {qo[1] / qb[1]:.1f}x"
-        )
+        def in_torch(f: Callable[[], int]) -> Callable[[], int]:
+            def run() -> int:
+                with _native.disabled():
+                    return f()
+
+            return run
+
+        cases = {"batched": (batched,), "one-at-a-time": (one_at_a_time,)}
+        if _native.available():  # the compiled solver above; the batched PyTorch one here
+            cases["batched, PyTorch"] = (in_torch(batched),)
+            cases["one-at-a-time, PyTorch"] = (in_torch(one_at_a_time),)
+        evals, times = interleaved_times(cases, lambda f: f(), rounds)
+        print(f"  {oracle!r}: mean support {evals['batched'] / theta.shape[0]:.1f}")
+        for kind in ("", ", PyTorch"):
+            if f"batched{kind}" not in times:
+                continue
+            qb, qo = quartiles(times[f"batched{kind}"]), quartiles(times[f"one-at-a-time{kind}"])
+            solver = "batched PyTorch" if kind else "compiled" if _native.available() else "batched"
+            print(
+                f"    {solver:>16}: all rows {fmt(qb)}, one at a time {fmt(qo)}; "
+                f"speed-up {qo[1] / qb[1]:.1f}x"
+            )
 
 
 def main() -> None:
@@ -271,9 +289,13 @@ def main() -> None:
     parser.add_argument("--save-checkpoint", help="write the trained weights here")
     parser.add_argument("--active-set-rounds", type=int, default=3)
     parser.add_argument("--skip-active-set", action="store_true")
+    parser.add_argument("--active-set-only", action="store_true", help="time the solver only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data, name = load_images(args.data)
+    if args.active_set_only:
+        active_set(data, args.active_set_rounds)
+        return
     torch.manual_seed(0)
     ts = {"sparsemap": trainable("sparsemap", 32, data), "gs": trainable("gs", 32, data)}
     ts["padded"] = trainable("sparsemap", 32, data)

@@ -27,7 +27,7 @@ problems are the same projection in both libraries (for arborescences, LP-Sparse
 the root). For sequences LP-SparseMAP's factor penalizes the unary parts only (the transition
 scores enter linearly), while latentgrad projects all ``L K + (L - 1) K^2`` parts: the same
 structures and the same Viterbi oracle, not the same problem; its loss uses the unary parts.
-With ``--same-sequence`` a sixth row gives LP-SparseMAP latentgrad's problem: all 500 parts as
+With ``--same-sequence`` a sixth row gives LP-SparseMAP latentgrad's problem: all 575 parts as
 its variables (so all penalized), tied by logic factors (``Xor`` on each position's tags and
 ``XorOut`` between each tag and its incoming and outgoing transitions), whose local polytope is
 the chain's marginal polytope; its ADMM then solves the same projection, with its default
