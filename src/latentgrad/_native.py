@@ -388,18 +388,46 @@ def _mix(p: Any, parts: Any, counts: Any, d: int) -> Any:
 
 
 @_jit
+def _scale(theta: Any) -> float:
+    """``1 + max|theta|``, the scale of the solver's tolerances."""
+    scale = 0.0
+    for i in range(theta.shape[0]):
+        scale = max(scale, abs(theta[i]))
+    return scale + 1.0
+
+
+@_jit
+def _store(z: Any, slot: int, parts: Any, counts: Any, dense: Any) -> None:
+    """Write the 0/1 structure ``z`` ``(D,)`` into ``slot``: its part list (padded with ``D``),
+    its count and its dense copy."""
+    d = z.shape[0]
+    dense[slot, :] = 0.0
+    c = 0
+    for i in range(d):
+        if z[i] != 0.0:
+            parts[slot, c] = i
+            dense[slot, i] = 1.0
+            c += 1
+    parts[slot, c:] = d
+    counts[slot] = c
+
+
+@_jit
+def _gram(parts: Any, counts: Any, dense: Any, k: int) -> Any:
+    """The Gram matrix ``(k, k)`` of the first ``k`` slots."""
+    gram = np.zeros((k, k))
+    for a in range(k):
+        for c in range(k):
+            s = 0.0
+            for i in range(counts[a]):
+                s += dense[c, parts[a, i]]
+            gram[a, c] = s
+    return gram
+
+
+@_jit
 def _row(
-    theta: Any,
-    kind: int,
-    params: Any,
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    identify_face: bool,
-    warm_parts: Any,
-    warm_counts: Any,
-    warm_p: Any,
-    consts: Any,
+    theta: Any, kind: int, params: Any, settings: Any, warm: Any, consts: Any
 ) -> tuple[Any, Any, Any, Any, int]:
     """The active set of :func:`latentgrad.mappings._sparsemap._active_set` on one row.
 
@@ -414,15 +442,14 @@ def _row(
         consts[5],
     )
     refresh_every = int(consts[6])
+    max_iter, tol, max_active, identify_face = settings
+    warm_parts, warm_counts, warm_p = warm
     d = theta.shape[0]
     width = int(params[2])  # parts per structure, at most
     work = np.empty(max(params[0], 1), dtype=np.int64)
     new_parts = np.empty(d, dtype=np.int64)
     z_new = np.empty(d)
-    scale = 0.0
-    for i in range(d):
-        scale = max(scale, abs(theta[i]))
-    scale += 1.0
+    scale = _scale(theta)
     grid = scale * grid_unit
     floor = floor_unit * math.sqrt(d) * scale * scale
     loose = max(floor, tol)
@@ -435,33 +462,22 @@ def _row(
     p = np.zeros(cap)
     mask = np.zeros(cap, dtype=np.bool_)
     score = np.zeros(cap)
-    gram = np.zeros((cap, cap))
     if n_warm == 0:
         _oracle(kind, params, theta, z_new, work)
-        c = 0
-        for i in range(d):
-            if z_new[i] != 0.0:
-                parts[0, c] = i
-                c += 1
-        counts[0] = c
+        _store(z_new, 0, parts, counts, dense)
         p[0] = 1.0
     else:
         for a in range(n_warm):
             counts[a] = warm_counts[a]
             for i in range(warm_counts[a]):
                 parts[a, i] = warm_parts[a, i]
+                dense[a, warm_parts[a, i]] = 1.0
             p[a] = warm_p[a]
     for a in range(cap):
         mask[a] = p[a] > 0.0
         for i in range(counts[a]):
-            dense[a, parts[a, i]] = 1.0
             score[a] += theta[parts[a, i]]
-    for a in range(cap):
-        for c in range(cap):
-            s = 0.0
-            for i in range(counts[a]):
-                s += dense[c, parts[a, i]]
-            gram[a, c] = s
+    gram = _gram(parts, counts, dense, cap)
     kinv = _inverse(gram, mask, ridge)
     fine = False
     since_refresh = 0
@@ -628,17 +644,10 @@ def _row(
                         kinv[a, c] += ua * u[c]
             kinv[j, j] -= 1.0
             new_mask[j] = True
-            c = size
-            for i in range(c):
-                parts[j, i] = new_parts[i]
-            for i in range(c, width):
-                parts[j, i] = d
-            counts[j] = c
-            dense[j, :] = 0.0
+            _store(z_new, j, parts, counts, dense)
             s = 0.0
-            for i in range(c):
-                dense[j, parts[j, i]] = 1.0
-                s += theta[parts[j, i]]
+            for i in range(size):
+                s += theta[new_parts[i]]
             score[j] = s
             for a in range(cap):
                 gram[j, a] = inner[a]
@@ -709,10 +718,7 @@ def _complete(
     counts = np.zeros(k + rounds, dtype=np.int64)
     parts[:k] = parts_in[:k]
     counts[:k] = counts_in[:k]
-    scale = 0.0
-    for i in range(d):
-        scale = max(scale, abs(theta[i]))
-    scale += 1.0
+    scale = _scale(theta)
     near = 4.0 * floor_unit * math.sqrt(d) * scale * scale
     eps = probe * scale
     work = np.empty(max(params[0], 1), dtype=np.int64)
@@ -725,15 +731,7 @@ def _complete(
     for rd in range(rounds):
         if k >= max_active:
             break
-        mask = np.ones(k, dtype=np.bool_)
-        gram = np.zeros((k, k))
-        for a in range(k):
-            for c in range(k):
-                s = 0.0
-                for i in range(counts[a]):
-                    s += dense[c, parts[a, i]]
-                gram[a, c] = s
-        kinv = _inverse(gram, mask, ridge)
+        kinv = _inverse(_gram(parts, counts, dense, k), np.ones(k, dtype=np.bool_), ridge)
         # the minimizer on the support, refined once
         rhs = np.zeros(k + 1)
         rhs[:k] = _slot_dot(theta, parts, counts, k)
@@ -781,43 +779,20 @@ def _complete(
                 ratio = max(p[a], 0.0) / c_bar
                 if ratio < best:
                     leave, best = a, ratio
-        for target in (leave, k):
-            z = z_plus if target == leave else z_minus
-            c = 0
-            dense[target, :] = 0.0
-            for i in range(d):
-                if z[i] != 0.0:
-                    parts[target, c] = i
-                    dense[target, i] = 1.0
-                    c += 1
-            for i in range(c, width):
-                parts[target, i] = d
-            counts[target] = c
+        _store(z_plus, leave, parts, counts, dense)
+        _store(z_minus, k, parts, counts, dense)
         k += 1
     return parts, counts, k
 
 
 @_jit
 def _support_and_face(
-    theta: Any,
-    kind: int,
-    params: Any,
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    identify_face: bool,
-    warm_parts: Any,
-    warm_counts: Any,
-    warm_p: Any,
-    consts: Any,
-    xs: Any,
+    theta: Any, kind: int, params: Any, settings: Any, warm: Any, consts: Any, xs: Any
 ) -> tuple[Any, Any, int, int]:
     """:func:`_row`, then the structures of weight above ``_DROP`` in slot order, then (with
     ``identify_face``) :func:`_complete`. Returns part lists, counts, support size, iterations."""
-    parts, counts, p, mask, iterations = _row(
-        theta, kind, params, max_iter, tol, max_active, identify_face,
-        warm_parts, warm_counts, warm_p, consts,
-    )  # fmt: skip
+    parts, counts, p, mask, iterations = _row(theta, kind, params, settings, warm, consts)
+    max_active, identify_face = settings[2], settings[3]
     drop = consts[1]
     k = 0
     for a in range(p.shape[0]):
@@ -834,44 +809,24 @@ def active_set_rows(
     theta: Any,
     kind: int,
     params: Any,
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    identify_face: bool,
+    settings: tuple[int, float, int, bool],
     consts: Any,
     xs: Any,
     warm: tuple[Any, Any, Any] | None = None,
 ) -> list[tuple[Any, Any, int, int]]:
     """:func:`_support_and_face` on every row of ``theta`` ``(N, D)`` (float64 numpy):
-    ``(part lists, counts, support size, iterations)`` per row. ``consts``: the solver's
-    tolerances, in the order of ``latentgrad.mappings._sparsemap._native_consts``; ``xs``: the
-    probe directions of the face completion; ``warm``: part lists ``(N, A, width)``, counts
-    ``(N, A)`` and weights ``(N, A)`` of initial active sets."""
+    ``(part lists, counts, support size, iterations)`` per row. ``settings``: ``(max_iter, tol,
+    max_active, identify_face)``; ``consts``: the solver's tolerances, in the order of
+    ``latentgrad.mappings._sparsemap._native_consts``; ``xs``: the probe directions of the face
+    completion; ``warm``: part lists ``(N, A, width)``, counts ``(N, A)`` and weights ``(N, A)``
+    of initial active sets."""
+    max_iter, tol, max_active, identify_face = settings
+    flat = (int(max_iter), float(tol), int(max_active), bool(identify_face))
+    cold = (np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
     out = []
-    no_parts = np.zeros((0, 1), dtype=np.int64)
-    no_counts = np.zeros(0, dtype=np.int64)
-    no_p = np.zeros(0)
     for r in range(theta.shape[0]):
-        if warm is None:
-            wp, wc, ww = no_parts, no_counts, no_p
-        else:
-            wp, wc, ww = warm[0][r], warm[1][r], warm[2][r]
-        out.append(
-            _support_and_face(
-                theta[r],
-                kind,
-                params,
-                max_iter,
-                tol,
-                max_active,
-                identify_face,
-                wp,
-                wc,
-                ww,
-                consts,
-                xs,
-            )
-        )
+        start = cold if warm is None else (warm[0][r], warm[1][r], warm[2][r])
+        out.append(_support_and_face(theta[r], kind, params, flat, start, consts, xs))
     return out
 
 

@@ -18,6 +18,7 @@ from latentgrad.mappings._sparsemap import (
     _complete_face,
     _dense,
     _parts,
+    _Settings,
     _slot_scores,
     _take_slots,
     _trim,
@@ -270,7 +271,7 @@ def test_face_completion_on_the_solver_part_lists_equals_it_on_dense_structures(
         torch.randint(-2, 3, (40, d), generator=gen).to(DT) / 2,
         torch.zeros(3, d, dtype=DT),
     ):
-        sol = _active_set(theta, oracle, 100 + 2 * d, 1e-6, d + 1, None, True)
+        sol = _active_set(theta, oracle, _Settings(100 + 2 * d, 1e-6, d + 1, True), None)
         order, support = support_slots(sol.mask & (sol.p > _DROP))
         z = _take_slots(sol.z, order)
         kept = _take_slots(sol.parts, order)

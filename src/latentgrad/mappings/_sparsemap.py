@@ -172,6 +172,15 @@ def _warm_arrays(warm: object, n: int, d: int, max_active: int) -> tuple[Tensor,
 # -- the active-set solver ------------------------------------------------------------------------
 
 
+class _Settings(NamedTuple):
+    """The solver's settings, as :func:`sparsemap` checked them."""
+
+    max_iter: int
+    tol: float
+    max_active: int
+    identify_face: bool
+
+
 class _Solution(NamedTuple):
     z: Tensor  # (n, K, D) float64
     p: Tensor  # (n, K) float64, 0 outside the active set
@@ -362,13 +371,7 @@ def _refine(rhs: Tensor, kinv: Tensor, idx: Tensor, theta: Tensor, mask: Tensor)
 
 
 def _active_set(
-    theta: Tensor,
-    oracle: Oracle,
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    warm: tuple[Tensor, Tensor] | None,
-    identify_face: bool,
+    theta: Tensor, oracle: Oracle, settings: _Settings, warm: tuple[Tensor, Tensor] | None
 ) -> _Solution:
     """Batched active-set SparseMAP on float64 scores ``theta`` of shape ``(n, D)``.
 
@@ -396,6 +399,7 @@ def _active_set(
     Rows that finish stay in the working arrays (masked) until half of them have finished;
     then the finished ones are written out and the rest compacted, so gathers stay rare.
     """
+    max_iter, tol, max_active, identify_face = settings
     n, d = theta.shape
     dev = theta.device
     if warm is None:
@@ -721,11 +725,8 @@ def _probe_directions(d: int, dtype: torch.dtype) -> Tensor:
 def _native_support(
     theta: Tensor,
     spec: tuple[int, tuple[int, ...]],
-    max_iter: int,
-    tol: float,
-    max_active: int,
+    settings: _Settings,
     warm: tuple[Tensor, Tensor] | None,
-    identify_face: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The support of the solution (:func:`_active_set`, then :func:`_complete_face` with
     ``identify_face``) for an oracle with a compiled kernel (``spec``: its kind and sizes, from
@@ -745,10 +746,7 @@ def _native_support(
         theta.contiguous().numpy(),
         kind,
         np.asarray(sizes, dtype=np.int64),
-        max_iter,
-        tol,
-        max_active,
-        identify_face,
+        settings,
         _native_consts(),
         _probe_directions(d, theta.dtype).numpy(),
         warm_np,
@@ -768,13 +766,7 @@ def _native_support(
 
 
 def _support(
-    theta: Tensor,
-    oracle: Oracle,
-    max_iter: int,
-    tol: float,
-    max_active: int,
-    warm: tuple[Tensor, Tensor] | None,
-    identify_face: bool,
+    theta: Tensor, oracle: Oracle, settings: _Settings, warm: tuple[Tensor, Tensor] | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The support of SparseMAP's solution on float64 scores ``(n, D)``: the active set (and,
     with ``identify_face``, the face completion). Compiled where it can be (an oracle with a
@@ -782,13 +774,15 @@ def _support(
     Returns ``(structures (n, A, D), support (n, A) bool, iterations (n,))``."""
     spec = getattr(oracle, "_native_spec", None)
     if spec is not None and theta.device.type == "cpu" and _native.available():
-        return _native_support(theta, spec(), max_iter, tol, max_active, warm, identify_face)
-    sol = _active_set(theta, oracle, max_iter, tol, max_active, warm, identify_face)
+        return _native_support(theta, spec(), settings, warm)
+    sol = _active_set(theta, oracle, settings, warm)
     order, support = support_slots(sol.mask & (sol.p > _DROP))
     structures = _take_slots(sol.z, order)
-    if identify_face:
+    if settings.identify_face:
         parts = _take_slots(sol.parts, order)
-        structures, support = _complete_face(theta, oracle, structures, parts, support, max_active)
+        structures, support = _complete_face(
+            theta, oracle, structures, parts, support, settings.max_active
+        )
     return structures, support, sol.iterations
 
 
@@ -1026,9 +1020,8 @@ def sparsemap(
     warm = None if warm_start is None else _warm_arrays(warm_start, n, d, max_active)
     if closed_form is None:
         with torch.no_grad():
-            structures, support, iterations = _support(
-                th, oracle, max_iter, tol, max_active, warm, identify_face
-            )
+            settings = _Settings(max_iter, tol, max_active, identify_face)
+            structures, support, iterations = _support(th, oracle, settings, warm)
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         structures, weights, mu = _weights_on_support(compute, structures, support)
     else:
