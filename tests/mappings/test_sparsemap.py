@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 import latentgrad as lg
+import latentgrad.mappings._sparsemap as sparsemap_module
 from latentgrad.mappings import SparseMAPFunction
 from latentgrad.mappings._capped_simplex import capped_simplex_projection
 from latentgrad.mappings._shared import support_slots
@@ -750,3 +751,17 @@ def test_float32_scores_converge_at_float32_rounding(oracle: StructureOracle, sc
     exact = sparsemap(theta.double(), oracle)
     assert (exact.gap <= gap_floor(theta.double())).all()
     torch.testing.assert_close(out.mu.double(), exact.mu, atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("parts", [1, 39, 256, 257, 600])
+def test_gram_matrices_are_exact_counts(parts: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever precision _gram multiplies in (bfloat16 up to 256 parts where the CPU has it,
+    # float32 otherwise), its entries are the exact counts of shared parts.
+    gen = torch.Generator().manual_seed(parts)
+    d = 700
+    keys = torch.rand(6, 9, d, generator=gen)
+    z = (keys <= keys.sort(-1).values[..., parts - 1 : parts]).double()  # `parts` ones a row
+    exact = torch.einsum("nad,nbd->nab", z, z)
+    for bf16 in (False, True):
+        monkeypatch.setattr(sparsemap_module, "_BF16_GRAM", bf16)
+        assert torch.equal(sparsemap_module._gram(z), exact)
