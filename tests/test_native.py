@@ -184,3 +184,15 @@ def test_extreme_scores_stay_finite() -> None:
     out.mu.sum().backward()
     assert bool(torch.isfinite(out.mu).all()) and bool(torch.isfinite(x.grad).all())
     assert bool(out.converged.all())
+
+
+@pytest.mark.parametrize("oracle", [SequenceOracle(4, 3), SequenceOracle(20, 5)], ids=repr)
+def test_compiled_active_set_with_a_unary_penalty(oracle: SequenceOracle) -> None:
+    # the transitions enter linearly: the swaps of a structure dependent on the active set in
+    # the penalized parts, in both solvers
+    theta = torch.randn(40, oracle.dim, generator=torch.Generator().manual_seed(6)).double()
+    pen = oracle.unary_parts
+    (ref, ref_grad), (out, grad) = _torch_and_native(lambda: _solve(theta, oracle, penalized=pen))
+    assert torch.allclose(out.mu, ref.mu, atol=1e-10, rtol=0)
+    assert torch.allclose(grad, ref_grad, atol=1e-9, rtol=0)
+    assert bool(out.converged.all()) and bool(ref.converged.all())

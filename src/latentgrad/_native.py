@@ -413,21 +413,22 @@ def _store(z: Any, slot: int, parts: Any, counts: Any, dense: Any) -> None:
 
 
 @_jit
-def _gram(parts: Any, counts: Any, dense: Any, k: int) -> Any:
-    """The Gram matrix ``(k, k)`` of the first ``k`` slots."""
+def _gram(parts: Any, counts: Any, dense: Any, k: int, pen: Any) -> Any:
+    """The Gram matrix ``(k, k)`` of the first ``k`` slots over the penalized parts (``pen``:
+    0/1 per part)."""
     gram = np.zeros((k, k))
     for a in range(k):
         for c in range(k):
             s = 0.0
             for i in range(counts[a]):
-                s += dense[c, parts[a, i]]
+                s += dense[c, parts[a, i]] * pen[parts[a, i]]
             gram[a, c] = s
     return gram
 
 
 @_jit
 def _row(
-    theta: Any, kind: int, params: Any, settings: Any, warm: Any, consts: Any
+    theta: Any, kind: int, params: Any, settings: Any, warm: Any, consts: Any, pen: Any
 ) -> tuple[Any, Any, Any, Any, int]:
     """The active set of :func:`latentgrad.mappings._sparsemap._active_set` on one row.
 
@@ -477,7 +478,8 @@ def _row(
         mask[a] = p[a] > 0.0
         for i in range(counts[a]):
             score[a] += theta[parts[a, i]]
-    gram = _gram(parts, counts, dense, cap)
+    gram = _gram(parts, counts, dense, cap, pen)
+    penalized_all = pen.min() > 0.0
     kinv = _inverse(gram, mask, ridge)
     fine = False
     since_refresh = 0
@@ -506,7 +508,7 @@ def _row(
                 if mask[a]:
                     s = 0.0
                     for i in range(counts[a]):
-                        s += theta[parts[a, i]] - mu[parts[a, i]]
+                        s += theta[parts[a, i]] - mu[parts[a, i]] * pen[parts[a, i]]
                     res[a] = s - sol[cap]
             res[cap] = 1.0 - total
             corr = _bordered_product(res, kinv, cap)
@@ -542,12 +544,13 @@ def _row(
             p_new[a] /= total
         # Where nothing left, the oracle's best structure in direction theta - mu.
         mu = _mix(p_new, parts, counts, d)
-        g = theta - mu
+        g = theta - mu * pen  # the gradient of <theta, mu> - |P mu|^2 / 2
         add = False
+        pivot = False
         done = False
         gap = 0.0
         schur = 0.0
-        size = 0
+        size = 0.0
         inner = np.zeros(cap)
         u = np.zeros(cap + 1)
         if not shrunk:
@@ -565,13 +568,15 @@ def _row(
                     gap -= g[i] * mu[i]
             small = gap <= (floor if fine else loose)
             if not small:
-                size = new_count
+                size = 0.0
+                for i in range(new_count):
+                    size += pen[new_parts[i]]
                 b = np.zeros(cap + 1)
                 for a in range(cap):
                     s = 0.0
                     if new_mask[a]:
                         for i in range(new_count):
-                            s += dense[a, new_parts[i]]
+                            s += dense[a, new_parts[i]] * pen[new_parts[i]]
                     inner[a] = s
                     b[a] = s
                 b[cap] = 1.0
@@ -581,7 +586,18 @@ def _row(
                     bu += b[j] * u[j]
                 schur = size - bu
                 dependent = schur <= dependent_tol or (fine and gap <= drop * schur)
-                add = not dependent
+                if not penalized_all and schur <= dependent_tol:
+                    # P z in the affine hull of the active set's P z_a (coefficients c = u):
+                    # z still improves the objective if its score beats the combination's
+                    improve = 0.0
+                    for i in range(new_count):
+                        improve += theta[new_parts[i]]
+                    for a in range(cap):
+                        if new_mask[a]:
+                            improve -= u[a] * score[a]
+                    pivot = improve > (floor if fine else loose)
+                    dependent = not pivot
+                add = not dependent and not pivot
                 done = dependent
             else:
                 done = True
@@ -633,6 +649,32 @@ def _row(
                     first_left = a
             if free_slot < 0 and not new_mask[a]:
                 free_slot = a
+        if pivot:
+            # weight t moves onto z, t u_a off each active structure; the first to reach 0
+            # leaves and z takes its slot (the inverse is computed again below)
+            j, t = -1, math.inf
+            for a in range(cap):
+                if new_mask[a] and u[a] > negative:
+                    ratio = p_new[a] / u[a]
+                    if ratio < t:
+                        j, t = a, ratio
+            total = 0.0
+            for a in range(cap):
+                p_new[a] = max(p_new[a] - t * u[a], 0.0) if new_mask[a] else 0.0
+            p_new[j] = t
+            for a in range(cap):
+                total += p_new[a]
+            for a in range(cap):
+                p_new[a] /= total
+            _store(z_new, j, parts, counts, dense)
+            s = 0.0
+            for i in range(new_count):
+                s += theta[new_parts[i]]
+            score[j] = s
+            for a in range(cap):
+                gram[j, a] = inner[a]
+                gram[a, j] = inner[a]
+            gram[j, j] = size
         if add:
             j = free_slot
             for a in range(cap + 1):
@@ -646,7 +688,7 @@ def _row(
             new_mask[j] = True
             _store(z_new, j, parts, counts, dense)
             s = 0.0
-            for i in range(size):
+            for i in range(new_count):
                 s += theta[new_parts[i]]
             score[j] = s
             for a in range(cap):
@@ -662,7 +704,7 @@ def _row(
                     kinv[a, c] -= col[a] * col[c] / h
             kinv[j, j] += 1.0
         p, mask = p_new, new_mask
-        if dropped > 1:
+        if dropped > 1 or pivot:
             kinv = _inverse(gram, mask, ridge)
             since_refresh = 0
         iterations += 1
@@ -731,7 +773,8 @@ def _complete(
     for rd in range(rounds):
         if k >= max_active:
             break
-        kinv = _inverse(_gram(parts, counts, dense, k), np.ones(k, dtype=np.bool_), ridge)
+        ones = np.ones(d)
+        kinv = _inverse(_gram(parts, counts, dense, k, ones), np.ones(k, dtype=np.bool_), ridge)
         # the minimizer on the support, refined once
         rhs = np.zeros(k + 1)
         rhs[:k] = _slot_dot(theta, parts, counts, k)
@@ -787,11 +830,11 @@ def _complete(
 
 @_jit
 def _support_and_face(
-    theta: Any, kind: int, params: Any, settings: Any, warm: Any, consts: Any, xs: Any
+    theta: Any, kind: int, params: Any, settings: Any, warm: Any, consts: Any, xs: Any, pen: Any
 ) -> tuple[Any, Any, int, int]:
     """:func:`_row`, then the structures of weight above ``_DROP`` in slot order, then (with
     ``identify_face``) :func:`_complete`. Returns part lists, counts, support size, iterations."""
-    parts, counts, p, mask, iterations = _row(theta, kind, params, settings, warm, consts)
+    parts, counts, p, mask, iterations = _row(theta, kind, params, settings, warm, consts, pen)
     max_active, identify_face = settings[2], settings[3]
     drop = consts[1]
     k = 0
@@ -800,7 +843,7 @@ def _support_and_face(
             parts[k] = parts[a]
             counts[k] = counts[a]
             k += 1
-    if identify_face and k > 0:
+    if identify_face and k > 0 and pen.min() > 0.0:  # (the probes assume a full penalty)
         parts, counts, k = _complete(theta, kind, params, parts, counts, k, max_active, xs, consts)
     return parts, counts, k, iterations
 
@@ -812,13 +855,14 @@ def active_set_rows(
     settings: tuple[int, float, int, bool],
     consts: Any,
     xs: Any,
+    pen: Any,
     warm: tuple[Any, Any, Any] | None = None,
 ) -> list[tuple[Any, Any, int, int]]:
     """:func:`_support_and_face` on every row of ``theta`` ``(N, D)`` (float64 numpy):
     ``(part lists, counts, support size, iterations)`` per row. ``settings``: ``(max_iter, tol,
     max_active, identify_face)``; ``consts``: the solver's tolerances, in the order of
     ``latentgrad.mappings._sparsemap._native_consts``; ``xs``: the probe directions of the face
-    completion; ``warm``: part lists ``(N, A, width)``, counts ``(N, A)`` and weights ``(N, A)``
+    completion; ``pen``: 0/1 ``(D,)``, the parts in the quadratic term; ``warm``: part lists ``(N, A, width)``, counts ``(N, A)`` and weights ``(N, A)``
     of initial active sets."""
     max_iter, tol, max_active, identify_face = settings
     flat = (int(max_iter), float(tol), int(max_active), bool(identify_face))
@@ -826,7 +870,7 @@ def active_set_rows(
     out = []
     for r in range(theta.shape[0]):
         start = cold if warm is None else (warm[0][r], warm[1][r], warm[2][r])
-        out.append(_support_and_face(theta[r], kind, params, flat, start, consts, xs))
+        out.append(_support_and_face(theta[r], kind, params, flat, start, consts, xs, pen))
     return out
 
 

@@ -160,3 +160,15 @@ def test_sparsemap_over_structures_is_certified_by_brute_force(oracle) -> None:
     # every returned structure with positive weight is a vertex
     member = (result.structures.unsqueeze(-2) == vertices).all(-1).any(-1)
     assert bool(member[result.weights > 0].all())
+
+
+def test_the_distribution_passes_the_penalty() -> None:
+    oracle = SequenceOracle(4, 3)
+    theta = torch.randn(5, oracle.dim, generator=torch.Generator().manual_seed(7)).double()
+    q = lg.SparseMAP(theta, oracle, penalized=oracle.unary_parts)
+    direct = lg.mappings.sparsemap(theta, oracle, penalized=oracle.unary_parts)
+    assert torch.equal(q.mean, direct.mu)
+    with pytest.raises(ValueError, match="penalized"):
+        lg.SparseMAP(theta, oracle, penalized=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="penalized"):
+        lg.SparseMAP(theta, oracle, penalized=oracle.unary_parts.double())

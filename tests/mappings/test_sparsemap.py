@@ -765,3 +765,67 @@ def test_gram_matrices_are_exact_counts(parts: int, monkeypatch: pytest.MonkeyPa
     for bf16 in (False, True):
         monkeypatch.setattr(sparsemap_module, "_BF16_GRAM", bf16)
         assert torch.equal(sparsemap_module._gram(z), exact)
+
+
+# -- a penalty on some parts only (Niculae et al.'s SparseMAP over sequences) --------------------
+
+
+def _penalized_gap(
+    theta: Tensor, out: SparseMAPResult, oracle: StructureOracle, pen: Tensor
+) -> Tensor:
+    """``max_z <theta - P mu, z - mu>`` over every structure, per row."""
+    g = theta - out.mu * pen
+    every = oracle.enumerate().to(DT)
+    return (g @ every.T).amax(1) - (g * out.mu).sum(1)
+
+
+@pytest.mark.parametrize(
+    "oracle", [SequenceOracle(3, 3), SequenceOracle(4, 2), SequenceOracle(5, 3)], ids=repr
+)
+def test_unary_penalty_is_optimal_over_every_structure(oracle: SequenceOracle) -> None:
+    gen = torch.Generator().manual_seed(oracle.dim)
+    theta = torch.randn(60, oracle.dim, generator=gen, dtype=DT)
+    pen = oracle.unary_parts
+    out = sparsemap(theta, oracle, penalized=pen, strict=True)
+    # The objective is concave and mu a convex combination of structures, so a gap of 0 over
+    # every structure is the optimality certificate.
+    assert float(_penalized_gap(theta, out, oracle, pen.to(DT)).max()) <= 1e-9
+    assert bool((out.weights >= 0).all())
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(60, dtype=DT))
+    torch.testing.assert_close(torch.einsum("na,nad->nd", out.weights, out.structures), out.mu)
+    # a different problem from the ordinary SparseMAP: the transitions enter linearly
+    assert float((out.mu - sparsemap(theta, oracle).mu).abs().max()) > 1e-3
+
+
+def test_unary_penalty_gradients_match_finite_differences() -> None:
+    oracle = SequenceOracle(5, 3)
+    gen = torch.Generator().manual_seed(31)
+    theta = torch.randn(40, oracle.dim, generator=gen, dtype=DT)
+    c = torch.randn(40, oracle.dim, generator=gen, dtype=DT)
+    pen = oracle.unary_parts
+    x = theta.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((sparsemap(x, oracle, penalized=pen).mu * c).sum(), x)
+    h = 1e-6
+    for _ in range(3):
+        v = torch.randn(theta.shape, generator=gen, dtype=DT)
+        plus = (sparsemap(theta + h * v, oracle, penalized=pen).mu * c).sum(1)
+        minus = (sparsemap(theta - h * v, oracle, penalized=pen).mu * c).sum(1)
+        err = ((grad * v).sum(1) - (plus - minus) / (2 * h)).abs()
+        assert float(err.max()) <= 1e-5
+
+
+def test_penalizing_every_part_is_the_ordinary_sparsemap() -> None:
+    oracle = SequenceOracle(4, 3)
+    theta = torch.randn(20, oracle.dim, generator=torch.Generator().manual_seed(32), dtype=DT)
+    every = torch.ones(oracle.dim, dtype=torch.bool)
+    a, b = sparsemap(theta, oracle), sparsemap(theta, oracle, penalized=every)
+    assert torch.equal(a.mu, b.mu) and torch.equal(a.weights, b.weights)
+
+
+def test_penalized_validation() -> None:
+    oracle = SequenceOracle(3, 2)
+    theta = torch.randn(2, oracle.dim, dtype=DT)
+    with pytest.raises(TypeError, match="penalized"):
+        sparsemap(theta, oracle, penalized=oracle.unary_parts.double())
+    with pytest.raises(ValueError, match="penalized"):
+        sparsemap(theta, oracle, penalized=torch.ones(3, dtype=torch.bool))

@@ -177,6 +177,10 @@ class SparseMAP(_SparseStructures):
             the nested decomposition of the clamp; budgeted ones: the capped-simplex
             projection, decomposed by systematic sampling), ``"active_set"`` always runs the
             iterative solver; see :func:`~latentgrad.mappings.sparsemap`.
+        penalized: bool ``(D,)``, the parts in the quadratic term (default: all); e.g.
+            ``oracle.unary_parts`` of a :class:`~latentgrad.mappings.oracles.SequenceOracle`
+            for Niculae et al.'s SparseMAP over sequences, whose transitions enter linearly
+            (see :func:`~latentgrad.mappings.sparsemap`).
 
     Shape:
         ``batch_shape = scores.shape[:-1]``; ``event_shape`` is that of ``oracle.to_value`` of
@@ -209,6 +213,7 @@ class SparseMAP(_SparseStructures):
         tol: float = 1e-6,
         strict: bool = True,
         method: str = "auto",
+        penalized: Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if not callable(oracle):
@@ -220,6 +225,7 @@ class SparseMAP(_SparseStructures):
         if method not in ("auto", "active_set"):
             raise ValueError(f"method must be 'auto' or 'active_set', got {method!r}")
         self.method = method
+        self.penalized = penalized
         self._to_value_fn = getattr(oracle, "to_value", None)
         scores = check_finite_scores(scores, "scores")
         dim = getattr(oracle, "dim", None)
@@ -228,6 +234,14 @@ class SparseMAP(_SparseStructures):
                 f"oracle has dim {dim} but scores has D = {scores.shape[-1]} parts (its last "
                 f"dimension, shape {tuple(scores.shape)})"
             )
+        if penalized is not None:
+            if not isinstance(penalized, Tensor) or penalized.dtype != torch.bool:
+                raise TypeError("penalized must be a bool tensor over the D parts")
+            if penalized.shape != scores.shape[-1:]:
+                raise ValueError(
+                    f"penalized must have shape ({scores.shape[-1]},), got "
+                    f"{tuple(penalized.shape)}"
+                )
         event = None
         if self._to_value_fn is not None:
             event = self._to_value_fn(torch.zeros(1, scores.shape[-1])).shape[1:]
@@ -242,6 +256,7 @@ class SparseMAP(_SparseStructures):
             tol=self.tol,
             strict=self.strict,
             method=self.method,
+            penalized=self.penalized,
         )
         return self._result.structures, self._result.weights
 

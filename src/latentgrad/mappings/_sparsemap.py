@@ -149,6 +149,23 @@ def _call_oracle(oracle: Oracle, w: Tensor) -> Tensor:
     return z.to(w.dtype)
 
 
+def _check_penalized(penalized: object, d: int, device: torch.device) -> Tensor | None:
+    """The penalty of :func:`sparsemap` as 0/1 float64 ``(D,)``, or None for every part."""
+    if penalized is None:
+        return None
+    if not isinstance(penalized, Tensor) or penalized.dtype != torch.bool:
+        raise TypeError(f"penalized must be a bool tensor, got {_describe(penalized)}")
+    if penalized.shape != (d,):
+        raise ValueError(f"penalized must have shape ({d},), got {tuple(penalized.shape)}")
+    if bool(penalized.all()):
+        return None  # the ordinary SparseMAP
+    return penalized.to(device=device, dtype=torch.float64)
+
+
+def _describe(x: object) -> str:
+    return f"{x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+
+
 def _warm_arrays(warm: object, n: int, d: int, max_active: int) -> tuple[Tensor, Tensor]:
     """Structures ``(n, A, D)`` and weights ``(n, A)`` (float64) of a previous result."""
     if not isinstance(warm, SparseMAPResult):
@@ -179,6 +196,13 @@ class _Settings(NamedTuple):
     tol: float
     max_active: int
     identify_face: bool
+    #: The parts in the quadratic term, 0/1 float64 ``(D,)``; ``None``: all of them.
+    penalty: Tensor | None = None
+
+
+def _penalize(x: Tensor, penalty: Tensor | None) -> Tensor:
+    """``x`` with its unpenalized parts (last dimension) set to 0."""
+    return x if penalty is None else x * penalty
 
 
 class _Solution(NamedTuple):
@@ -368,7 +392,9 @@ def _grow_border(v: Tensor, k: int) -> Tensor:
 _REFINE = 1
 
 
-def _refine(rhs: Tensor, kinv: Tensor, idx: Tensor, theta: Tensor, mask: Tensor) -> Tensor:
+def _refine(
+    rhs: Tensor, kinv: Tensor, idx: Tensor, theta: Tensor, mask: Tensor, penalty: Tensor | None
+) -> Tensor:
     """The minimizer on the active set (slots ``idx``, see :func:`_parts`), by a solve with the
     inverse ``kinv`` improved by iterative refinement.
 
@@ -383,7 +409,7 @@ def _refine(rhs: Tensor, kinv: Tensor, idx: Tensor, theta: Tensor, mask: Tensor)
     for _ in range(_REFINE):
         p, nu = sol[:, :-1] * m, sol[:, -1:]
         mu = _combine(p, idx, d)
-        top = (_slot_scores(theta - mu, idx) - nu) * m
+        top = (_slot_scores(theta - _penalize(mu, penalty), idx) - nu) * m
         res = torch.cat([top, 1.0 - p.sum(1, keepdim=True)], 1)
         sol = sol + torch.bmm(res.unsqueeze(1), kinv).squeeze(1)
     return sol[:, :-1]
@@ -418,7 +444,7 @@ def _active_set(
     Rows that finish stay in the working arrays (masked) until half of them have finished;
     then the finished ones are written out and the rest compacted, so gathers stay rare.
     """
-    max_iter, tol, max_active, identify_face = settings
+    max_iter, tol, max_active, identify_face, pen = settings
     n, d = theta.shape
     dev = theta.device
     if warm is None:
@@ -427,11 +453,14 @@ def _active_set(
         p = theta.new_zeros(n, cap)
         p[:, 0] = 1.0
         gram = theta.new_zeros(n, cap, cap)
-        gram[:, 0, 0] = (idx[:, 0] < d).sum(1).to(theta.dtype)
+        if pen is None:
+            gram[:, 0, 0] = (idx[:, 0] < d).sum(1).to(theta.dtype)
+        else:
+            gram[:, 0, 0] = _slot_scores(pen.expand(n, d), idx[:, :1])[:, 0]
     else:
         z, p = warm
         cap = min(max_active, max(z.shape[1], 8))
-        gram = _grow_square(_gram(z), cap)
+        gram = _grow_square(_gram(_penalize(z, pen)), cap)
         idx = _grow(_parts(z.reshape(-1, d)).reshape(n, z.shape[1], -1), cap, d)
         p = _grow(p, cap)
     mask = p > 0
@@ -474,7 +503,7 @@ def _active_set(
         p_hat = torch.bmm(rhs, kinv)[:, 0, :cap]
         if bool(fine.any()):
             at = fine.nonzero().squeeze(1)
-            p_hat[at] = _refine(rhs[at], kinv[at], idx[at], th[at], mask[at])
+            p_hat[at] = _refine(rhs[at], kinv[at], idx[at], th[at], mask[at], pen)
         step = p_hat - p
         shrinking = mask & (step < 0)
         infeasible = (mask & (p_hat < -_NEGATIVE)).any(1) & live
@@ -491,7 +520,7 @@ def _active_set(
         p_new = p_new / p_new.sum(1, keepdim=True)
         # Where nothing left, ask the oracle for the best structure in direction theta - mu.
         mu = _combine(p_new, idx, d)
-        g = th - mu
+        g = th - _penalize(mu, pen)  # the gradient of <theta, mu> - |P mu|^2 / 2
         # The oracle sees g rounded to a grid far coarser than rounding noise: entries that tie
         # (or vanish) in exact arithmetic then tie exactly, so the oracle's deterministic
         # tie-breaking, not noise, picks among them, and the solver's path and final support
@@ -516,8 +545,9 @@ def _active_set(
         candidate = settled & ~small
         # The entering structure's border b = [M z; 1], u = K^-1 b, and its Schur complement:
         # its squared distance to the affine hull of the active set.
-        inner = _slot_scores(z_new, idx)
-        size = z_new.sum(1)
+        z_pen = _penalize(z_new, pen)
+        inner = _slot_scores(z_pen, idx)
+        size = z_pen.sum(1)
         b = torch.cat([inner * new_mask, torch.ones_like(inner[:, :1])], 1)
         b = b * candidate.unsqueeze(1)
         u = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)
@@ -528,7 +558,17 @@ def _active_set(
         # In the face phase a structure would enter with weight gap / schur: one at rounding
         # level would leave again at once (and come back, forever), so it ends the phase.
         dependent = dependent | (candidate & fine & (gap_i <= _DROP * schur))
-        add = candidate & ~dependent
+        pivot = torch.zeros_like(dependent)
+        if pen is not None:
+            # With parts outside the penalty, a structure whose penalized parts lie in the
+            # affine hull of the active set's (P z = sum_a c_a P z_a, sum c = 1) can still
+            # improve the objective, by sum_a c_a <theta, z_a> - <theta, z> < 0 per unit of
+            # weight moved onto it: then it replaces the structure that a ratio test picks.
+            c = u[:, :cap] * new_mask
+            improve = (z_new * th).sum(1) - (c * score).sum(1)
+            pivot = dependent & (schur <= _DEPENDENT) & (improve > torch.where(fine, floor, loose))
+            dependent = dependent & ~pivot
+        add = candidate & ~dependent & ~pivot
         done = settled & (small | dependent)
         if identify_face:
             # A row done on the grid starts the face-identification phase instead.
@@ -556,6 +596,16 @@ def _active_set(
         refresh = bool((dropped > 1).any())
         free_slot = (~new_mask).to(torch.uint8).argmax(1)
         j = torch.where(add, free_slot, left_slots.to(torch.uint8).argmax(1))
+        if bool(pivot.any()):
+            # the pivot: weight t moves onto z (into the slot that leaves), t c off the others
+            ratio = torch.where(new_mask & (c > _NEGATIVE), p_new / c.clamp_min(1e-300), math.inf)
+            t, out_slot = ratio.min(1)
+            t = torch.where(pivot, t, 0.0)
+            p_new = (p_new - t.unsqueeze(1) * c).clamp_min(0.0) * new_mask
+            p_new = p_new.scatter_add(1, out_slot.unsqueeze(1), t.unsqueeze(1))
+            p_new = torch.where(pivot.unsqueeze(1), p_new / p_new.sum(1, keepdim=True), p_new)
+            j = torch.where(pivot, out_slot, j)
+            refresh = True  # (a swap: the inverse is computed again)
         col = kinv[ar, j]
         h = col.gather(1, j.unsqueeze(1))
         e_j = torch.nn.functional.one_hot(j, cap + 1).to(u.dtype)
@@ -569,7 +619,7 @@ def _active_set(
         kinv.diagonal(dim1=1, dim2=2).add_(
             e_j * (single.to(u.dtype) - add.to(u.dtype)).unsqueeze(1)
         )
-        local = add.nonzero().squeeze(1)
+        local = (add | pivot).nonzero().squeeze(1)
         if local.numel():
             slot = j[local]
             z_add = z_new[local]
@@ -673,7 +723,7 @@ def _complete_face(
         ones = th.new_ones(w, 1)
         slots = _trim(parts.index_select(0, live), d)
         rhs = torch.cat([_slot_scores(th, slots) * m, ones], 1).unsqueeze(1)
-        p = _refine(rhs, kinv, slots, th, sup) * m
+        p = _refine(rhs, kinv, slots, th, sup, None) * m
         mu = _combine(p, slots, d)
         g = th - mu
         # r: x less its projection onto the directions of the hull (M^T S M x).
@@ -765,9 +815,12 @@ def _native_support(
         theta.contiguous().numpy(),
         kind,
         np.asarray(sizes, dtype=np.int64),
-        settings,
+        settings[:4],
         _native_consts(),
         _probe_directions(d, theta.dtype).numpy(),
+        (torch.ones(d, dtype=torch.float64) if settings.penalty is None else settings.penalty)
+        .cpu()
+        .numpy(),
         warm_np,
     )
     size = max(max(k for _, _, k, _ in rows), 1)
@@ -797,7 +850,7 @@ def _support(
     sol = _active_set(theta, oracle, settings, warm)
     order, support = support_slots(sol.mask & (sol.p > _DROP))
     structures = _take_slots(sol.z, order)
-    if settings.identify_face:
+    if settings.identify_face and settings.penalty is None:
         parts = _take_slots(sol.parts, order)
         structures, support = _complete_face(
             theta, oracle, structures, parts, support, settings.max_active
@@ -805,10 +858,11 @@ def _support(
     return structures, support, sol.iterations
 
 
-def duality_gap(theta: Tensor, mu: Tensor, oracle: Oracle) -> Tensor:
-    """``max_z <theta - mu, z - mu>`` per row (one oracle call), ``(n,)``; it bounds
-    ``||mu - mu*||^2`` for ``mu`` in the convex hull."""
-    g = theta - mu
+def duality_gap(theta: Tensor, mu: Tensor, oracle: Oracle, penalty: Tensor | None = None) -> Tensor:
+    """``max_z <theta - P mu, z - mu>`` per row (one oracle call), ``(n,)``; it bounds
+    ``||P (mu - mu*)||^2`` for ``mu`` in the convex hull (``P``: the penalized parts, all by
+    default)."""
+    g = theta - _penalize(mu, penalty)
     return (g * (_call_oracle(oracle, g) - mu)).sum(1)
 
 
@@ -829,9 +883,10 @@ def _compact(z: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
 # -- differentiation ------------------------------------------------------------------------------
 
 
-def _kkt_factor(z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """LU factors ``(LU, pivots)`` of the KKT matrices of :func:`_kkt_matrix` for slots ``z``."""
-    lu, pivots = _kkt_decompose(_gram(z), mask, torch.linalg.lu_factor_ex)
+def _kkt_factor(z: Tensor, mask: Tensor, penalty: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """LU factors ``(LU, pivots)`` of the KKT matrices of :func:`_kkt_matrix` for slots ``z``
+    (their Gram matrices over the penalized parts)."""
+    lu, pivots = _kkt_decompose(_gram(_penalize(z, penalty)), mask, torch.linalg.lu_factor_ex)
     return lu, pivots
 
 
@@ -851,16 +906,23 @@ class SparseMAPFunction(torch.autograd.Function):
     so ``dmu/dtheta`` is the orthogonal projection onto the directions of the support's affine
     hull. It factorizes the KKT matrices again, and only when ``theta`` needs a gradient.
 
+    With a ``penalty`` (0/1 per part, ``P`` as a diagonal matrix) the quadratic term covers the
+    penalized parts only: ``p = argmax_{sum(p) = 1} <theta, M^T p> - 1/2 ||P M^T p||^2``, with
+    ``M P M^T`` in place of ``M M^T`` in the KKT system and in ``S``.
+
     Inputs: ``theta (n, D)`` (float32 or float64), ``structures (n, A, D)`` (0/1, float),
     ``support (n, A)`` (bool; slots outside get weight 0; the support structures of a row must
-    be affinely independent). Returns ``(weights (n, A), mu (n, D))`` in theta's dtype,
-    computed in float64. Call it through :func:`sparsemap`, which checks the arguments.
+    be affinely independent, in the penalized parts), optionally ``penalty (D,)`` (0/1, float;
+    default: every part). Returns ``(weights (n, A), mu (n, D))`` in theta's dtype, computed in
+    float64. Call it through :func:`sparsemap`, which checks the arguments.
     """
 
     @staticmethod
-    def forward(theta: Tensor, structures: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        theta: Tensor, structures: Tensor, support: Tensor, penalty: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         z = structures.double()
-        lu, pivots = _kkt_factor(z, support)
+        lu, pivots = _kkt_factor(z, support, penalty)
         rhs = _kkt_rhs(z, support, theta.double())
         p = torch.linalg.lu_solve(lu, pivots, rhs)[:, : z.shape[1], 0] * support
         # Rounding only: on the support of the solution the weights are positive and sum to 1
@@ -872,17 +934,18 @@ class SparseMAPFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-        theta, structures, support = inputs
+        theta, structures, support, *rest = inputs
         ctx.theta_dtype = theta.dtype
         if ctx.needs_input_grad[0]:
+            ctx.penalty = rest[0] if rest else None
             ctx.save_for_backward(structures, support)
 
     @staticmethod
     def backward(
         ctx: Any, grad_p: Tensor | None, grad_mu: Tensor | None
-    ) -> tuple[Tensor | None, None, None]:
+    ) -> tuple[Tensor | None, None, None, None]:
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         structures, support = ctx.saved_tensors
         z = structures.double()
         n, k, _ = z.shape
@@ -892,11 +955,11 @@ class SparseMAPFunction(torch.autograd.Function):
         if grad_mu is not None:
             v = v + torch.bmm(grad_mu.double().unsqueeze(1), z.transpose(1, 2)).squeeze(1)
         v = v * support
-        lu, pivots = _kkt_factor(z, support)
+        lu, pivots = _kkt_factor(z, support, ctx.penalty)
         rhs = torch.cat([v, v.new_zeros(n, 1)], 1).unsqueeze(2)
         s_v = torch.linalg.lu_solve(lu, pivots, rhs)[:, :k, 0] * support
         grad_theta = torch.bmm(s_v.unsqueeze(1), z).squeeze(1)
-        return grad_theta.to(ctx.theta_dtype), None, None
+        return grad_theta.to(ctx.theta_dtype), None, None, None
 
 
 #: Rounds of dropping the structures whose re-solved weight vanished, then solving again.
@@ -904,7 +967,7 @@ _CLEAN_ROUNDS = 4
 
 
 def _weights_on_support(
-    theta: Tensor, structures: Tensor, support: Tensor
+    theta: Tensor, structures: Tensor, support: Tensor, penalty: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(structures, weights, mu)`` of :class:`SparseMAPFunction` on the support.
 
@@ -914,7 +977,7 @@ def _weights_on_support(
     ``+-1e-17``, either sign, depending on the rounding).
     """
     for _ in range(_CLEAN_ROUNDS):
-        weights, mu = _apply(SparseMAPFunction, theta, structures, support)
+        weights, mu = _apply(SparseMAPFunction, theta, structures, support, penalty)
         vanished = support & (weights.detach() <= _DROP)
         if not bool(vanished.any()):
             break
@@ -936,6 +999,7 @@ def sparsemap(
     strict: bool = False,
     method: str = "auto",
     identify_face: bool = True,
+    penalized: Tensor | None = None,
 ) -> SparseMAPResult:
     """SparseMAP: project ``theta`` onto the convex hull of the oracle's structures.
 
@@ -983,6 +1047,15 @@ def sparsemap(
         identify_face: run the active set to the exact face (above); ``False`` stops every
             row at ``gap <= tol``, which is faster but may leave out structures of tiny weight
             and then give a wrong Jacobian.
+        penalized: bool ``(D,)``, the parts in the quadratic term (default: all). SparseMAP
+            is then ``argmax_{mu in conv(Z)} <theta, mu> - 1/2 ||P mu||^2``, ``P`` keeping
+            the penalized parts, as Niculae et al. define it for structures with unary and
+            higher-order parts: the others (for sequences, the transitions: the unary parts are
+            :attr:`~latentgrad.mappings.oracles.SequenceOracle.unary_parts`) enter linearly.
+            The active set then also swaps a structure in when its penalized parts lie in the
+            affine hull of the active set's but its score improves the objective; the gap is
+            ``max_z <theta - P mu, z - mu>``. Runs the active set (no closed forms), without
+            the face probes (which assume every part is penalized).
 
     Returns:
         :class:`SparseMAPResult` ``(structures, weights, mu, gap, converged, iterations)``.
@@ -1032,6 +1105,9 @@ def sparsemap(
     if method == "active_set" or max_active is not None:
         closed_form = None
     max_active = d + 1 if max_active is None else check_int(max_active, "max_active", minimum=1)
+    penalty = _check_penalized(penalized, d, theta.device)
+    if penalty is not None:
+        closed_form = None
     batch = theta.shape[:-1]
     flat = theta.reshape(-1, d)
     n = flat.shape[0]
@@ -1039,10 +1115,10 @@ def sparsemap(
     warm = None if warm_start is None else _warm_arrays(warm_start, n, d, max_active)
     if closed_form is None:
         with torch.no_grad():
-            settings = _Settings(max_iter, tol, max_active, identify_face)
+            settings = _Settings(max_iter, tol, max_active, identify_face, penalty)
             structures, support, iterations = _support(th, oracle, settings, warm)
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-        structures, weights, mu = _weights_on_support(compute, structures, support)
+        structures, weights, mu = _weights_on_support(compute, structures, support, penalty)
     else:
         # Differentiable formulas in float64; the gap certifies them like the solver's output.
         structures, weights, mu = closed_form(flat.double())
@@ -1050,7 +1126,7 @@ def sparsemap(
     with torch.no_grad():
         # The gap of the returned point (in float64, as the solver works), never a stale one;
         # a point returned in float32 is judged at float32's rounding level.
-        gap = duality_gap(th, mu.detach().double(), oracle)
+        gap = duality_gap(th, mu.detach().double(), oracle, penalty)
         converged = gap <= gap_floor(th, mu.dtype).clamp_min(tol)
     if strict and not bool(converged.all()):
         bad = int((~converged).sum())

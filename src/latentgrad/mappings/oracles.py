@@ -616,6 +616,14 @@ class SequenceOracle(StructureOracle):
     def num_structures(self) -> int:
         return self.num_tags**self.length
 
+    @property
+    def unary_parts(self) -> Tensor:
+        """Bool ``(D,)``: the unary parts (the first ``L K``), the penalized ones in Niculae et
+        al.'s SparseMAP over sequences (``sparsemap(..., penalized=oracle.unary_parts)``)."""
+        mask = torch.zeros(self.dim, dtype=torch.bool, device="cpu")
+        mask[: self._num_unary] = True
+        return mask
+
     def decode(self, w: Tensor) -> Tensor:
         """The maximizing tag sequences themselves.
 
