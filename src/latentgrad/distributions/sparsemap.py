@@ -239,8 +239,7 @@ class SparseMAP(_SparseStructures):
                 raise TypeError("penalized must be a bool tensor over the D parts")
             if penalized.shape != scores.shape[-1:]:
                 raise ValueError(
-                    f"penalized must have shape ({scores.shape[-1]},), got "
-                    f"{tuple(penalized.shape)}"
+                    f"penalized must have shape ({scores.shape[-1]},), got {tuple(penalized.shape)}"
                 )
         event = None
         if self._to_value_fn is not None:

@@ -818,7 +818,11 @@ def _native_support(
         settings[:4],
         _native_consts(),
         _probe_directions(d, theta.dtype).numpy(),
-        (torch.ones(d, dtype=torch.float64) if settings.penalty is None else settings.penalty)
+        (
+            torch.ones(d, dtype=torch.float64, device="cpu")
+            if settings.penalty is None
+            else settings.penalty
+        )
         .cpu()
         .numpy(),
         warm_np,
