@@ -8,6 +8,7 @@ from torch import Tensor
 
 import latentgrad as lg
 import latentgrad.mappings._sparsemap as sparsemap_module
+from latentgrad import _native
 from latentgrad.mappings import SparseMAPFunction
 from latentgrad.mappings._capped_simplex import capped_simplex_projection
 from latentgrad.mappings._shared import support_slots
@@ -829,3 +830,14 @@ def test_penalized_validation() -> None:
         sparsemap(theta, oracle, penalized=oracle.unary_parts.double())
     with pytest.raises(ValueError, match="penalized"):
         sparsemap(theta, oracle, penalized=torch.ones(3, dtype=torch.bool))
+
+
+def test_unary_penalty_pivots_while_other_rows_grow_their_slots() -> None:
+    # 400 rows: some pivot in the same iteration in which others outgrow the active-set slots
+    # (the batched solver once failed on the shapes there). The gap, computed by the Viterbi
+    # oracle over every tag sequence, certifies each row.
+    oracle = SequenceOracle(20, 5)
+    theta = torch.randn(400, oracle.dim, generator=torch.Generator().manual_seed(9), dtype=DT)
+    with _native.disabled():  # the batched PyTorch solver, even where numba is installed
+        out = sparsemap(theta, oracle, penalized=oracle.unary_parts, strict=True)
+    assert float(out.gap.max()) <= 1e-9

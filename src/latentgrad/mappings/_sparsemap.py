@@ -598,6 +598,7 @@ def _active_set(
         j = torch.where(add, free_slot, left_slots.to(torch.uint8).argmax(1))
         if bool(pivot.any()):
             # the pivot: weight t moves onto z (into the slot that leaves), t c off the others
+            c = _grow(c, cap)  # (other rows may have grown the slots since)
             ratio = torch.where(new_mask & (c > _NEGATIVE), p_new / c.clamp_min(1e-300), math.inf)
             t, out_slot = ratio.min(1)
             t = torch.where(pivot, t, 0.0)
