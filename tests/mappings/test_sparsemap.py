@@ -841,3 +841,18 @@ def test_unary_penalty_pivots_while_other_rows_grow_their_slots() -> None:
     with _native.disabled():  # the batched PyTorch solver, even where numba is installed
         out = sparsemap(theta, oracle, penalized=oracle.unary_parts, strict=True)
     assert float(out.gap.max()) <= 1e-9
+
+
+def test_sparsemap_function_with_a_penalty_gradcheck() -> None:
+    oracle = SequenceOracle(4, 3)
+    pen = oracle.unary_parts
+    theta = torch.randn(4, oracle.dim, generator=torch.Generator().manual_seed(33), dtype=DT)
+    out = sparsemap(theta, oracle, penalized=pen)
+    structures, support = out.structures, out.weights > 0
+    x = theta.clone().requires_grad_()
+    penalty = pen.to(DT)
+    assert torch.autograd.gradcheck(
+        lambda t: SparseMAPFunction.apply(t, structures, support, penalty), (x,)
+    )
+    p, _ = SparseMAPFunction.apply(theta, structures, support, penalty)
+    torch.testing.assert_close(p, out.weights)
