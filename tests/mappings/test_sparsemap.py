@@ -118,6 +118,21 @@ def test_oracle_tie_breaking() -> None:
     assert FreeBits(4)(w).tolist() == [[1.0, 1.0, 1.0, 0.0]]
 
 
+@pytest.mark.parametrize("d", [1, 2, 5, 32, 128])
+def test_budget_oracle_is_the_stable_sort_selection(d: int) -> None:
+    # the budget largest positive scores, lower index first on ties, as a stable sort takes them
+    gen = torch.Generator().manual_seed(d)
+    for budget in sorted({1, max(1, d // 3), d // 2 or 1, d}):
+        for w in (
+            torch.randn(100, d, generator=gen, dtype=DT),
+            torch.randint(-2, 3, (100, d), generator=gen).to(DT),  # many ties
+            torch.zeros(3, d, dtype=DT),
+        ):
+            order = torch.sort(w, dim=-1, descending=True, stable=True).indices[:, :budget]
+            top = torch.zeros(w.shape, dtype=torch.bool).scatter_(-1, order, True)
+            assert torch.equal(BudgetBits(d, budget)(w).bool(), top & (w > 0))
+
+
 def test_oracle_validation() -> None:
     with pytest.raises(ValueError, match="budget"):
         BudgetBits(3, 4)

@@ -277,8 +277,14 @@ class BudgetBits(StructureOracle):
     def _solve(self, w: Tensor) -> Tensor:
         if self.budget == self.dim:
             return w > 0
-        order = torch.sort(w, dim=-1, descending=True, stable=True).indices[:, : self.budget]
-        top = torch.zeros(w.shape, dtype=torch.bool, device=w.device).scatter_(-1, order, True)
+        # The budget largest, lowest index first on ties (as a stable sort orders them): all
+        # above the budget-th largest value, then the first of those equal to it. (A selection,
+        # several times faster than sorting the rows.)
+        kth = -torch.kthvalue(-w, self.budget, dim=-1, keepdim=True).values
+        above = w > kth
+        tied = w == kth
+        room = self.budget - above.sum(-1, keepdim=True)
+        top = above | (tied & (tied.cumsum(-1) <= room))
         return top & (w > 0)
 
     def _native_spec(self) -> tuple[int, tuple[int, ...]]:
