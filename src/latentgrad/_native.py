@@ -666,15 +666,6 @@ def _row(
                 total += p_new[a]
             for a in range(cap):
                 p_new[a] /= total
-            _store(z_new, j, parts, counts, dense)
-            s = 0.0
-            for i in range(new_count):
-                s += theta[new_parts[i]]
-            score[j] = s
-            for a in range(cap):
-                gram[j, a] = inner[a]
-                gram[a, j] = inner[a]
-            gram[j, j] = size
         if add:
             j = free_slot
             for a in range(cap + 1):
@@ -686,6 +677,7 @@ def _row(
                         kinv[a, c] += ua * u[c]
             kinv[j, j] -= 1.0
             new_mask[j] = True
+        if add or pivot:  # z takes slot j: its parts, score, and Gram row and column
             _store(z_new, j, parts, counts, dense)
             s = 0.0
             for i in range(new_count):
