@@ -847,23 +847,38 @@ def active_set_rows(
     settings: tuple[int, float, int, bool],
     consts: Any,
     xs: Any,
-    pen: Any,
+    pen: Any | None = None,
     warm: tuple[Any, Any, Any] | None = None,
-) -> list[tuple[Any, Any, int, int]]:
-    """:func:`_support_and_face` on every row of ``theta`` ``(N, D)`` (float64 numpy):
-    ``(part lists, counts, support size, iterations)`` per row. ``settings``: ``(max_iter, tol,
-    max_active, identify_face)``; ``consts``: the solver's tolerances, in the order of
-    ``latentgrad.mappings._sparsemap._native_consts``; ``xs``: the probe directions of the face
-    completion; ``pen``: 0/1 ``(D,)``, the parts in the quadratic term; ``warm``: part lists ``(N, A, width)``, counts ``(N, A)`` and weights ``(N, A)``
-    of initial active sets."""
+) -> tuple[Any, Any, Any]:
+    """:func:`_support_and_face` on every row of ``theta`` ``(N, D)`` (float64 numpy).
+
+    ``settings``: ``(max_iter, tol, max_active, identify_face)``; ``consts``: the solver's
+    tolerances, in the order of ``latentgrad.mappings._sparsemap._native_consts``; ``xs``: the
+    probe directions of the face completion; ``pen``: 0/1 ``(D,)``, the parts in the quadratic
+    term (None: all); ``warm``: part lists ``(N, A, width)``, counts ``(N, A)`` and weights
+    ``(N, A)`` of initial active sets.
+
+    Returns the supports' part lists ``(N, A, width)`` (padded with ``D``; a row's slots past
+    its support repeat its first structure), the support sizes ``(N,)`` and the iterations
+    ``(N,)``.
+    """
+    n, d = theta.shape
     max_iter, tol, max_active, identify_face = settings
     flat = (int(max_iter), float(tol), int(max_active), bool(identify_face))
+    pen = np.ones(d) if pen is None else pen
     cold = (np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
-    out = []
-    for r in range(theta.shape[0]):
+    rows = []
+    for r in range(n):
         start = cold if warm is None else (warm[0][r], warm[1][r], warm[2][r])
-        out.append(_support_and_face(theta[r], kind, params, flat, start, consts, xs, pen))
-    return out
+        rows.append(_support_and_face(theta[r], kind, params, flat, start, consts, xs, pen))
+    sizes = np.array([k for _, _, k, _ in rows], dtype=np.int64)
+    iterations = np.array([it for _, _, _, it in rows], dtype=np.int64)
+    width = max(parts.shape[1] for parts, _, _, _ in rows)
+    out = np.full((n, max(int(sizes.max(initial=0)), 1), width), d, dtype=np.int64)
+    for r, (parts, _, k, _) in enumerate(rows):
+        out[r, :k, : parts.shape[1]] = parts[:k]
+        out[r, k:] = out[r, 0]
+    return out, sizes, iterations
 
 
 __all__ = [

@@ -44,6 +44,16 @@ def check_tensor(x: object, name: str, *, min_dim: int = 0) -> Tensor:
     return x
 
 
+def check_part_mask(x: object, name: str, d: int) -> Tensor:
+    """Check that ``x`` is a bool tensor of shape ``(d,)`` (one flag per part)."""
+    if not isinstance(x, Tensor) or x.dtype != torch.bool:
+        got = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a bool tensor over the {d} parts, got {got}")
+    if x.shape != (d,):
+        raise ValueError(f"{name} must have shape ({d},), got {tuple(x.shape)}")
+    return x
+
+
 def check_dim(dim: object, x: Tensor, name: str = "dim", of: str = "x") -> int:
     """A valid, non-empty dimension of ``x``, returned non-negative; ``of`` names ``x``."""
     if isinstance(dim, bool) or not isinstance(dim, int):

@@ -16,6 +16,7 @@ from latentgrad._validation import (
     check_int,
     check_nonnegative,
     check_optional_int,
+    check_part_mask,
     check_sample,
     is_meta,
     resolve_validate_args,
@@ -235,12 +236,7 @@ class SparseMAP(_SparseStructures):
                 f"dimension, shape {tuple(scores.shape)})"
             )
         if penalized is not None:
-            if not isinstance(penalized, Tensor) or penalized.dtype != torch.bool:
-                raise TypeError("penalized must be a bool tensor over the D parts")
-            if penalized.shape != scores.shape[-1:]:
-                raise ValueError(
-                    f"penalized must have shape ({scores.shape[-1]},), got {tuple(penalized.shape)}"
-                )
+            check_part_mask(penalized, "penalized", scores.shape[-1])
         event = None
         if self._to_value_fn is not None:
             event = self._to_value_fn(torch.zeros(1, scores.shape[-1])).shape[1:]

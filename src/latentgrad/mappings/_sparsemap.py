@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from latentgrad import _native
-from latentgrad._validation import check_int, check_nonnegative
+from latentgrad._validation import check_int, check_nonnegative, check_part_mask
 from latentgrad.mappings._shared import apply_function as _apply
 from latentgrad.mappings._shared import support_slots
 
@@ -153,17 +153,10 @@ def _check_penalized(penalized: object, d: int, device: torch.device) -> Tensor 
     """The penalty of :func:`sparsemap` as 0/1 float64 ``(D,)``, or None for every part."""
     if penalized is None:
         return None
-    if not isinstance(penalized, Tensor) or penalized.dtype != torch.bool:
-        raise TypeError(f"penalized must be a bool tensor, got {_describe(penalized)}")
-    if penalized.shape != (d,):
-        raise ValueError(f"penalized must have shape ({d},), got {tuple(penalized.shape)}")
-    if bool(penalized.all()):
+    mask = check_part_mask(penalized, "penalized", d)
+    if bool(mask.all()):
         return None  # the ordinary SparseMAP
-    return penalized.to(device=device, dtype=torch.float64)
-
-
-def _describe(x: object) -> str:
-    return f"{x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+    return mask.to(device=device, dtype=torch.float64)
 
 
 def _warm_arrays(warm: object, n: int, d: int, max_active: int) -> tuple[Tensor, Tensor]:
@@ -806,40 +799,28 @@ def _native_support(
     import numpy as np
 
     n, d = theta.shape
-    kind, sizes = spec
+    kind, oracle_sizes = spec
     warm_np = None
     if warm is not None:
         z, p = warm
-        parts = _parts(z.reshape(-1, d), int(sizes[2])).reshape(n, z.shape[1], -1)
+        parts = _parts(z.reshape(-1, d), int(oracle_sizes[2])).reshape(n, z.shape[1], -1)
         warm_np = (parts.numpy(), (parts < d).sum(-1).numpy(), (p * (p > 0)).numpy())
-    rows = _native.active_set_rows(
+    penalty = None if settings.penalty is None else settings.penalty.cpu().numpy()
+    slots, counts, iterations = _native.active_set_rows(
         theta.contiguous().numpy(),
         kind,
-        np.asarray(sizes, dtype=np.int64),
+        np.asarray(oracle_sizes, dtype=np.int64),
         settings[:4],
         _native_consts(),
         _probe_directions(d, theta.dtype).numpy(),
-        (
-            torch.ones(d, dtype=torch.float64, device="cpu")
-            if settings.penalty is None
-            else settings.penalty
-        )
-        .cpu()
-        .numpy(),
+        penalty,
         warm_np,
     )
-    size = max(max(k for _, _, k, _ in rows), 1)
-    width = max(r[0].shape[1] for r in rows)
-    cpu = theta.device  # (the compiled path runs on the CPU only)
-    idx = torch.full((n, size, width), d, dtype=torch.long, device=cpu)
-    support = torch.zeros(n, size, dtype=torch.bool, device=cpu)
-    iterations = torch.zeros(n, dtype=torch.long, device=cpu)
-    for r, (parts_r, _, k, it) in enumerate(rows):
-        idx[r, :k, : parts_r.shape[1]] = torch.from_numpy(parts_r[:k])
-        idx[r, k:] = idx[r, :1]  # padding: copies of the first structure, as support_slots pads
-        support[r, :k] = True
-        iterations[r] = it
-    return _dense(idx, d, theta.dtype), support, iterations
+    idx = torch.from_numpy(slots).to(theta.device)
+    support = torch.arange(idx.shape[1], device=theta.device) < torch.from_numpy(counts).to(
+        theta.device
+    ).unsqueeze(1)
+    return _dense(idx, d, theta.dtype), support, torch.from_numpy(iterations).to(theta.device)
 
 
 def _support(
