@@ -60,10 +60,13 @@ def test_every_estimator_trains_and_evaluates(name: str, digits: DataSplits) -> 
     trainable = make(tiny_config(estimator=name), digits)
     for batch in trainable.train_batches(0):
         metrics = trainable.train_step(batch)
-    assert set(metrics) >= {"loss", "loss_evals", "kl"}
+    assert set(metrics) >= {"loss", "loss_evals", "decoder_calls", "kl"}
     assert all(math.isfinite(v) for v in metrics.values()) and metrics["kl"] >= -1e-5
-    if trainable.model.sparse:  # decoder calls: the padded support, at least the nonzero ones
+    # The decoder runs once per distinct bit-vector: at most once per loss evaluation.
+    assert 0 < metrics["decoder_calls"] <= metrics["loss_evals"]
+    if trainable.model.sparse:  # loss evaluations: the packed support, rounded up
         assert 1 <= metrics["support_size"] <= metrics["loss_evals"]
+        assert metrics["decoder_calls"] <= metrics["support_size"] + 1e-12
     for split in ("valid", "test"):
         result = trainable.evaluate(split)
         assert set(result) == {"nelbo", "nll", "bpd", "kl", "support_size"}
@@ -146,6 +149,36 @@ def test_the_sparse_elbo_is_exact_and_the_bound_beats_it() -> None:
     torch.testing.assert_close(bound.elbo, expected - bound.kl)
     assert bool((bound.log_px >= bound.elbo - 0.05).all())  # nll <= nelbo, up to the MC error
     torch.testing.assert_close(bound.support_size, (probs > 0).sum(0).double())
+
+
+def test_repeated_bit_vectors_are_decoded_once_with_the_same_values_and_gradients() -> None:
+    torch.manual_seed(7)
+    model = BitVectorVAE(6, 5, levels=4, hidden=8, pixel_features=3).double()
+    z = bit_vectors(5).double()[torch.randint(0, 32, (60,))]  # about 27 distinct of 60
+    x = torch.randint(0, 4, (12, 6)).repeat(5, 1)  # pair n gets image n % 12
+    rows: list[int] = []
+    model.decoder.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    params = [*model.decoder.parameters(), *model.pixel_logits.parameters()]
+    nll = model.nll_rows(z, x)
+    grads = torch.autograd.grad((nll * torch.linspace(0.5, 2.0, 60)).sum(), params)
+    # The reference: every row decoded, the plain cross-entropy of the pixel logits.
+    logits = model.decode(z)
+    ref = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(-1)
+    ref_grads = torch.autograd.grad((ref * torch.linspace(0.5, 2.0, 60)).sum(), params)
+    assert rows == [torch.unique(z, dim=0).shape[0], 60] and rows[0] < 40
+    torch.testing.assert_close(nll, ref, rtol=0, atol=1e-10)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+    # log_likelihood: a leading sample dim, the images broadcast over it; the same pairs.
+    ll = model.log_likelihood(x[:12])(z.view(5, 12, 5))
+    torch.testing.assert_close(ll, -ref.detach().view(5, 12), rtol=0, atol=1e-10)
+    # A z with a gradient (a relaxation) is decoded row by row, with a gradient into z.
+    z_grad = z.clone().requires_grad_()
+    (got,) = torch.autograd.grad(model.nll_rows(z_grad, x).sum(), z_grad)
+    plain = torch.nn.functional.cross_entropy(model.decode(z_grad).transpose(1, 2), x)
+    (want,) = torch.autograd.grad(plain * x.numel(), z_grad)
+    assert rows[-2:] == [60, 60]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("family", ["softmax", "topk-sparsemax", "sparsemap"])

@@ -1,0 +1,83 @@
+"""The shared image-model parts of ``latentgrad.lab.images``: the chunked log-partition of a
+linear output layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latentgrad.lab.images import linear_logsumexp
+
+
+def dense(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return (h @ weight.T + bias).logsumexp(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_matches_the_dense_log_partition_in_value_and_gradient(chunk: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    out = linear_logsumexp(h, w, b, chunk=chunk)
+    grads = torch.autograd.grad((out * up).sum(), (h, w, b))
+    ref = dense(h, w, b)
+    ref_grads = torch.autograd.grad((ref * up).sum(), (h, w, b))
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: linear_logsumexp(*a, chunk=3), (h, w, b))
+
+
+def test_only_the_needed_gradients_and_no_bias() -> None:
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64)
+    (gh,) = torch.autograd.grad(linear_logsumexp(h, w, chunk=2).sum(), (h,))
+    torch.testing.assert_close(gh, torch.softmax(h @ w.T, -1) @ w, rtol=0, atol=1e-12)
+
+
+def test_extreme_logits_stay_finite() -> None:
+    layer = nn.Linear(2, 4)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1e4, 0.0], [-1e4, 0.0], [0.0, 1e4], [0.0, 0.0]]))
+        layer.bias.copy_(torch.tensor([0.0, -float("inf"), 0.0, 0.0]))  # one level impossible
+    h = torch.tensor([[1.0, 0.5], [-1.0, -1.0], [0.0, 0.0]], requires_grad=True)
+    out = linear_logsumexp(h, layer.weight, layer.bias, chunk=2)
+    out.sum().backward()
+    torch.testing.assert_close(out, dense(h, layer.weight, layer.bias))
+    assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()  # type: ignore[arg-type]
+    assert torch.isfinite(layer.weight.grad).all() and torch.isfinite(layer.bias.grad).all()  # type: ignore[arg-type]
+
+
+def test_no_graph_under_no_grad() -> None:
+    h = torch.randn(3, 2, requires_grad=True)
+    w = torch.randn(4, 2, requires_grad=True)
+    with torch.no_grad():
+        out = linear_logsumexp(h, w)
+    assert out.grad_fn is None and not out.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"chunk": 0}, "chunk"),
+        ({"chunk": 2.0}, "chunk"),
+        ({"weight": torch.zeros(4, 3)}, "weight"),
+        ({"weight": torch.zeros(4)}, "weight"),
+        ({"bias": torch.zeros(3)}, "bias"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"h": torch.zeros(2, 2), "weight": torch.zeros(4, 2)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        linear_logsumexp(**args)  # type: ignore[arg-type]
