@@ -72,7 +72,6 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentgrad.distributions import Bernoulli, SparseMAP, TopKSparsemax

@@ -242,7 +242,7 @@ class LinearLogSumExp(torch.autograd.Function):
     rows at a time (see :func:`linear_logsumexp`)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         h: Tensor,
         weight: Tensor,
@@ -262,7 +262,7 @@ class LinearLogSumExp(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         h, weight, bias, lse = ctx.saved_tensors  # type: ignore[attr-defined]
