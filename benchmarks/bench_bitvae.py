@@ -51,6 +51,7 @@ Usage::
     python benchmarks/bench_bitvae.py --train-steps 60 --rounds 3
     python benchmarks/bench_bitvae.py --checkpoint runs/bitvae/sparsemap-seed0/checkpoint.pt
     python benchmarks/bench_bitvae.py --active-set-only
+    python benchmarks/bench_bitvae.py --plain-too   # also the loss as it was: every row, all logits
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from torch import Tensor
 from latentgrad import _native
 from latentgrad.data import load_dataset
 from latentgrad.estimators import pack_support
-from latentgrad.experiments.bitvae import BitVAEConfig, BitVAETrainable
+from latentgrad.experiments.bitvae import BitVAEConfig, BitVAETrainable, BitVectorVAE
 from latentgrad.lab import ESTIMATORS
 from latentgrad.mappings._sparsemap import sparsemap
 from latentgrad.mappings.oracles import BudgetBits, FreeBits
@@ -187,8 +188,29 @@ def fmt(q: tuple[float, float, float]) -> str:
     return f"{q[1]:9.1f} [{q[0]:.1f}, {q[2]:.1f}]"
 
 
-def compare(label: str, ts: dict[str, BitVAETrainable], batches: list[Tensor], rounds: int) -> None:
-    """Time the three contenders from the current state of ``ts`` and print the table."""
+def plain_nll_rows(model: BitVectorVAE, z: Tensor, x: Tensor) -> Tensor:
+    """The decoder on every row and the cross-entropy of all its logits (no distinct rows, no
+    blocked log-partition): how ``BitVectorVAE.nll_rows`` computed the loss before."""
+    model.decoded_rows += z.shape[0]
+    logits = model.decode(z)
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, -2), x.flatten(), reduction="none")
+    return nll.view(x.shape).sum(-1)
+
+
+def plain(t: BitVAETrainable) -> BitVAETrainable:
+    """``t`` with its model's ``nll_rows`` replaced by :func:`plain_nll_rows`."""
+    model = t.model
+    model.nll_rows = lambda z, x: plain_nll_rows(model, z, x)  # type: ignore[method-assign]
+    return t
+
+
+def compare(
+    label: str,
+    ts: dict[str, BitVAETrainable],
+    batches: list[Tensor],
+    rounds: int,
+) -> None:
+    """Time the contenders from the current state of ``ts`` and print the table."""
     states = {k: snapshot(t) for k, t in ts.items()}
     steps = {
         "sparsemap": Contender(
@@ -197,6 +219,12 @@ def compare(label: str, ts: dict[str, BitVAETrainable], batches: list[Tensor], r
         "sparsemap-padded": Contender(ts["padded"], states["padded"], batches, padded_step),
         "gs": Contender(ts["gs"], states["gs"], batches, BitVAETrainable.train_step),
     }
+    for name in ("sparsemap", "gs"):
+        if f"{name}-plain" in ts:
+            t = ts[f"{name}-plain"]
+            steps[f"{name}, plain decoder"] = Contender(
+                t, states[f"{name}-plain"], batches, BitVAETrainable.train_step
+            )
     stats = time_steps(steps, rounds)
     sm = steps["sparsemap"].metrics
     support = statistics.mean(m["support_size"] for m in sm)
@@ -213,7 +241,7 @@ def compare(label: str, ts: dict[str, BitVAETrainable], batches: list[Tensor], r
         + ", ".join(f"{k} {v:.2f}" for k, v in calls.items())
     )
     for name, q in stats.items():
-        print(f"  {name:18s} {fmt(q)}   ratio to gs {q[1] / gs:5.2f}x")
+        print(f"  {name:24s} {fmt(q)}   ratio to gs {q[1] / gs:5.2f}x")
     parts = [phases(ts["sparsemap"], states["sparsemap"], b) for b in batches[:rounds]]
     solver = [solver_alone(ts["sparsemap"], b) for b in batches[:rounds]]
     restore(ts["sparsemap"], states["sparsemap"])
@@ -303,6 +331,11 @@ def main() -> None:
     parser.add_argument("--active-set-rounds", type=int, default=3)
     parser.add_argument("--skip-active-set", action="store_true")
     parser.add_argument("--active-set-only", action="store_true", help="time the solver only")
+    parser.add_argument(
+        "--plain-too",
+        action="store_true",
+        help="also time both steps with the plain decoder loss (every row, all logits)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data, name = load_images(args.data)
@@ -312,6 +345,9 @@ def main() -> None:
     torch.manual_seed(0)
     ts = {"sparsemap": trainable("sparsemap", 32, data), "gs": trainable("gs", 32, data)}
     ts["padded"] = trainable("sparsemap", 32, data)
+    if args.plain_too:
+        ts["sparsemap-plain"] = plain(trainable("sparsemap", 32, data))
+        ts["gs-plain"] = plain(trainable("gs", 32, data))
     init = ts["sparsemap"].modules.state_dict()
     for t in ts.values():
         t.modules.load_state_dict(init, strict=False)

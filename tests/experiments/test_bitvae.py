@@ -69,8 +69,9 @@ def test_every_estimator_trains_and_evaluates(name: str, digits: DataSplits) -> 
         assert metrics["decoder_calls"] <= metrics["support_size"] + 1e-12
     for split in ("valid", "test"):
         result = trainable.evaluate(split)
-        assert set(result) == {"nelbo", "nll", "bpd", "kl", "support_size"}
+        assert set(result) == {"nelbo", "nll", "bpd", "kl", "support_size", "codes"}
         assert all(math.isfinite(v) for v in result.values()) and result["nll"] > 0
+        assert 1 <= result["codes"] <= 20 and result["codes"] == int(result["codes"])
         assert result["bpd"] == pytest.approx(result["nll"] / (64 * math.log(2)))
 
 
@@ -292,7 +293,7 @@ def test_runs_through_the_runner(tmp_path: Path) -> None:
     config = tiny_config(estimator="sparsemap", epochs=1, max_steps_per_epoch=2)
     results = run(EXPERIMENT, config, tmp_path / "run", progress=False, plots=False)
     assert results["primary_metric"] == "bpd" and results["epochs"] == 1
-    assert set(results["test"]) == {"nelbo", "nll", "bpd", "kl", "support_size"}
+    assert set(results["test"]) == {"nelbo", "nll", "bpd", "kl", "support_size", "codes"}
     assert results["train_final"]["support_size"] >= 1
     assert (tmp_path / "run" / "results.json").exists()
 

@@ -408,6 +408,15 @@ class BitVectorVAE(nn.Module):
             return SparseMAP(scores, oracle, validate_args=False)
         return Bernoulli(logits=scores)
 
+    def modal_code(self, x: Tensor) -> Tensor:
+        """The most probable bit-vector of ``q(z | x)`` per image, ``(B, D)``: the structure of
+        largest weight of a sparse ``q``, the bits with positive scores of factorized bits."""
+        q = self.posterior(x)
+        if isinstance(q, Bernoulli):
+            return (q.logits > 0).to(q.logits.dtype)
+        values, probs = q.support_probs()
+        return values[probs.argmax(0), torch.arange(x.shape[0], device=x.device)]
+
     def decode(self, z: Tensor) -> Tensor:
         """Pixel logits of ``p(x | z)``, shape ``z.shape[:-1] + (P, levels)``."""
         features = self.decoder(z).unflatten(-1, (self.num_pixels, self.pixel_features))
@@ -696,7 +705,8 @@ class BitVAETrainable:
 
     def evaluate(self, split: str) -> Mapping[str, float]:
         """``nelbo``, ``nll`` (the importance-sampled ``-log p(x)``) and ``kl`` in nats per image,
-        ``bpd`` (``nll / (P log 2)``) and ``support_size`` (bit-vectors of nonzero ``q``).
+        ``bpd`` (``nll / (P log 2)``), ``support_size`` (bit-vectors of nonzero ``q``) and
+        ``codes`` (the distinct modal codes of the evaluated images, :meth:`distinct_codes`).
 
         ``eval_samples`` importance samples (``valid_samples`` on ``"valid"``), drawn from
         torch's global RNG, whose state is restored afterwards (the runner seeds it).
@@ -713,7 +723,15 @@ class BitVAETrainable:
             "bpd": nll / (self.images.num_pixels * math.log(2.0)),
             "kl": float(bound.kl.mean()),
             "support_size": float(bound.support_size.mean()),
+            "codes": self.distinct_codes(x),
         }
+
+    @torch.no_grad()
+    def distinct_codes(self, x: Tensor) -> float:
+        """How many different modal codes (:meth:`BitVectorVAE.modal_code`) the images ``x``
+        get: at most ``len(x)``; a handful means the latent tells the decoder little."""
+        codes = torch.cat([self.model.modal_code(xs) for xs in x.split(EVAL_CHUNK)])
+        return float(torch.unique(codes, dim=0).shape[0])
 
 
 def build(config: BitVAEConfig, chosen: ResolvedEstimator) -> BitVAETrainable:
