@@ -81,3 +81,18 @@ def test_bad_arguments_are_named(kwargs: dict[str, object], match: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         linear_logsumexp(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_finite_and_close(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(10, 3, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(7, 3, generator=g).to(dtype).requires_grad_()
+    b = torch.randn(7, generator=g).to(dtype).requires_grad_()
+    out = linear_logsumexp(h, w, b, chunk=4)
+    out.sum().backward()
+    ref = dense(h.detach().float(), w.detach().float(), b.detach().float())
+    tol = 8 * torch.finfo(dtype).eps * (1 + ref.abs().max())
+    assert out.dtype == dtype and float((out.detach().float() - ref).abs().max()) < tol
+    for t in (h, w, b):
+        assert t.grad is not None and bool(torch.isfinite(t.grad).all())
