@@ -460,8 +460,11 @@ class BitVectorVAE(nn.Module):
         log_partition = linear_logsumexp(features, layer.weight, layer.bias).sum(-1)
         if inverse is not None:
             features, log_partition = features[inverse], log_partition[inverse]
-        level_weights = layer.weight.index_select(0, x.flatten()).view(*x.shape, -1)
-        observed = (features * level_weights).sum(-1) + layer.bias[x]
+        levels = x.flatten()
+        level_weights = layer.weight.index_select(0, levels).view(*x.shape, -1)
+        observed = (features * level_weights).sum(-1) + layer.bias.index_select(0, levels).view(
+            x.shape
+        )
         return log_partition - observed.sum(-1)
 
     def reconstruction_loss(self, x: Tensor) -> PackedLoss:
