@@ -745,7 +745,7 @@ def build(config: BitVAEConfig, chosen: ResolvedEstimator) -> BitVAETrainable:
 
 
 def support_figure(sources: Sequence[str | Path], path: str | Path) -> Path:
-    """The mean support size (decoder calls per image) over training of the sparse families
+    """The mean support size (structures per image) over training of the sparse families
     in the ``bitvae`` runs or results records ``sources``: one panel per latent size ``D``, one
     line per estimator (the mean over its seeds), against training steps, log scale. The
     README's figure is made this way from ``results/bitvae``.
@@ -784,7 +784,7 @@ def support_figure(sources: Sequence[str | Path], path: str | Path) -> Path:
             ax.plot(steps, means, marker="o", markersize=3, label=f"{name} (n={len(runs)})")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
-        ax.set_ylabel("mean support size (decoder calls per image)")
+        ax.set_ylabel("mean support size (structures per image)")
         ax.set_title(f"bitvae, D = {bits}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
