@@ -152,6 +152,31 @@ def test_the_sparse_elbo_is_exact_and_the_bound_beats_it() -> None:
     torch.testing.assert_close(bound.support_size, (probs > 0).sum(0).double())
 
 
+@pytest.mark.parametrize("budget", [None, 3])
+def test_the_one_hot_bit_encoding_is_sparsemap_over_half_shifted_scores(budget: int | None) -> None:
+    torch.manual_seed(8)
+    ones = BitVectorVAE(6, 5, levels=4, hidden=8, family="sparsemap", budget=budget)
+    pairs = BitVectorVAE(
+        6, 5, levels=4, hidden=8, family="sparsemap", budget=budget, bit_encoding="one-hot"
+    )
+    pairs.load_state_dict(ones.state_dict())
+    x = torch.randint(0, 4, (7, 6))
+    s = ones.encoder(ones.inputs(x)).detach()
+    mean = pairs.posterior(x).mean
+    if budget is None:  # the box: Correia et al.'s clamp((s + 1) / 2, 0, 1)
+        torch.testing.assert_close(mean, ((s + 1) / 2).clamp(0, 1))
+
+    # Over the pairs [m; 1 - m] with scores [s; 0] the objective is twice SparseMAP's over m
+    # with scores (s + 1) / 2 (plus a constant): compare the objectives at both means.
+    def pair_objective(m: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([m, 1 - m], -1)
+        return (torch.cat([s, torch.zeros_like(s)], -1) * both).sum(-1) - both.square().sum(-1) / 2
+
+    assert bool((pair_objective(mean) >= pair_objective(ones.posterior(x).mean) - 1e-5).all())
+    with pytest.raises(ValueError, match="bit_encoding"):
+        BitVectorVAE(6, 5, family="sparsemap", bit_encoding="pairs")
+
+
 def test_repeated_bit_vectors_are_decoded_once_with_the_same_values_and_gradients() -> None:
     torch.manual_seed(7)
     model = BitVectorVAE(6, 5, levels=4, hidden=8, pixel_features=3).double()
@@ -253,6 +278,7 @@ def test_the_optimizer_gets_the_preset_learning_rate(digits: DataSplits) -> None
         ("valid_samples", 0),
         ("lr", -1.0),
         ("eval_samples", 0),
+        ("bit_encoding", "pairs"),
     ],
 )
 def test_validate_names_the_field(field: str, value: object) -> None:

@@ -143,6 +143,9 @@ LEARNING_RATES: Mapping[int, Mapping[str, float]] = {
 #: levels`` logits (0.8 MB in float32 for Fashion-MNIST), and a pass holds a few such tensors.
 EVAL_CHUNK = 2**8
 
+#: How SparseMAP sees the scores (``BitVAEConfig.bit_encoding``).
+BIT_ENCODINGS = ("ones", "one-hot")
+
 #: The latent families this experiment builds, by ``ResolvedEstimator.latent``.
 FAMILIES = ("softmax", "topk-sparsemax", "sparsemap")
 
@@ -187,6 +190,12 @@ class BitVAEConfig(PresetLRConfig):
             ``{0, 1}^D`` in the importance-sampling proposal ``(1 - eps) q + eps uniform``.
         valid_samples: importance samples for the validation bound (``None``:
             ``eval_samples``).
+        bit_encoding: how SparseMAP sees the encoder's scores ``s``: ``"ones"`` scores the
+            ones of ``z`` (mean ``clamp(s, 0, 1)``); ``"one-hot"`` scores each bit as an
+            on/off pair with scores ``(s_i, 0)``, as Correia et al.'s code does (LP-SparseMAP
+            factors over ``2D`` indicators), which is SparseMAP over the ones with scores
+            ``(s + 1) / 2`` (mean ``clamp((s + 1) / 2, 0, 1)``): at initialization the scores
+            sit mid-box instead of on its faces. Other families ignore it.
     """
 
     estimator: str = "sparsemap"
@@ -201,6 +210,7 @@ class BitVAEConfig(PresetLRConfig):
     activation: Literal["relu", "tanh"] = "relu"
     uniform_mix: float = 0.1
     valid_samples: int | None = 100
+    bit_encoding: Literal["ones", "one-hot"] = "ones"
 
     def preset_learning_rates(self) -> Mapping[str, float]:
         """Correia et al.'s learning rates for ``num_bits`` (:data:`LEARNING_RATES`), which
@@ -236,6 +246,7 @@ class BitVAEConfig(PresetLRConfig):
         ok = is_positive_int(levels) and 2 <= levels <= 256
         require(ok, "levels", "an int in [2, 256]", levels)
         require_choice(self, "activation", ACTIVATIONS)
+        require_choice(self, "bit_encoding", BIT_ENCODINGS)
         mix = self.uniform_mix
         ok = isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0 < mix <= 1
         require(ok, "uniform_mix", "a number in (0, 1]", mix)
@@ -337,6 +348,8 @@ class BitVectorVAE(nn.Module):
             ``"sparsemap"``.
         k: the structures of top-k sparsemax.
         budget: SparseMAP over bit-vectors with at most ``budget`` ones (``None``: free bits).
+        bit_encoding: ``"ones"`` or ``"one-hot"`` (SparseMAP sees ``(s + 1) / 2``), see
+            :class:`BitVAEConfig`.
 
     Shape:
         ``x``: ``(B, P)`` integer levels; ``z``: ``S + (B, D)`` with any leading ``S``;
@@ -364,10 +377,14 @@ class BitVectorVAE(nn.Module):
         family: str = "softmax",
         k: int = 10,
         budget: int | None = None,
+        bit_encoding: str = "ones",
     ) -> None:
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        if bit_encoding not in BIT_ENCODINGS:
+            raise ValueError(f"bit_encoding must be one of {BIT_ENCODINGS}, got {bit_encoding!r}")
+        self.bit_encoding = bit_encoding
         self.num_pixels = num_pixels
         self.num_bits = num_bits
         self.levels = levels
@@ -404,6 +421,10 @@ class BitVectorVAE(nn.Module):
         if self.family == "sparsemap":
             d = self.num_bits
             oracle = FreeBits(d) if self.budget is None else BudgetBits(d, self.budget)
+            if self.bit_encoding == "one-hot":
+                # max <[s; 0], [m; 1 - m]> - |[m; 1 - m]|^2 / 2 = 2 (<(s + 1) / 2, m> - |m|^2 / 2)
+                # + const: the same problem over the ones, with scores (s + 1) / 2.
+                scores = (scores + 1.0) / 2.0
             # No support check: the bound evaluates log q at every bit-vector (0 off its support).
             return SparseMAP(scores, oracle, validate_args=False)
         return Bernoulli(logits=scores)
@@ -658,6 +679,7 @@ class BitVAETrainable:
             family=family,
             k=k,
             budget=budget,
+            bit_encoding=config.bit_encoding,
         )
         self.estimator = chosen.estimator
         self.modules = nn.ModuleDict({"model": self.model, "estimator": self.estimator})
