@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from latentgrad._validation import check_int
 from latentgrad.estimators import GumbelSoftmax
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -73,13 +74,14 @@ def make_optimizer(
 
 def has_relaxed_value(estimator: object) -> bool:
     """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples
-    (a Gumbel-Softmax that is neither straight-through nor ``honest_value``): then a training
-    step reports it as ``relaxed_loss`` and ``loss`` as NaN.
+        (a Gumbel-Softmax that is neither straight-through nor ``honest_value``): then a training
+        step reports it as ``relaxed_loss`` and ``loss`` as NaN.
 
-    Example:
-        >>> from latentgrad.estimators import GumbelSoftmax
-        >>> has_relaxed_value(GumbelSoftmax(honest_value=False)), has_relaxed_value(GumbelSoftmax())
-        (True, False)
+        Example:
+            >>> from latentgrad._validation import check_int
+    from latentgrad.estimators import GumbelSoftmax
+            >>> has_relaxed_value(GumbelSoftmax(honest_value=False)), has_relaxed_value(GumbelSoftmax())
+            (True, False)
     """
     return (
         isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
@@ -318,8 +320,7 @@ def linear_logsumexp(
         >>> torch.allclose(out, layer(h).logsumexp(-1), atol=1e-6)
         True
     """
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_int(chunk, "chunk", minimum=1)
     if weight.dim() != 2 or h.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"weight must have shape (L, F) with F = h.shape[-1] = {h.shape[-1]}, got "
