@@ -74,14 +74,13 @@ def make_optimizer(
 
 def has_relaxed_value(estimator: object) -> bool:
     """Whether ``estimator``'s value is a relaxed loss rather than the loss at discrete samples
-        (a Gumbel-Softmax that is neither straight-through nor ``honest_value``): then a training
-        step reports it as ``relaxed_loss`` and ``loss`` as NaN.
+    (a Gumbel-Softmax that is neither straight-through nor ``honest_value``): then a training
+    step reports it as ``relaxed_loss`` and ``loss`` as NaN.
 
-        Example:
-            >>> from latentgrad._validation import check_int
-    from latentgrad.estimators import GumbelSoftmax
-            >>> has_relaxed_value(GumbelSoftmax(honest_value=False)), has_relaxed_value(GumbelSoftmax())
-            (True, False)
+    Example:
+        >>> from latentgrad.estimators import GumbelSoftmax
+        >>> has_relaxed_value(GumbelSoftmax(honest_value=False)), has_relaxed_value(GumbelSoftmax())
+        (True, False)
     """
     return (
         isinstance(estimator, GumbelSoftmax) and not estimator.hard and not estimator.honest_value
