@@ -438,10 +438,13 @@ class BitVectorVAE(nn.Module):
         values, probs = q.support_probs()
         return values[probs.argmax(0), torch.arange(x.shape[0], device=x.device)]
 
+    def features(self, z: Tensor) -> Tensor:
+        """The decoder's features per pixel, shape ``z.shape[:-1] + (P, pixel_features)``."""
+        return self.decoder(z).unflatten(-1, (self.num_pixels, self.pixel_features))
+
     def decode(self, z: Tensor) -> Tensor:
         """Pixel logits of ``p(x | z)``, shape ``z.shape[:-1] + (P, levels)``."""
-        features = self.decoder(z).unflatten(-1, (self.num_pixels, self.pixel_features))
-        return self.pixel_logits(features)
+        return self.pixel_logits(self.features(z))
 
     def log_likelihood(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """``fn(z) = log p(x | z)`` summed over pixels, for ``z`` of shape ``S + (B, D)``;
@@ -474,7 +477,7 @@ class BitVectorVAE(nn.Module):
             if distinct.shape[0] == z.shape[0]:
                 distinct, inverse = z, None
         self.decoded_rows += distinct.shape[0]
-        features = self.decoder(distinct).unflatten(-1, (self.num_pixels, self.pixel_features))
+        features = self.features(distinct)
         layer = self.pixel_logits
         # -log p(x_p | z) = logsumexp of the pixel's logits - the logit of its level x_p; the
         # first without the (U, P, levels) logits in memory.
