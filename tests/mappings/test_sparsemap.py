@@ -268,6 +268,47 @@ def test_structures_as_part_lists_match_dense_products() -> None:
     x = torch.randn(6, 11, generator=gen, dtype=DT)
     torch.testing.assert_close(_combine(p, idx, 11), torch.einsum("na,nad->nd", p, z))
     torch.testing.assert_close(_slot_scores(x, idx), torch.einsum("nd,nad->na", x, z))
+    # dense slots (wide structures) give the same products
+    torch.testing.assert_close(_combine(p, z, 11), torch.einsum("na,nad->nd", p, z))
+    torch.testing.assert_close(_slot_scores(x, z), torch.einsum("nd,nad->na", x, z))
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [ArborescenceOracle(5), SequenceOracle(4, 3), BudgetBits(16, 8), FreeBits(12)],
+    ids=repr,
+)
+def test_dense_and_part_list_slots_give_the_same_solution(
+    oracle: StructureOracle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The active set keeps wide structures dense and narrow ones as part lists (_DENSE_WIDTH);
+    # either form of the same problem must give the same solution, warm starts included.
+    gen = torch.Generator().manual_seed(oracle.dim)
+    theta = torch.randn(30, oracle.dim, generator=gen, dtype=DT)
+    v = torch.randn(oracle.dim, generator=gen, dtype=DT)
+    outs = []
+    with _native.disabled():
+        for width in (0.0, 2.0):  # every problem dense; none dense
+            monkeypatch.setattr(sparsemap_module, "_DENSE_WIDTH", width)
+            x = theta.clone().requires_grad_()
+            out = sparsemap(x, oracle, method="active_set")
+            (grad,) = torch.autograd.grad((out.mu * v).sum(), x)
+            warm = sparsemap(theta + 0.01, oracle, warm_start=out, method="active_set")
+            outs.append((out, grad, warm))
+    (dense, dense_grad, dense_warm), (lists, lists_grad, lists_warm) = outs
+    assert bool(dense.converged.all()) and bool(lists.converged.all())
+    torch.testing.assert_close(dense.mu, lists.mu, atol=1e-10, rtol=0)
+    torch.testing.assert_close(dense_grad, lists_grad, atol=1e-9, rtol=0)
+    torch.testing.assert_close(dense_warm.mu, lists_warm.mu, atol=1e-10, rtol=0)
+    for a, b in ((dense, lists), (dense_warm, lists_warm)):
+        same = sum(_weighted_support(a, i) == _weighted_support(b, i) for i in range(30))
+        assert same >= 28  # a face may be spanned by several sets of its structures (rounding)
+
+
+def _weighted_support(out: SparseMAPResult, row: int) -> dict[tuple[float, ...], float]:
+    """The structures of nonzero weight of one row, with their weights to 8 decimals."""
+    pairs = zip(out.structures[row], out.weights[row].detach(), strict=True)
+    return {tuple(z.tolist()): round(float(w), 8) for z, w in pairs if w > 0}
 
 
 @pytest.mark.parametrize(

@@ -295,7 +295,25 @@ def _kkt_inverse(gram: Tensor, mask: Tensor) -> Tensor:
 # A structure has few parts among D (an arborescence n - 1 of n^2, a tag sequence 2L - 1 of
 # L K + (L - 1) K^2), so the solver keeps each slot as the indices of its parts, padded with the
 # index D of a spare zero column: products with all slots then touch O(K * parts) numbers per
-# row instead of O(K * D).
+# row instead of O(K * D). Wide structures (bit-vectors: about half of D are ones) are cheaper
+# kept dense: the active set then holds the 0/1 slots ``(n, K, D)`` in the scores' dtype, and the
+# functions below take either form (floating point: dense; long: part lists).
+
+#: The active set keeps its slots dense when its first structures have at least this fraction
+#: of ``D`` parts (a batched product with dense slots costs about as much as a gather over a
+#: quarter of them).
+_DENSE_WIDTH = 0.25
+
+
+def _slots(z: Tensor, k: int, dense: bool) -> Tensor:
+    """0/1 rows ``z`` ``(m, D)`` as slots: themselves (``dense``, in float64) or their part lists
+    at least ``k`` wide (:func:`_parts`)."""
+    return z.to(torch.float64) if dense else _parts(z, k)
+
+
+def _empty(idx: Tensor, d: int) -> float | int:
+    """What pads slots ``idx``: 0 in dense slots, the spare index ``d`` in part lists."""
+    return 0.0 if idx.is_floating_point() else d
 
 
 def _parts(z: Tensor, k: int = 1) -> Tensor:
@@ -315,8 +333,8 @@ def _parts(z: Tensor, k: int = 1) -> Tensor:
 
 
 def _widen(idx: Tensor, k: int, d: int) -> Tensor:
-    """Part lists ``(..., k0)`` padded with ``d`` to ``(..., k)``."""
-    if idx.shape[-1] >= k:
+    """Part lists ``(..., k0)`` padded with ``d`` to ``(..., k)`` (dense slots as they are)."""
+    if idx.shape[-1] >= k or idx.is_floating_point():
         return idx
     pad = idx.new_full((*idx.shape[:-1], k - idx.shape[-1]), d)
     return torch.cat([idx, pad], -1)
@@ -324,6 +342,8 @@ def _widen(idx: Tensor, k: int, d: int) -> Tensor:
 
 def _slot_scores(x: Tensor, idx: Tensor) -> Tensor:
     """``<x, z_a>`` for the slots ``idx`` ``(n, K, k)`` of rows ``x`` ``(n, D)``, ``(n, K)``."""
+    if idx.is_floating_point():
+        return torch.bmm(idx, x.unsqueeze(2)).squeeze(2)
     n, cap, k = idx.shape
     padded = torch.cat([x, x.new_zeros(n, 1)], 1)
     return padded.gather(1, idx.reshape(n, cap * k)).reshape(n, cap, k).sum(2)
@@ -331,6 +351,8 @@ def _slot_scores(x: Tensor, idx: Tensor) -> Tensor:
 
 def _combine(p: Tensor, idx: Tensor, d: int) -> Tensor:
     """``sum_a p_a z_a`` for weights ``p`` ``(n, K)`` and slots ``idx`` ``(n, K, k)``, ``(n, D)``."""
+    if idx.is_floating_point():
+        return torch.bmm(p.unsqueeze(1), idx).squeeze(1)
     n, cap, k = idx.shape
     out = p.new_zeros(n, d + 1)
     out.scatter_add_(1, idx.reshape(n, cap * k), p.unsqueeze(2).expand(n, cap, k).reshape(n, -1))
@@ -442,20 +464,26 @@ def _active_set(
     dev = theta.device
     if warm is None:
         cap = min(max_active, 8)
-        idx = _grow(_parts(_call_oracle(oracle, theta)).unsqueeze(1), cap, d)
+        z0 = _call_oracle(oracle, theta)
+        dense = bool((z0 != 0).sum(1).max() >= _DENSE_WIDTH * d) if n else False
+        idx = _slots(z0, 1, dense).unsqueeze(1)
+        idx = _grow(idx, cap, _empty(idx, d))
         p = theta.new_zeros(n, cap)
         p[:, 0] = 1.0
         gram = theta.new_zeros(n, cap, cap)
         if pen is None:
-            gram[:, 0, 0] = (idx[:, 0] < d).sum(1).to(theta.dtype)
+            gram[:, 0, 0] = (z0 != 0).sum(1).to(theta.dtype)
         else:
             gram[:, 0, 0] = _slot_scores(pen.expand(n, d), idx[:, :1])[:, 0]
     else:
         z, p = warm
         cap = min(max_active, max(z.shape[1], 8))
         gram = _grow_square(_gram(_penalize(z, pen)), cap)
-        idx = _grow(_parts(z.reshape(-1, d)).reshape(n, z.shape[1], -1), cap, d)
+        dense = bool((z != 0).sum(2).max() >= _DENSE_WIDTH * d) if z.numel() else False
+        idx = _slots(z.reshape(-1, d), 1, dense).reshape(n, z.shape[1], -1)
+        idx = _grow(idx, cap, _empty(idx, d))
         p = _grow(p, cap)
+    pad = _empty(idx, d)
     mask = p > 0
     # Outputs for all rows; the working arrays below hold the rows still being solved.
     out_idx, out_p, out_mask = idx, p, mask
@@ -475,7 +503,7 @@ def _active_set(
     def write_back(which: Tensor) -> None:
         nonlocal out_idx, out_p, out_mask
         if out_idx.shape[1] < cap or out_idx.shape[2] < idx.shape[2]:
-            out_idx = _widen(_grow(out_idx, cap, d), idx.shape[2], d)
+            out_idx = _widen(_grow(out_idx, cap, pad), idx.shape[2], d)
             out_p, out_mask = _grow(out_p, cap), _grow(out_mask, cap)
         at = rows[which]
         out_idx[at] = _widen(idx[which], out_idx.shape[2], d)
@@ -574,7 +602,7 @@ def _active_set(
             if cap < max_active:
                 cap = _next_capacity(cap, max_active)
                 p_new, new_mask, mask = (_grow(t, cap) for t in (p_new, new_mask, mask))
-                idx, inner, score = _grow(idx, cap, d), _grow(inner, cap), _grow(score, cap)
+                idx, inner, score = _grow(idx, cap, pad), _grow(inner, cap), _grow(score, cap)
                 kinv, gram = _grow_inverse(kinv, cap), _grow_square(gram, cap)
                 b, u = _grow_border(b, cap), _grow_border(u, cap)
             else:
@@ -617,7 +645,7 @@ def _active_set(
         if local.numel():
             slot = j[local]
             z_add = z_new[local]
-            parts = _parts(z_add, idx.shape[2])
+            parts = _slots(z_add, idx.shape[2], dense)
             if parts.shape[1] > idx.shape[2]:
                 idx = _widen(idx, parts.shape[1], d)
             idx[local, slot] = parts
@@ -650,6 +678,9 @@ def _active_set(
             w_iter = w_iter[keep]
     if rows.numel():
         write_back(torch.ones_like(live))
+    if dense:
+        parts = _parts(out_idx.reshape(-1, d)).reshape(n, out_idx.shape[1], -1)
+        return _Solution(out_idx.to(theta.dtype), out_p, out_mask, iterations, parts)
     return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations, out_idx)
 
 
