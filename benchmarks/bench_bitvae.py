@@ -71,7 +71,12 @@ from torch import Tensor
 from latentgrad import _native
 from latentgrad.data import load_dataset
 from latentgrad.estimators import pack_support
-from latentgrad.experiments.bitvae import BitVAEConfig, BitVAETrainable, BitVectorVAE
+from latentgrad.experiments.bitvae import (
+    BIT_ENCODINGS,
+    BitVAEConfig,
+    BitVAETrainable,
+    BitVectorVAE,
+)
 from latentgrad.lab import ESTIMATORS
 from latentgrad.mappings._sparsemap import sparsemap
 from latentgrad.mappings.oracles import BudgetBits, FreeBits
@@ -88,9 +93,10 @@ def load_images(data_dir: str | None) -> tuple[Any, str]:
         return load_dataset("digits"), "digits"
 
 
-def trainable(name: str, num_bits: int, data: Any) -> BitVAETrainable:
-    """The experiment's model, estimator and Adam for the registry estimator ``name``."""
-    config = BitVAEConfig(estimator=name, num_bits=num_bits, batch_size=64)
+def trainable(name: str, num_bits: int, data: Any, encoding: str) -> BitVAETrainable:
+    """The experiment's model, estimator and Adam for the registry estimator ``name``, with
+    SparseMAP's ``bit_encoding`` ``encoding``."""
+    config = BitVAEConfig(estimator=name, num_bits=num_bits, batch_size=64, bit_encoding=encoding)
     return BitVAETrainable(config, ESTIMATORS[name].resolve(name), data)
 
 
@@ -175,9 +181,9 @@ def phases(t: BitVAETrainable, state: Snapshot, batch: Tensor) -> dict[str, floa
 def solver_alone(t: BitVAETrainable, batch: Tensor) -> float:
     """Milliseconds of the solver's forward and backward alone on the step's scores."""
     with torch.no_grad():
-        scores = t.model.encoder(t.model.inputs(batch))
+        scores = t.model.sparsemap_scores(batch)
     theta = scores.clone().requires_grad_()
-    oracle = FreeBits(theta.shape[-1])
+    oracle = t.model.oracle()
     start = time.perf_counter()
     out = sparsemap(theta, oracle)
     (out.weights * torch.arange(out.weights.shape[-1])).sum().backward()
@@ -268,16 +274,16 @@ def train(t: BitVAETrainable, steps: int) -> None:
             print(f"  step {i + 1}: mean support {recent:.2f} ({took:.0f} s)")
 
 
-def active_set(data: Any, rounds: int) -> None:
+def active_set(data: Any, rounds: int, encoding: str) -> None:
     """The batched active set against one example at a time, D = 128 encoder scores."""
     torch.manual_seed(0)
-    t = trainable("sparsemap", 128, data)
+    t = trainable("sparsemap", 128, data, encoding)
     batch = next(t.train_batches(0))
     with torch.no_grad():
-        scores = t.model.encoder(t.model.inputs(batch))
+        scores = t.model.sparsemap_scores(batch)
     print(
-        f"\nactive set at D = 128 on the initial encoder's scores (batch {scores.shape[0]}), "
-        f"forward + backward, ms, median [IQR] over {rounds} rounds"
+        f"\nactive set at D = 128 on the initial encoder's scores (batch {scores.shape[0]}, "
+        f"{encoding} encoding), forward + backward, ms, median [IQR] over {rounds} rounds"
     )
     for oracle in (FreeBits(128), BudgetBits(128, 64)):
         theta = scores.clone().requires_grad_()
@@ -336,18 +342,28 @@ def main() -> None:
         action="store_true",
         help="also time both steps with the plain decoder loss (every row, all logits)",
     )
+    parser.add_argument(
+        "--bit-encoding",
+        choices=BIT_ENCODINGS,
+        default=BitVAEConfig().bit_encoding,
+        help="how SparseMAP sees the encoder's scores (default: the experiment's, %(default)s)",
+    )
     args = parser.parse_args()
+    encoding = args.bit_encoding
     torch.set_num_threads(1)
     data, name = load_images(args.data)
     if args.active_set_only:
-        active_set(data, args.active_set_rounds)
+        active_set(data, args.active_set_rounds, encoding)
         return
     torch.manual_seed(0)
-    ts = {"sparsemap": trainable("sparsemap", 32, data), "gs": trainable("gs", 32, data)}
-    ts["padded"] = trainable("sparsemap", 32, data)
+    ts = {
+        "sparsemap": trainable("sparsemap", 32, data, encoding),
+        "gs": trainable("gs", 32, data, encoding),
+    }
+    ts["padded"] = trainable("sparsemap", 32, data, encoding)
     if args.plain_too:
-        ts["sparsemap-plain"] = plain(trainable("sparsemap", 32, data))
-        ts["gs-plain"] = plain(trainable("gs", 32, data))
+        ts["sparsemap-plain"] = plain(trainable("sparsemap", 32, data, encoding))
+        ts["gs-plain"] = plain(trainable("gs", 32, data, encoding))
     init = ts["sparsemap"].modules.state_dict()
     for t in ts.values():
         t.modules.load_state_dict(init, strict=False)
@@ -355,7 +371,10 @@ def main() -> None:
         b
         for _, b in zip(range(max(args.rounds, 2)), ts["sparsemap"].train_batches(0), strict=False)
     ]
-    print(f"bit-vector VAE, D = 32, batch 64, {name}, torch {torch.__version__}, 1 thread")
+    print(
+        f"bit-vector VAE, D = 32, batch 64, {name}, {encoding} encoding, "
+        f"torch {torch.__version__}, 1 thread"
+    )
     if not args.skip_init:
         compare("at initialization", ts, batches, args.rounds)
     if args.checkpoint:
@@ -371,7 +390,7 @@ def main() -> None:
         t.modules.load_state_dict(trained, strict=False)
     compare("after training", ts, batches, args.rounds)
     if not args.skip_active_set:
-        active_set(data, args.active_set_rounds)
+        active_set(data, args.active_set_rounds, encoding)
 
 
 if __name__ == "__main__":

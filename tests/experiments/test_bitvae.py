@@ -155,10 +155,11 @@ def test_the_sparse_elbo_is_exact_and_the_bound_beats_it() -> None:
 @pytest.mark.parametrize("budget", [None, 3])
 def test_the_one_hot_bit_encoding_is_sparsemap_over_half_shifted_scores(budget: int | None) -> None:
     torch.manual_seed(8)
-    ones = BitVectorVAE(6, 5, levels=4, hidden=8, family="sparsemap", budget=budget)
-    pairs = BitVectorVAE(
-        6, 5, levels=4, hidden=8, family="sparsemap", budget=budget, bit_encoding="one-hot"
+    ones = BitVectorVAE(
+        6, 5, levels=4, hidden=8, family="sparsemap", budget=budget, bit_encoding="ones"
     )
+    pairs = BitVectorVAE(6, 5, levels=4, hidden=8, family="sparsemap", budget=budget)
+    assert pairs.bit_encoding == "one-hot" == BitVAEConfig().bit_encoding  # the default
     pairs.load_state_dict(ones.state_dict())
     x = torch.randint(0, 4, (7, 6))
     s = ones.encoder(ones.inputs(x)).detach()
@@ -367,3 +368,34 @@ def test_support_figure_one_panel_per_latent_size(tmp_path: Path) -> None:
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="sparse family"):
         bitvae.support_figure([tmp_path / "runs" / "gs-6"], tmp_path / "none.png")
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def test_records_made_before_bit_encoding_existed_read_as_the_ones_encoding(tmp_path) -> None:
+    from latentgrad.lab.config import load_config_file
+    from latentgrad.lab.records import load_record
+    from latentgrad.lab.report import build_table, collect_runs
+    from latentgrad.lab.rundir import RunConfigMismatch, RunDirectory
+
+    old = RESULTS / "bitvae-3ep" / "bitvae-sparsemap-d9528113-seed0.json"
+    new = RESULTS / "bitvae-3ep-onehot" / "bitvae-sparsemap-4d2be3ee-seed0.json"
+    stored = json.loads(old.read_text())
+    assert "bit_encoding" not in stored["config"]  # made before the option
+    assert load_record(old).config["bit_encoding"] == "ones"
+    assert load_record(new).config["bit_encoding"] == "one-hot"
+    # Rows that differ only in it are labelled by it.
+    runs = [r for r in collect_runs([old.parent, new.parent]) if r.config["num_bits"] == 32]
+    labels = {row[0] for row in build_table(runs).rows}
+    assert {"sparsemap (bit_encoding=ones)", "sparsemap (bit_encoding=one-hot)"} <= labels
+    # A run directory of that time repeats (--config) and resumes as what it ran.
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    meta = {k: stored[k] for k in ("experiment", "primary_metric", "config_class", "config")}
+    (run_dir / "config.json").write_text(json.dumps(meta))
+    assert load_config_file(BitVAEConfig, run_dir / "config.json")["bit_encoding"] == "ones"
+    config = BitVAEConfig(**{**stored["config"], "bit_encoding": "ones"})
+    RunDirectory(run_dir).check_config(EXPERIMENT, config)
+    with pytest.raises(RunConfigMismatch, match="bit_encoding: 'ones' there, 'one-hot' requested"):
+        RunDirectory(run_dir).check_config(EXPERIMENT, BitVAEConfig(**stored["config"]))

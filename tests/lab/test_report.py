@@ -190,3 +190,8 @@ def test_a_field_older_runs_lack_labels_rows_only_where_it_differs():
         "vimco (objective=iwae)",
     ]
     assert _labels([old, {**old, "lr": 0.01}], set()) == ["gs (lr=0.001)", "gs (lr=0.01)"]
+    # Rows that differ only in whether they have the field are told apart by it.
+    newer = {**old, "objective": "iwae"}
+    assert _labels([old, newer], set()) == ["gs (objective=—)", "gs (objective=iwae)"]
+    both = ["gs (objective=—)", "gs (objective=iwae)", "vimco"]  # (vimco's is iwae too)
+    assert _labels([old, newer, new[1]], set()) == both

@@ -17,9 +17,11 @@ family comes with the estimator:
 
 - ``sf-ma``, ``sfe+``, ``nvil``, ``gs``, ``st-gs``: factorized bits, ``Bernoulli(logits=s)``;
 - ``topk-sparsemax``: :class:`~latentgrad.TopKSparsemax` over all bit-vectors (``k = 10``);
-- ``sparsemap``: :class:`~latentgrad.SparseMAP` over free bit-vectors (its mean is
-  ``clamp(s, 0, 1)``); ``sparsemap-budget``: over bit-vectors with at most ``budget`` ones
-  (default ``D // 2``: Correia et al.'s 16 for ``D = 32`` and 64 for ``D = 128``).
+- ``sparsemap``: :class:`~latentgrad.SparseMAP` over free bit-vectors; ``sparsemap-budget``:
+  over bit-vectors with at most ``budget`` ones (default ``D // 2``: Correia et al.'s 16 for
+  ``D = 32`` and 64 for ``D = 128``). As in Correia et al.'s code each bit is an on/off pair
+  with scores ``(s_i, 0)`` (``bit_encoding="one-hot"``), so the mean of free bits is
+  ``clamp((s + 1) / 2, 0, 1)``; ``bit_encoding="ones"`` gives ``clamp(s, 0, 1)``.
 
 For the sparse families the expectation is an exact sum over the few structures of nonzero
 weight (:class:`~latentgrad.Marginalize`) and ``H(q)`` is the entropy over that support.
@@ -67,7 +69,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -77,6 +79,7 @@ from torch import Tensor, nn
 from latentgrad.distributions import Bernoulli, SparseMAP, TopKSparsemax
 from latentgrad.estimators import LatentDistribution, PackedLoss, pack_support
 from latentgrad.lab.config import (
+    RECORDED_BEFORE,
     is_positive_int,
     require,
     require_choice,
@@ -190,12 +193,15 @@ class BitVAEConfig(PresetLRConfig):
             ``{0, 1}^D`` in the importance-sampling proposal ``(1 - eps) q + eps uniform``.
         valid_samples: importance samples for the validation bound (``None``:
             ``eval_samples``).
-        bit_encoding: how SparseMAP sees the encoder's scores ``s``: ``"ones"`` scores the
-            ones of ``z`` (mean ``clamp(s, 0, 1)``); ``"one-hot"`` scores each bit as an
-            on/off pair with scores ``(s_i, 0)``, as Correia et al.'s code does (LP-SparseMAP
-            factors over ``2D`` indicators), which is SparseMAP over the ones with scores
-            ``(s + 1) / 2`` (mean ``clamp((s + 1) / 2, 0, 1)``): at initialization the scores
-            sit mid-box instead of on its faces. Other families ignore it.
+        bit_encoding: how SparseMAP sees the encoder's scores ``s``: ``"one-hot"`` (the
+            default) scores each bit as an on/off pair with scores ``(s_i, 0)``, as Correia
+            et al.'s code does (LP-SparseMAP factors over ``2D`` indicators), which is
+            SparseMAP over the ones with scores ``(s + 1) / 2`` (mean
+            ``clamp((s + 1) / 2, 0, 1)``): at initialization the scores sit mid-box.
+            ``"ones"`` scores the ones of ``z`` (mean ``clamp(s, 0, 1)``): about half the
+            bits start on a face of the box, without a gradient, and at ``D = 32`` the codes
+            can collapse (docs/experiments.md). Records made before the option existed used
+            ``"ones"``. Other families ignore it.
     """
 
     estimator: str = "sparsemap"
@@ -210,7 +216,10 @@ class BitVAEConfig(PresetLRConfig):
     activation: Literal["relu", "tanh"] = "relu"
     uniform_mix: float = 0.1
     valid_samples: int | None = 100
-    bit_encoding: Literal["ones", "one-hot"] = "ones"
+    # Runs recorded before this field existed scored the ones.
+    bit_encoding: Literal["ones", "one-hot"] = field(
+        default="one-hot", metadata={RECORDED_BEFORE: "ones"}
+    )
 
     def preset_learning_rates(self) -> Mapping[str, float]:
         """Correia et al.'s learning rates for ``num_bits`` (:data:`LEARNING_RATES`), which
@@ -377,7 +386,7 @@ class BitVectorVAE(nn.Module):
         family: str = "softmax",
         k: int = 10,
         budget: int | None = None,
-        bit_encoding: str = "ones",
+        bit_encoding: str = "one-hot",
     ) -> None:
         super().__init__()
         if family not in FAMILIES:
@@ -415,19 +424,28 @@ class BitVectorVAE(nn.Module):
 
     def posterior(self, x: Tensor) -> LatentDistribution:
         """``q(z | x)`` with batch shape ``(B,)`` and event shape ``(D,)``."""
+        if self.family == "sparsemap":
+            # No support check: the bound evaluates log q at every bit-vector (0 off its support).
+            return SparseMAP(self.sparsemap_scores(x), self.oracle(), validate_args=False)
         scores = self.encoder(self.inputs(x))
         if self.family == "topk-sparsemax":
             return TopKSparsemax(scores, k=self.k, validate_args=False)
-        if self.family == "sparsemap":
-            d = self.num_bits
-            oracle = FreeBits(d) if self.budget is None else BudgetBits(d, self.budget)
-            if self.bit_encoding == "one-hot":
-                # max <[s; 0], [m; 1 - m]> - |[m; 1 - m]|^2 / 2 = 2 (<(s + 1) / 2, m> - |m|^2 / 2)
-                # + const: the same problem over the ones, with scores (s + 1) / 2.
-                scores = (scores + 1.0) / 2.0
-            # No support check: the bound evaluates log q at every bit-vector (0 off its support).
-            return SparseMAP(scores, oracle, validate_args=False)
         return Bernoulli(logits=scores)
+
+    def oracle(self) -> FreeBits | BudgetBits:
+        """SparseMAP's bit-vectors: all of them, or those with at most ``budget`` ones."""
+        d = self.num_bits
+        return FreeBits(d) if self.budget is None else BudgetBits(d, self.budget)
+
+    def sparsemap_scores(self, x: Tensor) -> Tensor:
+        """The scores of the ones that SparseMAP sees, ``(B, D)``: the encoder's ``s``, or
+        ``(s + 1) / 2`` with ``bit_encoding="one-hot"``."""
+        scores = self.encoder(self.inputs(x))
+        if self.bit_encoding == "one-hot":
+            # max <[s; 0], [m; 1 - m]> - |[m; 1 - m]|^2 / 2 = 2 (<(s + 1) / 2, m> - |m|^2 / 2)
+            # + const: the same problem over the ones, with scores (s + 1) / 2.
+            scores = (scores + 1.0) / 2.0
+        return scores
 
     def modal_code(self, x: Tensor) -> Tensor:
         """The most probable bit-vector of ``q(z | x)`` per image, ``(B, D)``: the structure of

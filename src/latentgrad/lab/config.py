@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
 import json
 import math
@@ -172,6 +173,57 @@ def require_choice(config: object, name: str, allowed: Iterable[str]) -> None:
     choices = tuple(allowed)
     value = getattr(config, name)
     require(value in choices, name, "one of " + ", ".join(choices), value)
+
+
+#: Metadata key of a config field that runs recorded before it existed did not run with its
+#: default: ``field(default=NEW, metadata={RECORDED_BEFORE: OLD})`` says that a recorded config
+#: (a run directory's, a results record's) without the field ran with ``OLD``. A field added with
+#: the behaviour of the code before it as its default needs none.
+RECORDED_BEFORE = "recorded_before"
+
+
+def with_recorded_defaults(config_class: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config with the fields it lacks that say what runs recorded before them ran
+    with (:data:`RECORDED_BEFORE`); other missing fields stay missing.
+
+    Example:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class Config:
+        ...     lr: float = 1e-3
+        ...     encoding: str = field(default="new", metadata={RECORDED_BEFORE: "old"})
+        >>> with_recorded_defaults(Config, {"lr": 0.1}), with_recorded_defaults(Config, {})
+        ({'lr': 0.1, 'encoding': 'old'}, {'encoding': 'old'})
+        >>> with_recorded_defaults(Config, {"encoding": "new"})
+        {'encoding': 'new'}
+    """
+    out = dict(data)
+    for f in dataclasses.fields(config_class):
+        if f.init and f.name not in out and RECORDED_BEFORE in f.metadata:
+            out[f.name] = f.metadata[RECORDED_BEFORE]
+    return out
+
+
+def config_class_named(name: object) -> type | None:
+    """The config dataclass a run directory or record names (``"module.QualName"``), or
+    ``None`` when it is not one or cannot be imported (an extra not installed).
+
+    Example:
+        >>> config_class_named("latentgrad.experiments.vae.VAEConfig").__name__
+        'VAEConfig'
+        >>> config_class_named("no.such.Config") is None, config_class_named(None) is None
+        (True, True)
+    """
+    if not isinstance(name, str) or "." not in name:
+        return None
+    module_name, _, qualname = name.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj if isinstance(obj, type) and dataclasses.is_dataclass(obj) else None
 
 
 def config_fields(config_class: type) -> dict[str, Any]:
@@ -572,7 +624,8 @@ def load_config_file(config_class: type, path: str | Path) -> dict[str, Any]:
     """Read an override file: a JSON object of config values (a subset of the fields).
 
     The ``config.json`` of a run directory (``{"experiment": ..., "config": {...}}``) is also
-    accepted, so ``--config runs/.../config.json`` repeats a run's settings.
+    accepted, so ``--config runs/.../config.json`` repeats a run's settings (fields added since
+    it ran take the value it ran with, see :data:`RECORDED_BEFORE`).
 
     Raises:
         ConfigError: if the file is unreadable, not a JSON object, or has unknown keys or
@@ -588,7 +641,7 @@ def load_config_file(config_class: type, path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     if "experiment" in data and isinstance(data.get("config"), dict):
-        data = data["config"]
+        data = with_recorded_defaults(config_class, data["config"])
     return _check_keys(config_class, data, str(path))
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentgrad.lab.report import RunInfo, collect_runs, find_runs, load_run
+from latentgrad.lab.report import RunInfo, collect_runs, find_runs, load_run, recorded_config
 from latentgrad.lab.rundir import RUN_FILES, RunFileError, ensure_writable_directory, read_json_file
 
 #: The ``format`` field of every record.
@@ -272,7 +272,7 @@ def load_record(path: str | Path) -> RunInfo:
         path=path,
         experiment=str(data["experiment"]),
         primary_metric=str(data.get("primary_metric", "nll")),
-        config=dict(data["config"]),
+        config=recorded_config(data),
         results=dict(data["results"]),
         history=list(data.get("history") or []),
     )

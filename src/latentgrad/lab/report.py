@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from latentgrad.lab.config import config_class_named, with_recorded_defaults
 from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, plot_bands
 from latentgrad.lab.rundir import (
     RESULTS_HINT,
@@ -148,10 +149,19 @@ def load_run(run_dir: str | Path) -> RunInfo:
         path=run_dir,
         experiment=str(meta["experiment"]),
         primary_metric=str(meta.get("primary_metric", "nll")),
-        config=dict(meta["config"]),
+        config=recorded_config(meta),
         results=results,
         history=read_metrics(run_dir),
     )
+
+
+def recorded_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``"config"`` of a run directory's ``config.json`` or of a record, with the fields
+    added since it ran that say what it ran with (:data:`~latentgrad.lab.config.RECORDED_BEFORE`
+    of its ``"config_class"``), so that it reads like a config written today."""
+    config = dict(meta["config"])
+    cls = config_class_named(meta.get("config_class"))
+    return with_recorded_defaults(cls, config) if cls is not None else config
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
@@ -746,20 +756,25 @@ def build_table(
 def _labels(keys: list[dict[str, Any]], options: set[str]) -> list[str]:
     """Row labels: the estimator, then the config fields that vary between rows and the
     estimator options that vary between rows of the same estimator. A field some rows lack (a
-    run older than the field) varies only if the rows that have it differ in it."""
-    labels = []
-    for key in keys:
+    run older than the field) varies only if the rows that have it differ in it, unless two
+    rows would otherwise get the same label: then it is shown, ``—`` where it is missing."""
+
+    def label(key: dict[str, Any], absent_too: bool) -> str:
         same = [k for k in keys if k.get("estimator") == key.get("estimator")]
-        shown = [
-            name
-            for name in sorted(key)
-            if name != "estimator"
-            and len({json.dumps(k[name]) for k in (same if name in options else keys) if name in k})
-            > 1
-        ]
-        extra = ", ".join(f"{name}={_show(key.get(name))}" for name in shown)
-        labels.append(f"{key.get('estimator')} ({extra})" if extra else str(key.get("estimator")))
-    return labels
+        shown = []
+        for name in sorted({n for k in same for n in k} if absent_too else key):
+            pool = same if name in options else keys
+            values = {json.dumps(k.get(name)) for k in pool if absent_too or name in k}
+            if name != "estimator" and len(values) > 1:
+                shown.append(name)
+        extra = ", ".join(f"{name}={_show(key[name]) if name in key else '—'}" for name in shown)
+        return f"{key.get('estimator')} ({extra})" if extra else str(key.get("estimator"))
+
+    labels = [label(key, absent_too=False) for key in keys]
+    repeated = {x for x in labels if labels.count(x) > 1}
+    return [
+        label(k, absent_too=True) if x in repeated else x for k, x in zip(keys, labels, strict=True)
+    ]
 
 
 def _show(value: Any) -> str:

@@ -43,6 +43,7 @@ from latentgrad.lab.config import (
     config_differences,
     config_from_dict,
     config_to_dict,
+    with_recorded_defaults,
 )
 from latentgrad.lab.experiment import Experiment, ExperimentConfig, Trainable
 from latentgrad.lab.loop import TrainState
@@ -233,7 +234,8 @@ class RunDirectory:
                     f"{self.path} holds a run of experiment {stored.get('experiment')!r}, not "
                     f"{experiment.name!r}; {hint}"
                 )
-            previous = config_from_dict(type(config), stored["config"], source=str(path))
+            recorded = with_recorded_defaults(type(config), stored["config"])
+            previous = config_from_dict(type(config), recorded, source=str(path))
         except (ConfigError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise RunConfigMismatch(
                 f"{self.path} holds a run whose config cannot be read ({err}); {hint}"
