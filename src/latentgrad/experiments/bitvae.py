@@ -96,10 +96,10 @@ from latentgrad.lab.images import (
     eval_sample_count,
     eval_subset,
     has_relaxed_value,
-    linear_logsumexp,
     make_optimizer,
     mlp,
     shuffled_batches,
+    summed_linear_logsumexp,
 )
 from latentgrad.mappings.oracles import BudgetBits, FreeBits
 from latentgrad.schedules import Scheduled
@@ -407,6 +407,9 @@ class BitVectorVAE(nn.Module):
         #: Rows the decoder has run on (distinct bit-vectors, see :meth:`nll_rows`), a counter
         #: the training step reads and resets.
         self.decoded_rows = 0
+        #: ``fn(features (U, P, F), weight, bias) -> (U,)``: the pixels' log-partitions summed
+        #: per row (the benchmark swaps in other ways of computing it).
+        self.log_partition: Callable[[Tensor, Tensor, Tensor], Tensor] = summed_linear_logsumexp
 
     @property
     def log_num_values(self) -> float:
@@ -499,7 +502,7 @@ class BitVectorVAE(nn.Module):
         layer = self.pixel_logits
         # -log p(x_p | z) = logsumexp of the pixel's logits - the logit of its level x_p; the
         # first without the (U, P, levels) logits in memory.
-        log_partition = linear_logsumexp(features, layer.weight, layer.bias).sum(-1)
+        log_partition = self.log_partition(features, layer.weight, layer.bias)
         if inverse is not None:
             features, log_partition = features[inverse], log_partition[inverse]
         levels = x.flatten()

