@@ -18,16 +18,19 @@ def dense(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Te
     return (h @ weight.T + bias).logsumexp(-1)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
-def test_matches_the_dense_log_partition_in_value_and_gradient(chunk: int) -> None:
+@pytest.mark.parametrize("summed", [False, True], ids=["per-row", "summed"])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 13, 100])  # (summed: a group per block, or several)
+def test_matches_the_dense_log_partition_in_value_and_gradient(chunk: int, summed: bool) -> None:
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
-    up = torch.randn(2, 5, generator=g, dtype=torch.float64)
-    out = linear_logsumexp(h, w, b, chunk=chunk)
+    h = torch.randn(2, 3, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
+    fn, ref_fn = (summed_linear_logsumexp, summed_dense) if summed else (linear_logsumexp, dense)
+    out = fn(h, w, b, chunk=chunk)
+    assert fused(out) == summed
+    up = torch.randn(out.shape, generator=g, dtype=torch.float64)
     grads = torch.autograd.grad((out * up).sum(), (h, w, b))
-    ref = dense(h, w, b)
+    ref = ref_fn(h, w, b)
     ref_grads = torch.autograd.grad((ref * up).sum(), (h, w, b))
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     for got, want in zip(grads, ref_grads, strict=True):
@@ -118,23 +121,6 @@ def fused(out: torch.Tensor) -> bool:
             seen.append(type(node).__name__)
             nodes += [n for n, _ in node.next_functions]
     return any(name.startswith(SummedLinearLogSumExp.__name__) for name in seen)
-
-
-@pytest.mark.parametrize("chunk", [1, 6, 13, 100])  # a group per block, or several
-def test_summed_matches_the_dense_sum_in_value_and_gradient(chunk: int) -> None:
-    g = torch.Generator().manual_seed(3)
-    h = torch.randn(2, 3, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
-    up = torch.randn(2, 3, generator=g, dtype=torch.float64)
-    out = summed_linear_logsumexp(h, w, b, chunk=chunk)
-    assert out.shape == (2, 3) and fused(out)
-    grads = torch.autograd.grad((out * up).sum(), (h, w, b))
-    ref = summed_dense(h, w, b)
-    ref_grads = torch.autograd.grad((ref * up).sum(), (h, w, b))
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_summed_gradcheck_float64() -> None:

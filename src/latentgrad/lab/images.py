@@ -237,6 +237,14 @@ def chunk_sizes(num_samples: int, chunk: int) -> tuple[int, int]:
 LSE_CHUNK = 1024
 
 
+def _exp_below_max(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``(exp(logits - top), top)`` with ``top`` the rows' maxima (0 where a row's is not
+    finite), in place of ``logits`` ``(R, L)``; ``top`` is ``(R, 1)``."""
+    top = logits.amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return logits.sub_(top).exp_(), top
+
+
 class LinearLogSumExp(torch.autograd.Function):
     """``lse[r] = logsumexp_l (h[r] . weight[l] + bias[l])`` without the ``(R, L)`` logits in
     memory: the forward keeps ``lse`` only, and the backward recomputes the logits a chunk of
@@ -253,11 +261,8 @@ class LinearLogSumExp(torch.autograd.Function):
         out = h.new_empty(h.shape[0])
         weight_t = weight.t().contiguous()  # (F, L)
         for start in range(0, h.shape[0], chunk):
-            logits = torch.addmm(bias, h[start : start + chunk], weight_t)
-            top = logits.amax(1, keepdim=True)
-            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            lse = logits.sub_(top).exp_().sum(1).log_()
-            out[start : start + chunk] = lse + top.squeeze(1)
+            e, top = _exp_below_max(torch.addmm(bias, h[start : start + chunk], weight_t))
+            out[start : start + chunk] = e.sum(1).log_() + top.squeeze(1)
         ctx.save_for_backward(h, weight, bias, out)
         ctx.chunk = chunk  # type: ignore[attr-defined]
         return out
@@ -322,10 +327,8 @@ class SummedLinearLogSumExp(torch.autograd.Function):
             groups = slice(start, start + step)
             hc = h[groups].reshape(-1, f)
             g = hc.shape[0] // p
-            logits = torch.addmm(bias, hc, weight_t)
-            top = logits.amax(1, keepdim=True)
-            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            e = logits.sub_(top).exp_()  # the softmax times its row's total, (g P, L)
+            # the softmax times its row's total, (g P, L)
+            e, top = _exp_below_max(torch.addmm(bias, hc, weight_t))
             total = e.sum(1, keepdim=True)
             out[groups] = (total.log() + top).view(g, p).sum(1)
             # The products divide by the totals through their small factors, never through e.
