@@ -280,6 +280,7 @@ def test_the_optimizer_gets_the_preset_learning_rate(digits: DataSplits) -> None
         ("lr", -1.0),
         ("eval_samples", 0),
         ("bit_encoding", "pairs"),
+        ("sparsemap_method", "lp"),
     ],
 )
 def test_validate_names_the_field(field: str, value: object) -> None:
@@ -399,3 +400,30 @@ def test_records_made_before_bit_encoding_existed_read_as_the_ones_encoding(tmp_
     RunDirectory(run_dir).check_config(EXPERIMENT, config)
     with pytest.raises(RunConfigMismatch, match="bit_encoding: 'ones' there, 'one-hot' requested"):
         RunDirectory(run_dir).check_config(EXPERIMENT, BitVAEConfig(**stored["config"]))
+
+
+@pytest.mark.parametrize("budget", [None, 20])
+def test_the_active_set_method_gives_the_same_mean_with_a_sparser_support(
+    budget: int | None,
+) -> None:
+    torch.manual_seed(9)
+    auto = BitVectorVAE(6, 40, levels=4, hidden=8, family="sparsemap", budget=budget)
+    solver = BitVectorVAE(
+        6, 40, levels=4, hidden=8, family="sparsemap", budget=budget, sparsemap_method="active_set"
+    )
+    solver.load_state_dict(auto.state_dict())
+    x = torch.randint(0, 4, (5, 6))
+    q_auto, q_solver = auto.posterior(x), solver.posterior(x)
+    assert q_solver.method == "active_set" and q_auto.method == "auto"
+    torch.testing.assert_close(q_solver.mean, q_auto.mean, atol=1e-6, rtol=0)
+    (_, p_auto), (_, p_solver) = q_auto.support_probs(), q_solver.support_probs()
+    # (the closed form's nested decomposition takes m + 1 structures for m fractional bits)
+    assert int((p_solver > 0).sum()) <= int((p_auto > 0).sum())
+    with pytest.raises(ValueError, match="sparsemap_method"):
+        BitVectorVAE(6, 5, family="sparsemap", sparsemap_method="lp")
+
+
+def test_a_run_with_the_active_set_method(tmp_path: Path) -> None:
+    config = tiny_config(estimator="sparsemap", sparsemap_method="active_set", epochs=1)
+    results = run(EXPERIMENT, config, tmp_path / "r", progress=False, plots=False)
+    assert math.isfinite(results["test"]["bpd"]) and results["test"]["support_size"] >= 1
