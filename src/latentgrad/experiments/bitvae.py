@@ -229,7 +229,9 @@ class BitVAEConfig(PresetLRConfig):
     bit_encoding: Literal["ones", "one-hot"] = field(
         default="one-hot", metadata={RECORDED_BEFORE: "ones"}
     )
-    sparsemap_method: Literal["auto", "active_set"] = "auto"
+    sparsemap_method: Literal["auto", "active_set"] = field(
+        default="auto", metadata={RECORDED_BEFORE: "auto"}
+    )
 
     def preset_learning_rates(self) -> Mapping[str, float]:
         """Correia et al.'s learning rates for ``num_bits`` (:data:`LEARNING_RATES`), which

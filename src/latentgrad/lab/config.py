@@ -175,10 +175,12 @@ def require_choice(config: object, name: str, allowed: Iterable[str]) -> None:
     require(value in choices, name, "one of " + ", ".join(choices), value)
 
 
-#: Metadata key of a config field that runs recorded before it existed did not run with its
-#: default: ``field(default=NEW, metadata={RECORDED_BEFORE: OLD})`` says that a recorded config
-#: (a run directory's, a results record's) without the field ran with ``OLD``. A field added with
-#: the behaviour of the code before it as its default needs none.
+#: Metadata key of a config field added after runs were recorded:
+#: ``field(default=NEW, metadata={RECORDED_BEFORE: OLD})`` says that a recorded config (a run
+#: directory's, a results record's) without the field ran with ``OLD``, so that reports read
+#: such records as what they ran. Needed where ``OLD`` is not the default; where it is, it only
+#: makes old and new records compare field by field (a field that some rows lack is not shown
+#: in their labels unless the rows differ in it, see ``latentgrad.lab.report``).
 RECORDED_BEFORE = "recorded_before"
 
 
