@@ -321,7 +321,8 @@ def test_face_completion_on_the_solver_part_lists_equals_it_on_dense_structures(
 ) -> None:
     # _complete_face reads the slots as the part lists the solver kept (cut to their widest
     # structure) instead of finding them again in the dense structures: the same lists, so the
-    # same completed supports, bit for bit, on continuous and on tied scores.
+    # same completed supports, bit for bit, on continuous and on tied scores. Wide structures
+    # (the bits here) the solver keeps dense: the face completion on them is the same too.
     gen = torch.Generator().manual_seed(31)
     d = oracle.dim
     for theta in (
@@ -335,7 +336,7 @@ def test_face_completion_on_the_solver_part_lists_equals_it_on_dense_structures(
         kept = _take_slots(sol.parts, order)
         n, a, _ = z.shape
         found = _parts(z.reshape(n * a, d)).reshape(n, a, -1)
-        assert torch.equal(_trim(kept, d), found)
+        assert torch.equal(_trim(kept, d), z if kept.is_floating_point() else found)
         got = _complete_face(theta, oracle, z.clone(), kept, support.clone(), d + 1)
         expected = _complete_face(theta, oracle, z.clone(), found, support.clone(), d + 1)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

@@ -203,7 +203,7 @@ class _Solution(NamedTuple):
     p: Tensor  # (n, K) float64, 0 outside the active set
     mask: Tensor  # (n, K) bool
     iterations: Tensor  # (n,)
-    parts: Tensor  # (n, K, k) long: the slots as lists of their parts (see _parts)
+    parts: Tensor  # (n, K, k) long: the slots as lists of their parts (see _parts), or dense
 
 
 def _grow(t: Tensor, k: int, fill: float | int | bool = 0) -> Tensor:
@@ -522,7 +522,9 @@ def _active_set(
         # (The inverse is symmetric; products with a vector on the left are much faster.)
         rhs = torch.cat([score * mask, torch.ones_like(score[:, :1])], 1).unsqueeze(1)
         p_hat = torch.bmm(rhs, kinv)[:, 0, :cap]
-        if bool(fine.any()):
+        if bool(fine.all()):  # (no copies of the slots for the usual case)
+            p_hat = _refine(rhs, kinv, idx, th, mask, pen)
+        elif bool(fine.any()):
             at = fine.nonzero().squeeze(1)
             p_hat[at] = _refine(rhs[at], kinv[at], idx[at], th[at], mask[at], pen)
         step = p_hat - p
@@ -678,9 +680,8 @@ def _active_set(
             w_iter = w_iter[keep]
     if rows.numel():
         write_back(torch.ones_like(live))
-    if dense:
-        parts = _parts(out_idx.reshape(-1, d)).reshape(n, out_idx.shape[1], -1)
-        return _Solution(out_idx.to(theta.dtype), out_p, out_mask, iterations, parts)
+    if dense:  # (the dense slots serve as the parts too: the helpers take either form)
+        return _Solution(out_idx.to(theta.dtype), out_p, out_mask, iterations, out_idx)
     return _Solution(_dense(out_idx, d, theta.dtype), out_p, out_mask, iterations, out_idx)
 
 
@@ -709,6 +710,8 @@ def _trim(parts: Tensor, d: int) -> Tensor:
     """Part lists ``(..., k)`` (padded with ``d``) cut to the largest count of parts (at least 1),
     the width :func:`_parts` gives the same structures, so that sums over them add in the same
     order."""
+    if parts.is_floating_point():  # dense slots
+        return parts
     width = max(1, int((parts < d).sum(-1).max())) if parts.numel() else 1
     return parts[..., :width]
 
@@ -719,7 +722,8 @@ def _complete_face(
     """The support ``(z, support)`` (true slots first) completed to span the optimal face.
 
     ``parts`` holds the slots of ``z`` as part lists (see :func:`_parts`), which the solver
-    kept, so that they need not be found again in the dense ``(n, K, D)`` structures.
+    kept, so that they need not be found again in the dense ``(n, K, D)`` structures (or, for
+    wide structures, the dense slots themselves, see :func:`_slots`).
 
     After the face-identification phase a row can still miss a dimension of the optimal face
     ``F``: when ``mu*`` lies within rounding of the affine hull of a simplex of ``F``'s
@@ -787,12 +791,13 @@ def _complete_face(
         idx = ok.nonzero().squeeze(1)
         if int(count[idx].max()) >= z.shape[1]:
             z, support = _grow(z, z.shape[1] + 1), _grow(support, support.shape[1] + 1)
-            parts = _grow(parts, parts.shape[1] + 1, d)
+            parts = _grow(parts, parts.shape[1] + 1, _empty(parts, d))
         rows = live[idx]
         z[rows, leave[idx]] = z_plus[idx]
         z[rows, count[idx]] = z_minus[idx]
         support[rows, count[idx]] = True
-        new_parts = _parts(torch.cat([z_plus[idx], z_minus[idx]]), parts.shape[2])
+        entering = torch.cat([z_plus[idx], z_minus[idx]])
+        new_parts = _slots(entering, parts.shape[2], parts.is_floating_point())
         parts = _widen(parts, new_parts.shape[1], d)
         parts[rows, leave[idx]] = new_parts[: idx.numel()]
         parts[rows, count[idx]] = new_parts[idx.numel() :]
