@@ -368,7 +368,7 @@ def _dense(idx: Tensor, d: int, dtype: torch.dtype) -> Tensor:
 
 #: The inverse KKT matrices, updated by rank-one terms as structures enter and leave, are
 #: recomputed from scratch this often (rounding errors of the updates then never pile up).
-_REFRESH = 16
+_REFRESH = 32
 
 #: An entering structure whose squared distance to the affine hull of the active set (the Schur
 #: complement of its KKT border) is below this is affinely dependent on the active set: it is not
