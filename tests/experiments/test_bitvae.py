@@ -69,7 +69,8 @@ def test_every_estimator_trains_and_evaluates(name: str, digits: DataSplits) -> 
         assert metrics["decoder_calls"] <= metrics["support_size"] + 1e-12
     for split in ("valid", "test"):
         result = trainable.evaluate(split)
-        assert set(result) == {"nelbo", "nll", "bpd", "kl", "support_size", "codes"}
+        sparse = {"support_bpd"} if trainable.model.sparse else set()
+        assert set(result) == {"nelbo", "nll", "bpd", "kl", "support_size", "codes"} | sparse
         assert all(math.isfinite(v) for v in result.values()) and result["nll"] > 0
         assert 1 <= result["codes"] <= 20 and result["codes"] == int(result["codes"])
         assert result["bpd"] == pytest.approx(result["nll"] / (64 * math.log(2)))
@@ -150,6 +151,12 @@ def test_the_sparse_elbo_is_exact_and_the_bound_beats_it() -> None:
     torch.testing.assert_close(bound.elbo, expected - bound.kl)
     assert bool((bound.log_px >= bound.elbo - 0.05).all())  # nll <= nelbo, up to the MC error
     torch.testing.assert_close(bound.support_size, (probs > 0).sum(0).double())
+    # The exact sum over the support: logsumexp of log p(x, z) over it, below log p(x).
+    joint = model.log_likelihood(x)(values).double() - model.log_num_values
+    by_hand = joint.masked_fill(probs == 0, -math.inf).logsumexp(0)
+    torch.testing.assert_close(bound.log_px_support, by_hand)
+    assert bool((bound.log_px_support <= exact_log_px(model, x) + 1e-9).all())
+    assert bool((bound.log_px_support >= bound.elbo - 1e-9).all())  # (Jensen, over q)
 
 
 @pytest.mark.parametrize("budget", [None, 3])
@@ -321,7 +328,15 @@ def test_runs_through_the_runner(tmp_path: Path) -> None:
     config = tiny_config(estimator="sparsemap", epochs=1, max_steps_per_epoch=2)
     results = run(EXPERIMENT, config, tmp_path / "run", progress=False, plots=False)
     assert results["primary_metric"] == "bpd" and results["epochs"] == 1
-    assert set(results["test"]) == {"nelbo", "nll", "bpd", "kl", "support_size", "codes"}
+    assert set(results["test"]) == {
+        "nelbo",
+        "nll",
+        "bpd",
+        "kl",
+        "support_size",
+        "codes",
+        "support_bpd",
+    }
     assert results["train_final"]["support_size"] >= 1
     assert (tmp_path / "run" / "results.json").exists()
 
