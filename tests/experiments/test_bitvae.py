@@ -401,6 +401,11 @@ def test_records_made_before_bit_encoding_existed_read_as_the_ones_encoding(tmp_
     assert "bit_encoding" not in stored["config"]  # made before the option
     assert load_record(old).config["bit_encoding"] == "ones"
     assert load_record(new).config["bit_encoding"] == "one-hot"
+    # Only SparseMAP reads it: other estimators' runs compare without it, whatever they stored.
+    for gs in (RESULTS / "bitvae-3ep").glob("bitvae-gs-*.json"):
+        assert "bit_encoding" not in load_record(gs).config
+    ten = [str(r.config["estimator"]) for r in collect_runs([RESULTS / "bitvae-10ep"])]
+    assert {row[0] for row in build_table(collect_runs([RESULTS / "bitvae-10ep"])).rows} == set(ten)
     # Rows that differ only in it are labelled by it.
     runs = [r for r in collect_runs([old.parent, new.parent]) if r.config["num_bits"] == 32]
     labels = {row[0] for row in build_table(runs).rows}

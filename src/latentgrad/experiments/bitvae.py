@@ -79,6 +79,7 @@ from torch import Tensor, nn
 from latentgrad.distributions import Bernoulli, SparseMAP, TopKSparsemax
 from latentgrad.estimators import LatentDistribution, PackedLoss, pack_support
 from latentgrad.lab.config import (
+    FOR_LATENTS,
     RECORDED_BEFORE,
     is_positive_int,
     require,
@@ -225,12 +226,12 @@ class BitVAEConfig(PresetLRConfig):
     activation: Literal["relu", "tanh"] = "relu"
     uniform_mix: float = 0.1
     valid_samples: int | None = 100
-    # Runs recorded before this field existed scored the ones.
+    # Runs recorded before this field existed scored the ones; only SparseMAP reads it.
     bit_encoding: Literal["ones", "one-hot"] = field(
-        default="one-hot", metadata={RECORDED_BEFORE: "ones"}
+        default="one-hot", metadata={RECORDED_BEFORE: "ones", FOR_LATENTS: ("sparsemap",)}
     )
     sparsemap_method: Literal["auto", "active_set"] = field(
-        default="auto", metadata={RECORDED_BEFORE: "auto"}
+        default="auto", metadata={RECORDED_BEFORE: "auto", FOR_LATENTS: ("sparsemap",)}
     )
 
     def preset_learning_rates(self) -> Mapping[str, float]:

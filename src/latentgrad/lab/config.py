@@ -184,6 +184,33 @@ def require_choice(config: object, name: str, allowed: Iterable[str]) -> None:
 RECORDED_BEFORE = "recorded_before"
 
 
+#: Metadata key of a config field that only estimators of some latent families read:
+#: ``field(default=..., metadata={FOR_LATENTS: ("sparsemap",)})``. Reports leave it out of the
+#: settings of the other estimators' runs (see :func:`fields_not_read`), so that it neither
+#: labels their rows nor splits them.
+FOR_LATENTS = "for_latents"
+
+
+def fields_not_read(config_class: type, latent: str) -> set[str]:
+    """The fields of ``config_class`` that an estimator of the latent family ``latent`` does
+    not read (:data:`FOR_LATENTS`).
+
+    Example:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class Config:
+        ...     lr: float = 1e-3
+        ...     encoding: str = field(default="a", metadata={FOR_LATENTS: ("sparsemap",)})
+        >>> fields_not_read(Config, "softmax"), fields_not_read(Config, "sparsemap")
+        ({'encoding'}, set())
+    """
+    return {
+        f.name
+        for f in dataclasses.fields(config_class)
+        if FOR_LATENTS in f.metadata and latent not in f.metadata[FOR_LATENTS]
+    }
+
+
 def with_recorded_defaults(config_class: type, data: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config with the fields it lacks that say what runs recorded before them ran
     with (:data:`RECORDED_BEFORE`); other missing fields stay missing.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from latentgrad.lab.config import config_class_named, with_recorded_defaults
+from latentgrad.lab.config import config_class_named, fields_not_read, with_recorded_defaults
 from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, plot_bands
 from latentgrad.lab.rundir import (
     RESULTS_HINT,
@@ -156,12 +156,21 @@ def load_run(run_dir: str | Path) -> RunInfo:
 
 
 def recorded_config(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``"config"`` of a run directory's ``config.json`` or of a record, with the fields
-    added since it ran that say what it ran with (:data:`~latentgrad.lab.config.RECORDED_BEFORE`
-    of its ``"config_class"``), so that it reads like a config written today."""
+    """The ``"config"`` of a run directory's ``config.json`` or of a record, as the report
+    compares runs: with the fields added since it ran that say what it ran with
+    (:data:`~latentgrad.lab.config.RECORDED_BEFORE` of its ``"config_class"``), and without
+    the fields its estimator's latent family does not read
+    (:data:`~latentgrad.lab.config.FOR_LATENTS`)."""
     config = dict(meta["config"])
     cls = config_class_named(meta.get("config_class"))
-    return with_recorded_defaults(cls, config) if cls is not None else config
+    if cls is None:
+        return config
+    config = with_recorded_defaults(cls, config)
+    from latentgrad.lab.registry import ESTIMATORS  # (torch and the estimators: lazily)
+
+    entry = ESTIMATORS.get(str(config.get("estimator")))
+    unread = fields_not_read(cls, entry.latent) if entry is not None else set()
+    return {k: v for k, v in config.items() if k not in unread}
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
