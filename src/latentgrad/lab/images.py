@@ -348,9 +348,11 @@ class SummedLinearLogSumExp(torch.autograd.Function):
         need_h, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
         u, f1, levels = d_wb.shape
         grad_h = d_h * grad.view(u, 1, 1) if need_h else None
-        grad_wb = (grad @ d_wb.view(u, f1 * levels)).view(f1, levels)
-        grad_w = grad_wb[:-1].t() if need_w else None
-        grad_b = grad_wb[-1] if need_b else None
+        grad_w = grad_b = None
+        if need_w or need_b:
+            grad_wb = (grad @ d_wb.view(u, f1 * levels)).view(f1, levels)
+            grad_w = grad_wb[:-1].t() if need_w else None
+            grad_b = grad_wb[-1] if need_b else None
         return grad_h, grad_w, grad_b, None
 
 
@@ -362,7 +364,7 @@ def summed_linear_logsumexp(
     likelihood per pixel, ``P`` pixels per image). The same values and gradients, faster when
     the features are few (``F < P``): the forward keeps each group's gradient, up to its
     upstream factor, instead of the backward recomputing the logits
-    (:class:`SummedLinearLogSumExp`; about 1.5 times faster forward and backward for 784
+    (:class:`SummedLinearLogSumExp`; about 1.3 times faster forward and backward for 784
     pixels, 5 features and 256 levels). Without a gradient to take (``torch.no_grad()``, or no
     input that requires one), or with ``F >= P``, it is :func:`linear_logsumexp` summed.
 
