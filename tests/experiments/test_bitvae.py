@@ -447,3 +447,14 @@ def test_a_run_with_the_active_set_method(tmp_path: Path) -> None:
     config = tiny_config(estimator="sparsemap", sparsemap_method="active_set", epochs=1)
     results = run(EXPERIMENT, config, tmp_path / "r", progress=False, plots=False)
     assert math.isfinite(results["test"]["bpd"]) and results["test"]["support_size"] >= 1
+
+
+def test_a_record_keeps_the_config_the_run_wrote(tmp_path: Path) -> None:
+    from latentgrad.lab.records import make_record
+    from latentgrad.lab.report import load_run
+
+    config = tiny_config(estimator="gs", epochs=1, max_steps_per_epoch=2)
+    run(EXPERIMENT, config, tmp_path / "r", progress=False, plots=False)
+    record = make_record(tmp_path / "r")
+    assert record["config"]["bit_encoding"] == "one-hot"  # as written, though GS never reads it
+    assert "bit_encoding" not in load_run(tmp_path / "r").config  # how reports compare it

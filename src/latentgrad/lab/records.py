@@ -94,7 +94,7 @@ def make_record(run_dir: str | Path) -> dict[str, Any]:
             "experiment": info.experiment,
             "primary_metric": info.primary_metric,
             "config_class": meta.get("config_class"),
-            "config": info.config,
+            "config": meta["config"],  # as the run wrote it (reports complete it when read)
             "env": env,
             "results": info.results,
             "history": info.history,
