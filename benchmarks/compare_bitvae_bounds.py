@@ -25,7 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -33,39 +33,43 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentgrad.data import load_dataset
 from latentgrad.experiments.bitvae import (
     BitVAEConfig,
     BitVAETrainable,
     BitVectorVAE,
+    build,
     importance_sampled_bound,
 )
 from latentgrad.lab import ESTIMATORS
-from latentgrad.lab.config import config_from_dict
+from latentgrad.lab.config import resolve_config
 from latentgrad.lab.registry import resolve_options
+from latentgrad.lab.rundir import RunDirectory
 
 
 def trained(run_dir: Path, data_dir: str | None) -> BitVAETrainable:
-    """The run's model with its last checkpoint's weights."""
-    meta = json.loads((run_dir / "config.json").read_text())
-    config = config_from_dict(BitVAEConfig, meta["config"], source=str(run_dir))
+    """The run's model with its last checkpoint's weights (the run's config as ``--config``
+    reads it, the checkpoint as a resumed run loads it)."""
+    config = resolve_config(BitVAEConfig, file=run_dir / "config.json")
+    config = dataclasses.replace(config, data=data_dir)
     name = config.estimator
     chosen = ESTIMATORS[name].resolve(name, resolve_options(name, config.estimator_options))
-    t = BitVAETrainable(config, chosen, load_dataset(config.dataset, data_dir=data_dir))
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    t.modules.load_state_dict(state["modules"])
+    t = build(config, chosen)
+    RunDirectory(run_dir).load_checkpoint(t)
     t.modules.eval()
     return t
 
 
 @torch.no_grad()
-def uniform_log_px(model: BitVectorVAE, x: Tensor, samples: int, chunk: int = 128) -> Tensor:
+def uniform_log_px(
+    model: BitVectorVAE, x: Tensor, samples: int, images: int = 8, draws: int = 16
+) -> Tensor:
     """``log (1/S) sum_s p(x | z_s)``, ``z_s`` uniform over ``{0, 1}^D``: the log of an
-    unbiased estimate of ``p(x)`` (the weight ``p(x, z) / 2^-D`` is ``p(x | z)``), ``(B,)``."""
+    unbiased estimate of ``p(x)`` (the weight ``p(x, z) / 2^-D`` is ``p(x | z)``), ``(B,)``.
+    The decoder sees ``draws`` draws of ``images`` images at a time."""
     out = []
-    for xs in x.split(max(1, chunk // 16)):
+    for xs in x.split(images):
         z = torch.randint(0, 2, (samples, xs.shape[0], model.num_bits)).float()
-        ll = torch.cat([model.log_likelihood(xs)(zc).double() for zc in z.split(16)])
+        ll = torch.cat([model.log_likelihood(xs)(zc).double() for zc in z.split(draws)])
         out.append(ll.logsumexp(0) - math.log(samples))
     return torch.cat(out)
 

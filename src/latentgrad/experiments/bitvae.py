@@ -406,15 +406,14 @@ class BitVectorVAE(nn.Module):
         sparsemap_method: str = "auto",
     ) -> None:
         super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-        if bit_encoding not in BIT_ENCODINGS:
-            raise ValueError(f"bit_encoding must be one of {BIT_ENCODINGS}, got {bit_encoding!r}")
+        for name, value, allowed in (
+            ("family", family, FAMILIES),
+            ("bit_encoding", bit_encoding, BIT_ENCODINGS),
+            ("sparsemap_method", sparsemap_method, SPARSEMAP_METHODS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.bit_encoding = bit_encoding
-        if sparsemap_method not in SPARSEMAP_METHODS:
-            raise ValueError(
-                f"sparsemap_method must be one of {SPARSEMAP_METHODS}, got {sparsemap_method!r}"
-            )
         self.sparsemap_method = sparsemap_method
         self.num_pixels = num_pixels
         self.num_bits = num_bits
