@@ -72,6 +72,13 @@ def test_options_reach_the_estimator():
     q = lg.Bernoulli(logits=torch.zeros(5, 2))
     nvil(q, lambda z: z.sum(-1), context=torch.randn(5, 3))
     assert nvil.baseline.network[0].weight.shape == (7, 3) and nvil.baseline.decay == 0.9
+    authors = {"nvil_hidden": 512, "nvil_layers": 3, "nvil_activation": "relu"}
+    deep = make_estimator("nvil", authors)  # Correia et al.'s bit-vector VAE baseline
+    deep(q, lambda z: z.sum(-1), context=torch.randn(5, 3))
+    kinds = [type(m).__name__ for m in deep.baseline.network]
+    assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    widths = [m.weight.shape for m in deep.baseline.network if isinstance(m, torch.nn.Linear)]
+    assert widths == [(512, 3), (512, 512), (512, 512), (1, 512)]
 
     gs = make_estimator("gs", {"tau_initial": 2.0, "tau_rate": 0.5, "tau_every": 2})
     assert isinstance(gs.tau_schedule, ExponentialDecay)
@@ -114,6 +121,9 @@ def test_values_are_typed_and_checked_with_one_line_errors():
         ({"num_samples": 0}, InvalidConfigValue, "num_samples must be a positive int, got 0"),
         ({"baseline_decay": 2.0}, InvalidConfigValue, r"baseline_decay must be a number in \[0"),
         ({"baseline_samples": 2}, InvalidConfigValue, "unless baseline is independent-sample"),
+        ({"nvil_layers": 3}, InvalidConfigValue, "nvil_layers must be left at 1 unless baseline"),
+        ({"nvil_activation": "relu"}, InvalidConfigValue, "nvil_activation must be left at"),
+        ({"nvil_activation": "gelu"}, ConfigError, "expected one of tanh, relu"),
     ]
     for overrides, error, message in bad:
         with pytest.raises(error, match=message):

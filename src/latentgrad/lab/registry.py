@@ -185,7 +185,10 @@ class ScoreFunctionOptions(EstimatorOptions):
             Gregor 2014).
         baseline_decay: decay of the running mean of the moving-average and nvil baselines.
         baseline_samples: extra samples of the independent-sample baseline.
-        nvil_hidden: hidden units of the nvil baseline network (one tanh layer).
+        nvil_hidden: hidden units per layer of the nvil baseline network.
+        nvil_layers: hidden layers of the nvil baseline network (Mnih & Gregor: one; Correia
+            et al.'s bit-vector VAE: three of 512 ReLU units).
+        nvil_activation: the nvil network's nonlinearity after each hidden layer.
     """
 
     num_samples: int = 1
@@ -193,9 +196,13 @@ class ScoreFunctionOptions(EstimatorOptions):
     baseline_decay: float = 0.8
     baseline_samples: int = 1
     nvil_hidden: int = 100
+    nvil_layers: int = 1
+    nvil_activation: Literal["tanh", "relu"] = "tanh"
 
     def validate(self) -> None:
-        _check_positive_ints(self, "num_samples", "baseline_samples", "nvil_hidden")
+        _check_positive_ints(self, "num_samples", "baseline_samples", "nvil_hidden", "nvil_layers")
+        activation = self.nvil_activation
+        require(activation in _ACTIVATIONS, "nvil_activation", "'tanh' or 'relu'", activation)
         decay = self.baseline_decay
         ok = isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 <= decay <= 1
         require(ok, "baseline_decay", "a number in [0, 1]", decay)
@@ -210,7 +217,8 @@ class ScoreFunctionOptions(EstimatorOptions):
         _check_unused(self, decayed, "baseline_decay", "baseline is moving-average or nvil")
         extra = self.baseline == "independent-sample"
         _check_unused(self, extra, "baseline_samples", "baseline is independent-sample")
-        _check_unused(self, self.baseline == "nvil", "nvil_hidden", "baseline is nvil")
+        for name in ("nvil_hidden", "nvil_layers", "nvil_activation"):
+            _check_unused(self, self.baseline == "nvil", name, "baseline is nvil")
 
 
 @dataclass(frozen=True)
@@ -639,7 +647,8 @@ def _baseline(options: ScoreFunctionOptions) -> Any:
     if options.baseline == "independent-sample":
         return IndependentSample(options.baseline_samples)
     if options.baseline == "nvil":
-        return NVIL(_nvil_network(options.nvil_hidden), decay=options.baseline_decay)
+        network = _nvil_network(options.nvil_hidden, options.nvil_layers, options.nvil_activation)
+        return NVIL(network, decay=options.baseline_decay)
     return None
 
 
@@ -651,9 +660,17 @@ def _muprop(options: ScoreFunctionOptions) -> MuProp:
     return MuProp(options.num_samples, _baseline(options))
 
 
-def _nvil_network(hidden: int = 100) -> nn.Module:
-    """Mnih & Gregor's input-dependent baseline: one tanh layer; the input width is lazy."""
-    return nn.Sequential(nn.LazyLinear(hidden), nn.Tanh(), nn.Linear(hidden, 1))
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _nvil_network(hidden: int = 100, layers: int = 1, activation: str = "tanh") -> nn.Module:
+    """Mnih & Gregor's input-dependent baseline: ``layers`` hidden layers of ``hidden`` units
+    (one tanh layer by default); the input width is lazy."""
+    parts: list[nn.Module] = []
+    for i in range(layers):
+        parts += [nn.LazyLinear(hidden) if i == 0 else nn.Linear(hidden, hidden)]
+        parts += [_ACTIVATIONS[activation]()]
+    return nn.Sequential(*parts, nn.Linear(hidden, 1))
 
 
 def _gumbel_softmax(options: GumbelSoftmaxOptions) -> GumbelSoftmax:
