@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from torch import nn
@@ -72,6 +72,7 @@ from latentgrad.estimators import (
 )
 from latentgrad.estimators.unordered_set import MAX_K
 from latentgrad.lab.config import (
+    RECORDED_BEFORE,
     ConfigError,
     InvalidConfigValue,
     coerce_value,
@@ -196,8 +197,11 @@ class ScoreFunctionOptions(EstimatorOptions):
     baseline_decay: float = 0.8
     baseline_samples: int = 1
     nvil_hidden: int = 100
-    nvil_layers: int = 1
-    nvil_activation: Literal["tanh", "relu"] = "tanh"
+    # (added after runs were recorded, which ran with one tanh layer: see RECORDED_BEFORE)
+    nvil_layers: int = field(default=1, metadata={RECORDED_BEFORE: 1})
+    nvil_activation: Literal["tanh", "relu"] = field(
+        default="tanh", metadata={RECORDED_BEFORE: "tanh"}
+    )
 
     def validate(self) -> None:
         _check_positive_ints(self, "num_samples", "baseline_samples", "nvil_hidden", "nvil_layers")

@@ -158,7 +158,8 @@ def load_run(run_dir: str | Path) -> RunInfo:
 def recorded_config(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The ``"config"`` of a run directory's ``config.json`` or of a record, as the report
     compares runs: with the fields added since it ran that say what it ran with
-    (:data:`~latentgrad.lab.config.RECORDED_BEFORE` of its ``"config_class"``), and without
+    (:data:`~latentgrad.lab.config.RECORDED_BEFORE` of its ``"config_class"`` and of its
+    estimator's options class), and without
     the fields its estimator's latent family does not read
     (:data:`~latentgrad.lab.config.FOR_LATENTS`)."""
     config = dict(meta["config"])
@@ -169,6 +170,9 @@ def recorded_config(meta: Mapping[str, Any]) -> dict[str, Any]:
     from latentgrad.lab.registry import ESTIMATORS  # (torch and the estimators: lazily)
 
     entry = ESTIMATORS.get(str(config.get("estimator")))
+    options = config.get("estimator_options")
+    if entry is not None and isinstance(options, Mapping):  # (options added since, likewise)
+        config["estimator_options"] = with_recorded_defaults(type(entry.options), options)
     unread = fields_not_read(cls, entry.latent) if entry is not None else set()
     return {k: v for k, v in config.items() if k not in unread}
 
