@@ -409,6 +409,14 @@ def _grow_border(v: Tensor, k: int) -> Tensor:
 _REFINE = 1
 
 
+def _bordered_solve(top: Tensor, kinv: Tensor) -> Tensor:
+    """``[top; 1]^T K^-1`` for rows ``top`` ``(n, K)`` and inverse KKT matrices ``kinv``,
+    ``(n, K+1)`` (the inverse is symmetric; a product with a vector on the left is the fast
+    one)."""
+    rhs = torch.cat([top, torch.ones_like(top[:, :1])], 1).unsqueeze(1)
+    return torch.bmm(rhs, kinv)[:, 0]
+
+
 def _refine(sol: Tensor, kinv: Tensor, gram: Tensor, score: Tensor, mask: Tensor) -> Tensor:
     """The minimizer on the active set improved by iterative refinement of ``sol = [p; nu]``,
     the solve with the inverse ``kinv``.
@@ -517,18 +525,15 @@ def _active_set(
         since_refresh += 1
         ar = torch.arange(w, device=dev)
         # The minimizer on the active set, then a step towards it that stays feasible.
-        # (The inverse is symmetric; products with a vector on the left are much faster.)
-        rhs = torch.cat([score * mask, torch.ones_like(score[:, :1])], 1).unsqueeze(1)
-        sol = torch.bmm(rhs, kinv)[:, 0]  # [p; nu]
+        sol = _bordered_solve(score * mask, kinv)  # [p; nu]
         p_hat = sol[:, :cap]
         # Rows in the face phase refine it. Gathering their slots and inverses costs about
         # what refining every row does, so with at least half of the rows in that phase all
         # are refined and the others keep their solve.
         in_face = int(fine.sum())
-        if in_face == w:
-            p_hat = _refine(sol, kinv, gram, score, mask)
-        elif 2 * in_face >= w:
-            p_hat = torch.where(fine.unsqueeze(1), _refine(sol, kinv, gram, score, mask), p_hat)
+        if 2 * in_face >= w:
+            refined = _refine(sol, kinv, gram, score, mask)
+            p_hat = refined if in_face == w else torch.where(fine.unsqueeze(1), refined, p_hat)
         elif in_face:
             at = fine.nonzero().squeeze(1)
             p_hat[at] = _refine(sol[at], kinv[at], gram[at], score[at], mask[at])
@@ -706,8 +711,7 @@ def _hull_coordinates(y: Tensor, idx: Tensor, m: Tensor, kinv: Tensor) -> tuple[
     """Barycentric coordinates ``(n, K)`` of the projection of ``y`` ``(n, D)`` onto the affine
     hull of the slots ``idx`` (see :func:`_parts`) with mask ``m`` (float) and inverse KKT
     matrices ``kinv``, and ``y`` less that projection."""
-    b = torch.cat([_slot_scores(y, idx) * m, m[:, :1] * 0 + 1], 1)
-    c = torch.bmm(b.unsqueeze(1), kinv).squeeze(1)[:, : idx.shape[1]] * m
+    c = _bordered_solve(_slot_scores(y, idx) * m, kinv)[:, : idx.shape[1]] * m
     return c, y - _combine(c, idx, y.shape[1])
 
 
@@ -759,8 +763,7 @@ def _complete_face(
         ones = th.new_ones(w, 1)
         slots = zs if dense else _trim(parts.index_select(0, live), d)
         score = _slot_scores(th, slots) * m
-        rhs = torch.cat([score, ones], 1).unsqueeze(1)
-        p = _refine(torch.bmm(rhs, kinv)[:, 0], kinv, gram, score, sup) * m
+        p = _refine(_bordered_solve(score, kinv), kinv, gram, score, sup) * m
         mu = _combine(p, slots, d)
         g = th - mu
         # r: x less its projection onto the directions of the hull (M^T S M x).
