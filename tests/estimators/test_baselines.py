@@ -139,6 +139,43 @@ def test_independent_sample_draws_extra_samples_in_the_same_call() -> None:
     torch.testing.assert_close(out.value, out.losses.mean(0))
 
 
+def test_independent_sample_with_backprop_adds_the_extra_samples_gradient_weighted_by_surprisal():
+    # Correia et al.'s SFE+: (f(z).detach() - f(z')) log q(z), f(z') not detached.
+    torch.manual_seed(14)
+    logits = torch.randn(6, 4, dtype=F64, requires_grad=True)
+    w = torch.randn(4, dtype=F64, requires_grad=True)
+    seen: list[Tensor] = []
+
+    def loss_fn(z: Tensor) -> Tensor:
+        seen.append(z)
+        return (z * w).sum(-1) ** 2
+
+    grads = {}
+    for backprop in (False, True):
+        torch.manual_seed(15)
+        est = ScoreFunction(2, baseline=IndependentSample(3, backprop=backprop))
+        out = est(lg.Categorical(logits=logits), loss_fn)
+        grads[backprop] = torch.autograd.grad(out.surrogate.sum(), (logits, w))
+        value = out.value
+    z = seen[-1].detach()  # (2 + 3, 6, 4), the same draws both times (same seed)
+    torch.testing.assert_close(seen[0], seen[1])
+    torch.testing.assert_close(value, out.losses.mean(0))
+    torch.testing.assert_close(grads[True][0], grads[False][0])  # q's gradient unchanged
+    # d/dw of f(z) = (z.w)^2 is 2 (z.w) z; the extra term: mean_k -log q(z_k) mean_e that.
+    logq = torch.distributions.OneHotCategorical(logits=logits.detach()).log_prob(z[:2])
+    df = 2 * (z * w.detach()).sum(-1, keepdim=True) * z  # (5, 6, 4)
+    extra = (-logq.unsqueeze(-1) * df[2:].mean(0)).mean(0).sum(0)
+    torch.testing.assert_close(grads[True][1] - grads[False][1], extra)
+    assert (
+        repr(IndependentSample(2, backprop=True))
+        == "IndependentSample(num_samples=2, backprop=True)"
+    )
+    with pytest.raises(TypeError, match="backprop must be a bool"):
+        IndependentSample(backprop=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="baseline must not backpropagate with MuProp"):
+        lg.MuProp(1, baseline=IndependentSample(backprop=True))
+
+
 def test_nvil_one_backward_trains_the_network() -> None:
     torch.manual_seed(13)
     net = nn.Linear(3, 1)

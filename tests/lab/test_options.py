@@ -67,6 +67,8 @@ def test_options_reach_the_estimator():
     assert isinstance(ma.baseline, lg.MovingAverage) and ma.baseline.decay == 0.5
     plus = make_estimator("sf", {"baseline": "independent-sample", "baseline_samples": 3})
     assert isinstance(plus.baseline, lg.IndependentSample) and plus.baseline.num_samples == 3
+    assert not plus.baseline.backprop
+    assert make_estimator("sfe+", {"baseline_backprop": True}).baseline.backprop  # the authors'
     assert make_estimator("sf-loo", {"baseline": "none"}).baseline is None
     nvil = make_estimator("nvil", {"nvil_hidden": 7, "baseline_decay": 0.9})
     q = lg.Bernoulli(logits=torch.zeros(5, 2))
@@ -122,6 +124,7 @@ def test_values_are_typed_and_checked_with_one_line_errors():
         ({"baseline_decay": 2.0}, InvalidConfigValue, r"baseline_decay must be a number in \[0"),
         ({"baseline_samples": 2}, InvalidConfigValue, "unless baseline is independent-sample"),
         ({"nvil_layers": 3}, InvalidConfigValue, "nvil_layers must be left at 1 unless baseline"),
+        ({"baseline_backprop": True}, InvalidConfigValue, "baseline_backprop must be left at"),
         ({"nvil_activation": "relu"}, InvalidConfigValue, "nvil_activation must be left at"),
         ({"nvil_activation": "gelu"}, ConfigError, "expected one of tanh, relu"),
     ]

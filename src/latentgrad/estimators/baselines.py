@@ -259,8 +259,17 @@ class IndependentSample:
     them in the same loss call; they get no score term and only serve as baseline
     ``b_k = mean_e f(z'_e)``, shared by all scored samples and independent of them.
 
+    With ``backprop`` the baseline keeps its graph, as in Correia et al.'s code, whose
+    surrogate ``(f(z_k).detach() - b_k) log q(z_k)`` does not detach ``b_k``: the loss's own
+    parameters (a decoder) then also get ``-log q(z_k) grad b_k``, the extra samples' gradient
+    weighted by the scored sample's surprisal. That is no longer an estimate of the gradient of
+    ``E_q[f]`` (the gradient with respect to ``q``'s parameters is unchanged, the extra samples
+    being drawn without a graph); it exists to reproduce their SFE+ runs.
+
     Args:
         num_samples: number of extra samples ``E``.
+        backprop: let ``b_k`` carry the gradient above (default ``False``: the baseline is a
+            constant, the estimator unbiased).
 
     Shape:
         ``value``: ``(K,) + batch_shape``, where ``losses`` has ``K + E`` rows.
@@ -278,11 +287,15 @@ class IndependentSample:
             Structured Latent Variables via Sparsity", NeurIPS 2020.
     """
 
-    def __init__(self, num_samples: int = 1) -> None:
+    def __init__(self, num_samples: int = 1, *, backprop: bool = False) -> None:
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        if not isinstance(backprop, bool):
+            raise TypeError(f"backprop must be a bool, got {type(backprop).__name__}")
+        self.backprop = backprop
 
     def __repr__(self) -> str:
-        return f"IndependentSample(num_samples={self.num_samples})"
+        extra = ", backprop=True" if self.backprop else ""
+        return f"IndependentSample(num_samples={self.num_samples}{extra})"
 
     def num_extra_samples(self, num_samples: int) -> int:
         return self.num_samples

@@ -18,8 +18,8 @@ from latentgrad.estimators._base import (
     score_term,
     zero_forward,
 )
-from latentgrad.estimators.baselines import apply_baseline
-from latentgrad.estimators.score_function import ScoreFunction
+from latentgrad.estimators.baselines import Baseline, apply_baseline
+from latentgrad.estimators.score_function import Score, ScoreFunction
 
 
 class _Expansion(NamedTuple):
@@ -109,6 +109,16 @@ class MuProp(ScoreFunction):
     """
 
     requires = ("has_mean_field",)
+
+    def __init__(
+        self, num_samples: int = 1, baseline: Baseline | None = None, *, score: Score = "value"
+    ) -> None:
+        super().__init__(num_samples, baseline, score=score)
+        if getattr(baseline, "backprop", False):
+            raise ValueError(
+                "baseline must not backpropagate with MuProp (IndependentSample(backprop=True) "
+                "is the score function's; MuProp's extra losses enter through its residual)"
+            )
 
     def _estimate(
         self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None

@@ -147,6 +147,9 @@ class ScoreFunction(Estimator):
         extras: dict[str, object] = {"baseline": centred.baseline}
         if total > k:
             extras["extra_losses"] = losses[k:].detach()
+            if getattr(self.baseline, "backprop", False):
+                # (IndependentSample(backprop=True): -log q(z_k) grad b, see there)
+                terms = terms - logp.detach() * zero_forward(upcast(losses[k:]).mean(0))
         return self._scored_estimate(losses[:k], terms, centred, total, extras)
 
     @staticmethod

@@ -186,6 +186,9 @@ class ScoreFunctionOptions(EstimatorOptions):
             Gregor 2014).
         baseline_decay: decay of the running mean of the moving-average and nvil baselines.
         baseline_samples: extra samples of the independent-sample baseline.
+        baseline_backprop: the independent-sample baseline keeps its gradient, as in Correia et
+            al.'s code (the decoder also learns from the extra samples, weighted by -log q of
+            the scored one; biased, see IndependentSample).
         nvil_hidden: hidden units per layer of the nvil baseline network.
         nvil_layers: hidden layers of the nvil baseline network (Mnih & Gregor: one; Correia
             et al.'s bit-vector VAE: three of 512 ReLU units).
@@ -196,6 +199,7 @@ class ScoreFunctionOptions(EstimatorOptions):
     baseline: Baseline = "none"
     baseline_decay: float = 0.8
     baseline_samples: int = 1
+    baseline_backprop: bool = field(default=False, metadata={RECORDED_BEFORE: False})
     nvil_hidden: int = 100
     # (added after runs were recorded, which ran with one tanh layer: see RECORDED_BEFORE)
     nvil_layers: int = field(default=1, metadata={RECORDED_BEFORE: 1})
@@ -221,6 +225,7 @@ class ScoreFunctionOptions(EstimatorOptions):
         _check_unused(self, decayed, "baseline_decay", "baseline is moving-average or nvil")
         extra = self.baseline == "independent-sample"
         _check_unused(self, extra, "baseline_samples", "baseline is independent-sample")
+        _check_unused(self, extra, "baseline_backprop", "baseline is independent-sample")
         for name in ("nvil_hidden", "nvil_layers", "nvil_activation"):
             _check_unused(self, self.baseline == "nvil", name, "baseline is nvil")
 
@@ -649,7 +654,7 @@ def _baseline(options: ScoreFunctionOptions) -> Any:
     if options.baseline == "leave-one-out":
         return LeaveOneOut()
     if options.baseline == "independent-sample":
-        return IndependentSample(options.baseline_samples)
+        return IndependentSample(options.baseline_samples, backprop=options.baseline_backprop)
     if options.baseline == "nvil":
         network = _nvil_network(options.nvil_hidden, options.nvil_layers, options.nvil_activation)
         return NVIL(network, decay=options.baseline_decay)
