@@ -13,6 +13,7 @@ from latentgrad.estimators.baselines import (
     NVIL,
     Baseline,
     BaselineOutput,
+    CumulativeMean,
     IndependentSample,
     LeaveOneOut,
     MovingAverage,
@@ -116,6 +117,24 @@ def test_moving_average_uses_previous_steps_only() -> None:
     est.eval()
     est(q, lambda z: 100.0 + 0 * z.sum(-1))
     assert float(baseline.average) == 5.0  # no update in eval mode
+
+
+def test_cumulative_mean_averages_every_previous_step_equally() -> None:
+    baseline = CumulativeMean()
+    est = ScoreFunction(2, baseline=baseline)
+    q = lg.Categorical(logits=torch.zeros(3, 2))
+    seen = []
+    for level in (4.0, 6.0, 11.0):
+        out = est(q, lambda z, c=level: c + 0 * z.sum(-1))
+        seen.append(float(out.extras["baseline"][0, 0]))
+    assert seen == [0.0, 4.0, 5.0]  # 0, then the mean of the steps before
+    assert float(baseline.average) == 7.0 and int(baseline.count) == 3
+    est.eval()
+    est(q, lambda z: 100.0 + 0 * z.sum(-1))
+    assert float(baseline.average) == 7.0  # no update in eval mode
+    restored = CumulativeMean()
+    restored.load_state_dict(baseline.state_dict())
+    assert float(restored.average) == 7.0 and int(restored.count) == 3
 
 
 def test_independent_sample_draws_extra_samples_in_the_same_call() -> None:

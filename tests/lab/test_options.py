@@ -65,6 +65,10 @@ def test_options_reach_the_estimator():
     assert isinstance(sf.baseline, lg.LeaveOneOut)
     ma = make_estimator("sf", {"baseline": "moving-average", "baseline_decay": 0.5})
     assert isinstance(ma.baseline, lg.MovingAverage) and ma.baseline.decay == 0.5
+    runavg = make_estimator("sf-ma", {"baseline": "cumulative-mean"})  # Correia et al.'s SFE
+    assert isinstance(runavg.baseline, lg.CumulativeMean)
+    with pytest.raises(InvalidConfigValue, match=r"baseline_decay must be left at 0\.8"):
+        resolve_options("sf", {"baseline": "cumulative-mean", "baseline_decay": 0.5})
     plus = make_estimator("sf", {"baseline": "independent-sample", "baseline_samples": 3})
     assert isinstance(plus.baseline, lg.IndependentSample) and plus.baseline.num_samples == 3
     assert not plus.baseline.backprop

@@ -208,6 +208,55 @@ class MovingAverage(nn.Module):
         return BaselineOutput(value)
 
 
+class CumulativeMean(nn.Module):
+    """The mean loss of all previous steps: ``b_k = c_t = (m_1 + ... + m_{t-1}) / (t - 1)``.
+
+    ``m_s`` is step ``s``'s mean loss; the first step uses ``c = 0``. This is the running
+    average of Correia et al.'s score-function code ("runavg"). Unlike
+    :class:`MovingAverage` it never forgets: while the loss falls, ``c`` stays above the
+    current loss by about half of what it has fallen, so the centred signal is mostly
+    negative. Still unbiased (``c`` depends on earlier steps only); updated in training mode
+    only.
+
+    Shape:
+        ``value``: ``(K,) + batch_shape``, all equal to the scalar buffer ``average``.
+
+    Example:
+        >>> import torch, latentgrad as lg
+        >>> from latentgrad.estimators.baselines import CumulativeMean
+        >>> est = lg.ScoreFunction(baseline=CumulativeMean())
+        >>> q = lg.Categorical(logits=torch.zeros(5, 3))
+        >>> for level in (10.0, 20.0, 30.0):
+        ...     _ = est(q, lambda z: level + 0 * z[..., 0])
+        >>> float(est.baseline.average), int(est.baseline.count)
+        (20.0, 3)
+
+    References:
+        [1] Correia, Niculae, Aziz & Martins, "Efficient Marginalization of Discrete and
+            Structured Latent Variables via Sparsity", NeurIPS 2020 (``lvmhelpers/sfe.py``).
+    """
+
+    average: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("average", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def num_extra_samples(self, num_samples: int) -> int:
+        return 0
+
+    def forward(self, samples: Tensor, losses: Tensor, context: Tensor | None) -> BaselineOutput:
+        value = self.average.to(losses).clone().expand_as(losses)
+        if self.training and losses.numel():
+            with torch.no_grad():
+                self.count.add_(1)
+                mean = losses.detach().double().mean().to(self.average)
+                self.average.add_((mean - self.average) / self.count.to(self.average))
+        return BaselineOutput(value)
+
+
 class LeaveOneOut:
     """Leave-one-out baseline ``b_k = (sum_j f_j - f_k) / (K - 1)`` over the ``K`` samples.
 

@@ -48,6 +48,7 @@ from latentgrad.estimators import (
     RELAX,
     VIMCO,
     ConcreteRELAX,
+    CumulativeMean,
     DisARM,
     EReinforce,
     Estimator,
@@ -171,7 +172,9 @@ class SamplesOptions(EstimatorOptions):
         _check_positive_ints(self, "num_samples")
 
 
-Baseline = Literal["none", "moving-average", "leave-one-out", "independent-sample", "nvil"]
+Baseline = Literal[
+    "none", "moving-average", "cumulative-mean", "leave-one-out", "independent-sample", "nvil"
+]
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ class ScoreFunctionOptions(EstimatorOptions):
 
     Attributes:
         num_samples: scored samples per example and step.
-        baseline: the control variate: none, moving-average (of the loss), leave-one-out (the
+        baseline: the control variate: none, moving-average (of the loss), cumulative-mean (the
+            mean loss of all earlier steps, Correia et al.'s SFE), leave-one-out (the
             mean loss of the other samples; needs num_samples >= 2), independent-sample (the
             loss of extra samples, SFE+) or nvil (a learned input-dependent network, Mnih &
             Gregor 2014).
@@ -651,6 +655,8 @@ class EstimatorEntry(Generic[OptionsT]):
 def _baseline(options: ScoreFunctionOptions) -> Any:
     if options.baseline == "moving-average":
         return MovingAverage(options.baseline_decay)
+    if options.baseline == "cumulative-mean":
+        return CumulativeMean()
     if options.baseline == "leave-one-out":
         return LeaveOneOut()
     if options.baseline == "independent-sample":

@@ -334,6 +334,14 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         stateful=True,
     ),
     EstimatorExample(
+        "cumulative-mean",
+        "baseline",
+        lambda q, **kw: e.ScoreFunction(2, baseline=e.CumulativeMean(), **kw),
+        "unbiased",
+        num_samples=2,
+        stateful=True,
+    ),
+    EstimatorExample(
         "leave-one-out",
         "baseline",
         lambda q, **kw: e.ScoreFunction(3, baseline=e.LeaveOneOut(), **kw),
