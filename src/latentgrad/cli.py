@@ -247,15 +247,17 @@ def _with_options(
     file_options: dict[str, Any],
     opts: argparse.Namespace,
 ) -> ExperimentConfig:
-    """``config`` with its full estimator options: defaults, the file's, then the flags."""
+    """``config`` with its full estimator options: defaults, the experiment's preset, the
+    file's, then the flags."""
     import dataclasses
 
     from latentgrad.lab.config import cli_overrides
+    from latentgrad.lab.experiment import estimator_overrides
     from latentgrad.lab.registry import options_to_dict, resolve_options
 
     entry = estimator_entry(config.estimator, experiment)
     given = {**file_options, **cli_overrides(opts, type(entry.options))}
-    options = resolve_options(config.estimator, given)
+    options = resolve_options(config.estimator, estimator_overrides(config, given))
     return dataclasses.replace(config, estimator_options=options_to_dict(options))
 
 

@@ -24,8 +24,14 @@ from latentgrad.experiments.bitvae import (
 from latentgrad.lab import ESTIMATORS, ResolvedEstimator
 from latentgrad.lab.catalog import all_experiments
 from latentgrad.lab.config import InvalidConfigValue
-from latentgrad.lab.registry import resolve_options, supported_estimators
+from latentgrad.lab.registry import (
+    options_to_dict,
+    resolve_options,
+    supported_estimators,
+    with_resolved_options,
+)
 from latentgrad.lab.runner import run
+from latentgrad.lab.sweep import plan_sweep
 from latentgrad.mappings.oracles import bit_vectors
 
 
@@ -265,6 +271,50 @@ def test_presets_and_learning_rates_resolve() -> None:
     assert set(bitvae.LEARNING_RATES[32]) == set(bitvae.ESTIMATORS)
     assert (bitvae.default_budget(32), bitvae.default_budget(128)) == (16, 64)
     BitVAEConfig(lr=None).validate()
+
+
+AUTHORS_NVIL = {"nvil_hidden": 512, "nvil_layers": 3, "nvil_activation": "relu"}
+REGISTRY_NVIL = {"nvil_hidden": 100, "nvil_layers": 1, "nvil_activation": "tanh"}
+
+
+def _network(options: dict[str, object]) -> dict[str, object]:
+    return {key: options[key] for key in AUTHORS_NVIL}
+
+
+def test_nvil_takes_the_authors_network_unless_its_options_are_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bitvae.ESTIMATOR_PRESETS["nvil"] == AUTHORS_NVIL
+    config = with_resolved_options(BitVAEConfig(estimator="nvil"), EXPERIMENT)
+    assert _network(config.estimator_options) == AUTHORS_NVIL
+    given = BitVAEConfig(estimator="nvil", estimator_options={"nvil_layers": 2})
+    assert with_resolved_options(given, EXPERIMENT).estimator_options["nvil_layers"] == 2
+    assert with_resolved_options(given, EXPERIMENT).estimator_options["nvil_hidden"] == 512
+    other = with_resolved_options(BitVAEConfig(estimator="sf-ma"), EXPERIMENT)
+    assert other.estimator_options == options_to_dict(resolve_options("sf-ma"))
+    (planned,) = plan_sweep(EXPERIMENT, [{"estimator": ["nvil"]}], out=tmp_path)
+    assert _network(planned.config.estimator_options) == AUTHORS_NVIL
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in REGISTRY_NVIL.items()]
+    (explicit,) = plan_sweep(
+        EXPERIMENT, [{"estimator": ["nvil"], **{k: [v] for k, v in REGISTRY_NVIL.items()}}]
+    )
+    assert _network(explicit.config.estimator_options) == REGISTRY_NVIL
+    # the runner and the command line resolve it the same way
+    run(
+        EXPERIMENT,
+        tiny_config(estimator="nvil", epochs=1, max_steps_per_epoch=1),
+        tmp_path / "run",
+        progress=False,
+        plots=False,
+    )
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert _network(recorded["estimator_options"]) == AUTHORS_NVIL
+    argv = ["run", "bitvae", "--estimator", "nvil", "--dataset", "digits", "--print-config"]
+    for extra, expected in (([], AUTHORS_NVIL), (flags, REGISTRY_NVIL)):
+        capsys.readouterr()
+        assert main([*argv, *extra]) == 0
+        printed = json.loads(capsys.readouterr().out)["config"]["estimator_options"]
+        assert _network(printed) == expected
 
 
 def test_the_optimizer_gets_the_preset_learning_rate(digits: DataSplits) -> None:

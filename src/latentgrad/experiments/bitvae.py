@@ -143,6 +143,15 @@ LEARNING_RATES: Mapping[int, Mapping[str, float]] = {
     },
 }
 
+#: Estimator options of Correia et al.'s scripts that differ from the registry's defaults,
+#: by estimator: NVIL's baseline network maps the image through three ReLU layers of 512
+#: units (``lvmhelpers/nvil.py``), where Mnih & Gregor's, the registry's, has one tanh layer of
+#: 100. Runs recorded before this preset (December 2026) used the registry's network; their
+#: records say so in their options.
+ESTIMATOR_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "nvil": {"nvil_hidden": 512, "nvil_layers": 3, "nvil_activation": "relu"},
+}
+
 #: Samples x examples decoded at once by :func:`importance_sampled_bound`: each is ``P x
 #: levels`` logits (0.8 MB in float32 for Fashion-MNIST), and a pass holds a few such tensors.
 EVAL_CHUNK = 2**8
@@ -233,6 +242,16 @@ class BitVAEConfig(PresetLRConfig):
     sparsemap_method: Literal["auto", "active_set"] = field(
         default="auto", metadata={RECORDED_BEFORE: "auto", FOR_LATENTS: ("sparsemap",)}
     )
+
+    def preset_estimator_options(self) -> Mapping[str, Mapping[str, Any]]:
+        """Correia et al.'s settings of the estimators (:data:`ESTIMATOR_PRESETS`), which
+        options not given take (see :func:`~latentgrad.lab.experiment.estimator_overrides`).
+
+        Example:
+            >>> dict(BitVAEConfig().preset_estimator_options()["nvil"])
+            {'nvil_hidden': 512, 'nvil_layers': 3, 'nvil_activation': 'relu'}
+        """
+        return ESTIMATOR_PRESETS
 
     def preset_learning_rates(self) -> Mapping[str, float]:
         """Correia et al.'s learning rates for ``num_bits`` (:data:`LEARNING_RATES`), which

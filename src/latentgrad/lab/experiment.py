@@ -61,8 +61,10 @@ class ExperimentConfig:
             once, builds the estimator and hands it to the experiment's ``build``.
         estimator_options: the estimator's options by name (``num_samples``, ``baseline``,
             ``tau_initial``, ...; see ``latentgrad run EXPERIMENT --estimator NAME --help``).
-            Options not given take the estimator's defaults: the runner records all of them
-            in ``config.json``, and those that differ from the defaults name the run directory.
+            Options not given take the experiment's preset for the estimator
+            (:meth:`preset_estimator_options`), then the estimator's defaults: the runner
+            records all of them in ``config.json``, and those that differ from the
+            estimator's defaults name the run directory.
         seed: seeds torch (and numpy) at the start; a run is deterministic given its seed.
         epochs: number of passes over the training set.
         batch_size: training batch size.
@@ -90,6 +92,12 @@ class ExperimentConfig:
     max_eval_examples: int | None = None
     eval_every: int = 1
 
+    def preset_estimator_options(self) -> Mapping[str, Mapping[str, Any]]:
+        """Options by estimator name that this experiment sets unless ``estimator_options``
+        gives them (a paper's own settings, e.g. the authors' baseline network); none by
+        default. Read through :func:`estimator_overrides`."""
+        return {}
+
     def validate(self) -> None:
         """Check the ranges of the values (their types are checked when they are parsed).
 
@@ -115,6 +123,27 @@ class ExperimentConfig:
         options = self.estimator_options
         require(isinstance(options, dict), "estimator_options", "a dict of options", options)
         require(bool(self.dataset), "dataset", "a data set name", self.dataset)
+
+
+def estimator_overrides(
+    config: ExperimentConfig, given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The options to resolve ``config.estimator`` with: the experiment's preset for it
+    (:meth:`ExperimentConfig.preset_estimator_options`), then ``given`` (by default
+    ``config.estimator_options``) on top.
+
+    Example:
+        >>> @dataclass
+        ... class Paper(ExperimentConfig):
+        ...     def preset_estimator_options(self) -> Mapping[str, Mapping[str, Any]]:
+        ...         return {"sf-loo": {"num_samples": 8}}
+        >>> estimator_overrides(Paper()), estimator_overrides(Paper(), {"num_samples": 2})
+        ({'num_samples': 8}, {'num_samples': 2})
+        >>> estimator_overrides(Paper(estimator="gs"))
+        {}
+    """
+    preset = config.preset_estimator_options().get(config.estimator, {})
+    return {**preset, **(config.estimator_options if given is None else given)}
 
 
 #: The learning rate of an estimator missing from the preset of a :class:`PresetLRConfig`.

@@ -88,6 +88,7 @@ from latentgrad.lab.experiment import (
     ExperimentConfig,
     LatentFamily,
     ResolvedEstimator,
+    estimator_overrides,
 )
 from latentgrad.schedules import ExponentialDecay, LinearGrowth
 
@@ -1107,7 +1108,8 @@ def with_resolved_options(config: ConfigT, experiment: Experiment | None = None)
     """A copy of ``config`` whose ``estimator_options`` are the full resolved options.
 
     What a run records: every option of ``config.estimator``, the given ones checked, the
-    others at their defaults.
+    others at the experiment's preset (:func:`~latentgrad.lab.experiment.estimator_overrides`)
+    or their defaults.
 
     Raises:
         UnknownEstimator: if ``experiment`` (or the registry) does not know the estimator.
@@ -1119,5 +1121,5 @@ def with_resolved_options(config: ConfigT, experiment: Experiment | None = None)
         (4, 'leave-one-out')
     """
     estimator_entry(config.estimator, experiment)
-    options = resolve_options(config.estimator, config.estimator_options)
+    options = resolve_options(config.estimator, estimator_overrides(config))
     return dataclasses.replace(config, estimator_options=options_to_dict(options))

@@ -20,7 +20,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from latentgrad.lab.experiment import Experiment, ExperimentConfig, Trainable
+from latentgrad.lab.experiment import (
+    Experiment,
+    ExperimentConfig,
+    Trainable,
+    estimator_overrides,
+)
 from latentgrad.lab.loop import TrainingLoop, TrainState, evaluate, say, summarize
 from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, plot_run
 from latentgrad.lab.randomness import derived_seed, seed_all
@@ -82,7 +87,7 @@ def run(
     """
     _check_config(experiment, config)
     entry = estimator_entry(config.estimator, experiment)  # the one place the name is resolved
-    options = resolve_options(config.estimator, config.estimator_options)
+    options = resolve_options(config.estimator, estimator_overrides(config))
     config = dataclasses.replace(config, estimator_options=options_to_dict(options))
     if checkpoint_seconds is not None and checkpoint_seconds < 0:
         raise ValueError(f"checkpoint_seconds must be >= 0 or None, got {checkpoint_seconds}")

@@ -61,7 +61,7 @@ from latentgrad.lab.config import (
     load_config_file,
     parse_text,
 )
-from latentgrad.lab.experiment import Experiment, ExperimentConfig
+from latentgrad.lab.experiment import Experiment, ExperimentConfig, estimator_overrides
 from latentgrad.lab.rundir import RunConfigMismatch, RunDirectory, default_run_dir
 
 __all__ = [
@@ -298,8 +298,8 @@ def _with_options(
 ) -> ExperimentConfig:
     """``config`` with its estimator's options resolved (where the registry resolves options).
 
-    Options from the base config apply while the estimator is the base config's; the grid's
-    options apply on top.
+    The experiment's preset for the estimator comes first; options from the base config apply
+    on top while the estimator is the base config's, then the grid's.
     """
     resolve = getattr(registry, "resolve_options", None)
     if resolve is None or "estimator_options" not in fields:
@@ -310,7 +310,7 @@ def _with_options(
             )
         return config
     try:
-        resolved = resolve(config.estimator, options)
+        resolved = resolve(config.estimator, estimator_overrides(config, options))
     except (ValueError, TypeError) as err:
         raise ValueError(f"estimator {config.estimator!r}: {err}") from None
     changes: dict[str, Any] = {"estimator_options": _options_mapping(resolved)}
