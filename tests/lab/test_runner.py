@@ -67,7 +67,8 @@ def test_run_directory_holds_config_env_metrics_checkpoint_results_and_plots(tmp
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["experiment"] == "toy" and config["primary_metric"] == "mse"
     options = {"num_samples": 4, "baseline": "leave-one-out", "baseline_decay": 0.8}
-    options |= {"baseline_samples": 1, "nvil_hidden": 100, "nvil_layers": 1}
+    options |= {"baseline_samples": 1, "baseline_backprop": False}
+    options |= {"nvil_hidden": 100, "nvil_layers": 1}
     options |= {"nvil_activation": "tanh"}  # all of sf-loo's, resolved
     expected = {**dataclasses.asdict(toy.ToyConfig()), "hidden": [8], "estimator_options": options}
     assert config["config"] == expected
