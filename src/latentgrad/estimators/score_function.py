@@ -51,7 +51,9 @@ class ScoreFunction(Estimator):
 
     A learned baseline's own loss (NVIL) is added to every per-sample term with value 0, so a
     single backward pass of ``surrogate`` trains it too: give ``estimator.parameters()`` to the
-    optimizer. With ``surrogate.mean()`` it is trained with unit weight.
+    optimizer. With ``surrogate.mean()`` it is trained with unit weight. A baseline with a
+    true ``backprop`` attribute (``IndependentSample(backprop=True)``, Correia et al.'s SFE+)
+    also passes ``-log q(z_k) grad b`` to the loss's parameters (biased; see there).
 
     Args:
         num_samples: number of scored samples ``K`` per batch element.
