@@ -252,12 +252,11 @@ def _with_options(
     import dataclasses
 
     from latentgrad.lab.config import cli_overrides
-    from latentgrad.lab.experiment import estimator_overrides
-    from latentgrad.lab.registry import options_to_dict, resolve_options
+    from latentgrad.lab.registry import options_to_dict, resolve_config_options
 
     entry = estimator_entry(config.estimator, experiment)
     given = {**file_options, **cli_overrides(opts, type(entry.options))}
-    options = resolve_options(config.estimator, estimator_overrides(config, given))
+    options = resolve_config_options(config, given)
     return dataclasses.replace(config, estimator_options=options_to_dict(options))
 
 

@@ -290,6 +290,12 @@ def test_nvil_takes_the_authors_network_unless_its_options_are_given(
     given = BitVAEConfig(estimator="nvil", estimator_options={"nvil_layers": 2})
     assert with_resolved_options(given, EXPERIMENT).estimator_options["nvil_layers"] == 2
     assert with_resolved_options(given, EXPERIMENT).estimator_options["nvil_hidden"] == 512
+    # the preset gives way where a given option makes it invalid (no network to set)
+    plain = BitVAEConfig(estimator="nvil", estimator_options={"baseline": "moving-average"})
+    assert _network(with_resolved_options(plain, EXPERIMENT).estimator_options) == REGISTRY_NVIL
+    wrong = BitVAEConfig(estimator="nvil", estimator_options={"baseline": "none", "nvil_layers": 3})
+    with pytest.raises(InvalidConfigValue, match="nvil_layers must be left at 1"):
+        with_resolved_options(wrong, EXPERIMENT)  # a given option is still checked
     other = with_resolved_options(BitVAEConfig(estimator="sf-ma"), EXPERIMENT)
     assert other.estimator_options == options_to_dict(resolve_options("sf-ma"))
     (planned,) = plan_sweep(EXPERIMENT, [{"estimator": ["nvil"]}], out=tmp_path)

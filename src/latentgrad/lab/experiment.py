@@ -95,7 +95,7 @@ class ExperimentConfig:
     def preset_estimator_options(self) -> Mapping[str, Mapping[str, Any]]:
         """Options by estimator name that this experiment sets unless ``estimator_options``
         gives them (a paper's own settings, e.g. the authors' baseline network); none by
-        default. Read through :func:`estimator_overrides`."""
+        default. Read through :func:`~latentgrad.lab.registry.resolve_config_options`."""
         return {}
 
     def validate(self) -> None:
@@ -123,27 +123,6 @@ class ExperimentConfig:
         options = self.estimator_options
         require(isinstance(options, dict), "estimator_options", "a dict of options", options)
         require(bool(self.dataset), "dataset", "a data set name", self.dataset)
-
-
-def estimator_overrides(
-    config: ExperimentConfig, given: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The options to resolve ``config.estimator`` with: the experiment's preset for it
-    (:meth:`ExperimentConfig.preset_estimator_options`), then ``given`` (by default
-    ``config.estimator_options``) on top.
-
-    Example:
-        >>> @dataclass
-        ... class Paper(ExperimentConfig):
-        ...     def preset_estimator_options(self) -> Mapping[str, Mapping[str, Any]]:
-        ...         return {"sf-loo": {"num_samples": 8}}
-        >>> estimator_overrides(Paper()), estimator_overrides(Paper(), {"num_samples": 2})
-        ({'num_samples': 8}, {'num_samples': 2})
-        >>> estimator_overrides(Paper(estimator="gs"))
-        {}
-    """
-    preset = config.preset_estimator_options().get(config.estimator, {})
-    return {**preset, **(config.estimator_options if given is None else given)}
 
 
 #: The learning rate of an estimator missing from the preset of a :class:`PresetLRConfig`.

@@ -88,7 +88,6 @@ from latentgrad.lab.experiment import (
     ExperimentConfig,
     LatentFamily,
     ResolvedEstimator,
-    estimator_overrides,
 )
 from latentgrad.schedules import ExponentialDecay, LinearGrowth
 
@@ -1121,5 +1120,43 @@ def with_resolved_options(config: ConfigT, experiment: Experiment | None = None)
         (4, 'leave-one-out')
     """
     estimator_entry(config.estimator, experiment)
-    options = resolve_options(config.estimator, estimator_overrides(config))
+    options = resolve_config_options(config)
     return dataclasses.replace(config, estimator_options=options_to_dict(options))
+
+
+def resolve_config_options(
+    config: ExperimentConfig, given: Mapping[str, object] | None = None
+) -> Any:
+    """:func:`resolve_options` of ``config.estimator`` with the experiment's preset for it
+    (:meth:`~latentgrad.lab.experiment.ExperimentConfig.preset_estimator_options`) under the
+    given options (``given``, by default ``config.estimator_options``).
+
+    A preset option that the given ones make invalid is dropped: a preset of the NVIL network
+    gives way once the baseline is changed to one that has no network.
+
+    Raises:
+        UnknownEstimator, UnknownOption, ConfigError, InvalidConfigValue: see
+        :func:`resolve_options` (an error of a given option, never of a preset one).
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Paper(ExperimentConfig):
+        ...     def preset_estimator_options(self):
+        ...         return {"nvil": {"nvil_hidden": 512}}
+        >>> resolve_config_options(Paper(estimator="nvil")).nvil_hidden
+        512
+        >>> resolve_config_options(Paper(estimator="nvil"), {"nvil_hidden": 7}).nvil_hidden
+        7
+        >>> resolve_config_options(Paper(estimator="nvil"), {"baseline": "none"}).nvil_hidden
+        100
+    """
+    preset = dict(config.preset_estimator_options().get(config.estimator, {}))
+    chosen = dict(config.estimator_options if given is None else given)
+    while True:
+        try:
+            return resolve_options(config.estimator, {**preset, **chosen})
+        except InvalidConfigValue as err:
+            if err.field not in preset or err.field in chosen:
+                raise
+            del preset[err.field]

@@ -2,8 +2,9 @@
 
 :func:`run` ties the pieces together: it resolves ``config.estimator`` once
 (:func:`~latentgrad.lab.registry.estimator_entry`) and its options ``config.estimator_options``
-(:func:`~latentgrad.lab.registry.resolve_options`: the given ones checked, the others filled
-in with the estimator's defaults, all of them recorded in ``config.json``), prepares the run directory
+(:func:`~latentgrad.lab.registry.resolve_config_options`: the given ones checked, the others
+filled in with the experiment's preset or the estimator's defaults, all of them recorded in
+``config.json``), prepares the run directory
 (:class:`~latentgrad.lab.rundir.RunDirectory`: config check, resume or a fresh start), seeds
 the global RNGs with ``config.seed`` and builds the experiment with the fresh estimator, trains
 (:class:`~latentgrad.lab.loop.TrainingLoop`, a checkpoint after every epoch and every
@@ -20,16 +21,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from latentgrad.lab.experiment import (
-    Experiment,
-    ExperimentConfig,
-    Trainable,
-    estimator_overrides,
-)
+from latentgrad.lab.experiment import Experiment, ExperimentConfig, Trainable
 from latentgrad.lab.loop import TrainingLoop, TrainState, evaluate, say, summarize
 from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, plot_run
 from latentgrad.lab.randomness import derived_seed, seed_all
-from latentgrad.lab.registry import estimator_entry, options_to_dict, resolve_options
+from latentgrad.lab.registry import estimator_entry, options_to_dict, resolve_config_options
 from latentgrad.lab.rundir import RunConfigMismatch, RunDirectory, default_run_dir
 
 __all__ = ["RunConfigMismatch", "default_run_dir", "run"]
@@ -87,7 +83,7 @@ def run(
     """
     _check_config(experiment, config)
     entry = estimator_entry(config.estimator, experiment)  # the one place the name is resolved
-    options = resolve_options(config.estimator, estimator_overrides(config))
+    options = resolve_config_options(config)
     config = dataclasses.replace(config, estimator_options=options_to_dict(options))
     if checkpoint_seconds is not None and checkpoint_seconds < 0:
         raise ValueError(f"checkpoint_seconds must be >= 0 or None, got {checkpoint_seconds}")

@@ -3,8 +3,8 @@
 A grid maps keys to lists of values; the sweep is their cartesian product, one
 :func:`latentgrad.lab.runner.run` per point. A key is ``estimator``, a field of the experiment's
 config (``lr``, ``seed``, ``epochs``, ...), or an option of the estimator (``num_samples``,
-``tau_initial``, ...; resolved by :func:`latentgrad.lab.registry.resolve_options` where the
-registry has it).
+``tau_initial``, ...; resolved by :func:`latentgrad.lab.registry.resolve_config_options`
+where the registry has it, over the experiment's preset).
 
 * :func:`parse_grid` reads the command line's ``KEY=V1,V2,...`` items (``a..b`` is the integers
   ``a`` to ``b`` inclusive; tuple values go in brackets, ``hidden=[300,200],[200]``);
@@ -61,7 +61,7 @@ from latentgrad.lab.config import (
     load_config_file,
     parse_text,
 )
-from latentgrad.lab.experiment import Experiment, ExperimentConfig, estimator_overrides
+from latentgrad.lab.experiment import Experiment, ExperimentConfig
 from latentgrad.lab.rundir import RunConfigMismatch, RunDirectory, default_run_dir
 
 __all__ = [
@@ -301,7 +301,7 @@ def _with_options(
     The experiment's preset for the estimator comes first; options from the base config apply
     on top while the estimator is the base config's, then the grid's.
     """
-    resolve = getattr(registry, "resolve_options", None)
+    resolve = getattr(registry, "resolve_config_options", None)
     if resolve is None or "estimator_options" not in fields:
         if options:
             raise ValueError(
@@ -310,7 +310,7 @@ def _with_options(
             )
         return config
     try:
-        resolved = resolve(config.estimator, estimator_overrides(config, options))
+        resolved = resolve(config, options)
     except (ValueError, TypeError) as err:
         raise ValueError(f"estimator {config.estimator!r}: {err}") from None
     changes: dict[str, Any] = {"estimator_options": _options_mapping(resolved)}
