@@ -284,7 +284,8 @@ def _network(options: dict[str, object]) -> dict[str, object]:
 def test_nvil_takes_the_authors_network_unless_its_options_are_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bitvae.ESTIMATOR_PRESETS["nvil"] == AUTHORS_NVIL
+    assert bitvae.ESTIMATOR_PRESETS[32]["nvil"] == bitvae.ESTIMATOR_PRESETS[128]["nvil"]
+    assert bitvae.ESTIMATOR_PRESETS[32]["nvil"] == AUTHORS_NVIL
     config = with_resolved_options(BitVAEConfig(estimator="nvil"), EXPERIMENT)
     assert _network(config.estimator_options) == AUTHORS_NVIL
     given = BitVAEConfig(estimator="nvil", estimator_options={"nvil_layers": 2})
@@ -321,6 +322,17 @@ def test_nvil_takes_the_authors_network_unless_its_options_are_given(
         assert main([*argv, *extra]) == 0
         printed = json.loads(capsys.readouterr().out)["config"]["estimator_options"]
         assert _network(printed) == expected
+
+
+def test_gumbel_softmax_anneals_as_the_authors_scripts_by_latent_size() -> None:
+    # their scripts: r = 1e-5 for GS at D = 32 and ST-GS at both sizes, 1e-4 for GS at 128
+    for name, bits, rate in [("gs", 32, 1e-5), ("gs", 128, 1e-4), ("st-gs", 32, 1e-5)]:
+        config = BitVAEConfig(estimator=name, num_bits=bits)
+        options = with_resolved_options(config, EXPERIMENT).estimator_options
+        assert options["tau_rate"] == rate and options["tau_every"] == 1000, (name, bits)
+        assert options["tau_minimum"] == 0.5 and options["tau_initial"] == 1.0
+    config = BitVAEConfig(estimator="st-gs", num_bits=128, estimator_options={"tau_rate": 0})
+    assert with_resolved_options(config, EXPERIMENT).estimator_options["tau_rate"] == 0.0
 
 
 def test_the_optimizer_gets_the_preset_learning_rate(digits: DataSplits) -> None:

@@ -143,13 +143,24 @@ LEARNING_RATES: Mapping[int, Mapping[str, float]] = {
     },
 }
 
-#: Estimator options of Correia et al.'s scripts that differ from the registry's defaults,
-#: by estimator: NVIL's baseline network maps the image through three ReLU layers of 512
-#: units (``lvmhelpers/nvil.py``), where Mnih & Gregor's, the registry's, has one tanh layer of
-#: 100. Runs recorded before this preset (December 2026) used the registry's network; their
+#: Estimator options of Correia et al.'s scripts that differ from the registry's defaults, by
+#: latent size (as :data:`LEARNING_RATES`) and estimator. NVIL's baseline network maps the
+#: image through three ReLU layers of 512 units (``lvmhelpers/nvil.py``), where Mnih & Gregor's,
+#: the registry's, has one tanh layer of 100. Gumbel-Softmax anneals its temperature as the
+#: registry's does, ``max(0.5, exp(-r t))`` every 1000 steps, but with ``r = 1e-5`` instead of
+#: Jang et al.'s ``1e-4`` except for Gumbel-Softmax at ``D = 128`` (``scripts/bit_vector/``).
+#: Runs recorded before these presets (December 2026) used the registry's settings; their
 #: records say so in their options.
-ESTIMATOR_PRESETS: Mapping[str, Mapping[str, Any]] = {
-    "nvil": {"nvil_hidden": 512, "nvil_layers": 3, "nvil_activation": "relu"},
+ESTIMATOR_PRESETS: Mapping[int, Mapping[str, Mapping[str, Any]]] = {
+    32: {
+        "nvil": {"nvil_hidden": 512, "nvil_layers": 3, "nvil_activation": "relu"},
+        "gs": {"tau_rate": 1e-5},
+        "st-gs": {"tau_rate": 1e-5},
+    },
+    128: {
+        "nvil": {"nvil_hidden": 512, "nvil_layers": 3, "nvil_activation": "relu"},
+        "st-gs": {"tau_rate": 1e-5},
+    },
 }
 
 #: Samples x examples decoded at once by :func:`importance_sampled_bound`: each is ``P x
@@ -244,14 +255,17 @@ class BitVAEConfig(PresetLRConfig):
     )
 
     def preset_estimator_options(self) -> Mapping[str, Mapping[str, Any]]:
-        """Correia et al.'s settings of the estimators (:data:`ESTIMATOR_PRESETS`), which
-        options not given take (see :func:`~latentgrad.lab.experiment.estimator_overrides`).
+        """Correia et al.'s settings of the estimators for ``num_bits``
+        (:data:`ESTIMATOR_PRESETS`), which options not given take (see
+        :func:`~latentgrad.lab.registry.resolve_config_options`).
 
         Example:
             >>> dict(BitVAEConfig().preset_estimator_options()["nvil"])
             {'nvil_hidden': 512, 'nvil_layers': 3, 'nvil_activation': 'relu'}
+            >>> "gs" in BitVAEConfig(num_bits=128).preset_estimator_options()
+            False
         """
-        return ESTIMATOR_PRESETS
+        return ESTIMATOR_PRESETS[preset_bits(self.num_bits)]
 
     def preset_learning_rates(self) -> Mapping[str, float]:
         """Correia et al.'s learning rates for ``num_bits`` (:data:`LEARNING_RATES`), which
