@@ -213,9 +213,9 @@ class CumulativeMean(nn.Module):
 
     ``m_s`` is step ``s``'s mean loss; the first step uses ``c = 0``. This is the running
     average of Correia et al.'s score-function code ("runavg"). Unlike
-    :class:`MovingAverage` it never forgets: while the loss falls, ``c`` stays above the
-    current loss by about half of what it has fallen, so the centred signal is mostly
-    negative. Still unbiased (``c`` depends on earlier steps only); updated in training mode
+    :class:`MovingAverage` it never forgets: while the loss falls, ``c`` lags above it (by
+    half of the fall so far when the loss falls at a steady rate), so the centred signal is
+    mostly negative. Still unbiased (``c`` depends on earlier steps only); updated in training mode
     only.
 
     Shape:

@@ -1107,8 +1107,7 @@ def with_resolved_options(config: ConfigT, experiment: Experiment | None = None)
     """A copy of ``config`` whose ``estimator_options`` are the full resolved options.
 
     What a run records: every option of ``config.estimator``, the given ones checked, the
-    others at the experiment's preset (:func:`~latentgrad.lab.experiment.estimator_overrides`)
-    or their defaults.
+    others at the experiment's preset (:func:`resolve_config_options`) or their defaults.
 
     Raises:
         UnknownEstimator: if ``experiment`` (or the registry) does not know the estimator.
