@@ -254,6 +254,18 @@ class WithContext:
         return f"WithContext({self.estimator!r})"
 
 
+def _running_baseline(name: str, make: Callable[[], e.Baseline]) -> EstimatorExample:
+    """A score function with 2 samples and a baseline that keeps a running statistic."""
+    return EstimatorExample(
+        name,
+        "baseline",
+        lambda q, **kw: e.ScoreFunction(2, baseline=make(), **kw),
+        "unbiased",
+        num_samples=2,
+        stateful=True,
+    )
+
+
 def _nvil(dist: Distribution, variance_normalization: bool = False) -> WithContext:
     g = torch.Generator().manual_seed(7)
     net = nn.Linear(3, 1).double()
@@ -325,22 +337,8 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         "unbiased",
         num_samples=2,
     ),
-    EstimatorExample(
-        "moving-average",
-        "baseline",
-        lambda q, **kw: e.ScoreFunction(2, baseline=e.MovingAverage(decay=0.8), **kw),
-        "unbiased",
-        num_samples=2,
-        stateful=True,
-    ),
-    EstimatorExample(
-        "cumulative-mean",
-        "baseline",
-        lambda q, **kw: e.ScoreFunction(2, baseline=e.CumulativeMean(), **kw),
-        "unbiased",
-        num_samples=2,
-        stateful=True,
-    ),
+    _running_baseline("moving-average", lambda: e.MovingAverage(decay=0.8)),
+    _running_baseline("cumulative-mean", e.CumulativeMean),
     EstimatorExample(
         "leave-one-out",
         "baseline",
