@@ -505,7 +505,8 @@ def test_records_made_before_the_nvil_network_options_read_as_one_tanh_layer() -
     # The seeds of SFE at D = 32, one made before the options, form one row.
     runs = [r for r in collect_runs([folder]) if r.config["num_bits"] == 32]
     rows = {row[0]: row for row in build_table(runs).rows}
-    assert len(rows["sf-ma"][2].values) == 3  # (the primary metric's Stat)
+    moving_average = "sf-ma (baseline=moving-average)"  # (beside the cumulative-mean row)
+    assert len(rows[moving_average][2].values) == 3  # (the primary metric's Stat)
     relu = "nvil (nvil_activation=relu, nvil_hidden=512, nvil_layers=3)"
     assert {relu, "nvil (nvil_activation=tanh, nvil_hidden=100, nvil_layers=1)"} <= set(rows)
 
