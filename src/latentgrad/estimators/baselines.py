@@ -151,7 +151,28 @@ def _ema(buffer: Tensor, new: Tensor, decay: float, initialized: Tensor) -> None
         buffer.copy_(new)
 
 
-class MovingAverage(nn.Module):
+class _RunningStatistic(nn.Module):
+    """A baseline ``b_k = c``, a scalar buffer ``average`` of earlier steps' losses, folded in
+    (training mode only) after the step's value is handed out; subclasses say how."""
+
+    average: Tensor
+
+    def num_extra_samples(self, num_samples: int) -> int:
+        return 0
+
+    def _fold(self, losses: Tensor) -> None:
+        raise NotImplementedError
+
+    def forward(self, samples: Tensor, losses: Tensor, context: Tensor | None) -> BaselineOutput:
+        # clone: the in-place update below must not change the value already handed out
+        value = self.average.to(losses).clone().expand_as(losses)
+        if self.training and losses.numel():  # an empty batch has no statistic to average
+            with torch.no_grad():
+                self._fold(losses.detach())
+        return BaselineOutput(value)
+
+
+class MovingAverage(_RunningStatistic):
     """Exponential moving average of the mean loss of previous steps: ``b_k = c``.
 
     The baseline of a step is the average *before* the step's losses are folded in, so it is
@@ -183,7 +204,6 @@ class MovingAverage(nn.Module):
             ICML 2017.
     """
 
-    average: Tensor
     initialized: Tensor
 
     def __init__(self, decay: float = 0.8) -> None:
@@ -195,20 +215,12 @@ class MovingAverage(nn.Module):
     def extra_repr(self) -> str:
         return f"decay={self.decay}"
 
-    def num_extra_samples(self, num_samples: int) -> int:
-        return 0
-
-    def forward(self, samples: Tensor, losses: Tensor, context: Tensor | None) -> BaselineOutput:
-        # clone: the in-place update below must not change the value already handed out
-        value = self.average.to(losses).clone().expand_as(losses)
-        if self.training and losses.numel():  # an empty batch has no statistic to average
-            with torch.no_grad():
-                _ema(self.average, losses.float().mean(), self.decay, self.initialized)
-                self.initialized.fill_(True)
-        return BaselineOutput(value)
+    def _fold(self, losses: Tensor) -> None:
+        _ema(self.average, losses.float().mean(), self.decay, self.initialized)
+        self.initialized.fill_(True)
 
 
-class CumulativeMean(nn.Module):
+class CumulativeMean(_RunningStatistic):
     """The mean loss of all previous steps: ``b_k = c_t = (m_1 + ... + m_{t-1}) / (t - 1)``.
 
     ``m_s`` is step ``s``'s mean loss; the first step uses ``c = 0``. This is the running
@@ -236,7 +248,6 @@ class CumulativeMean(nn.Module):
             Structured Latent Variables via Sparsity", NeurIPS 2020 (``lvmhelpers/sfe.py``).
     """
 
-    average: Tensor
     count: Tensor
 
     def __init__(self) -> None:
@@ -244,17 +255,10 @@ class CumulativeMean(nn.Module):
         self.register_buffer("average", torch.zeros((), dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
 
-    def num_extra_samples(self, num_samples: int) -> int:
-        return 0
-
-    def forward(self, samples: Tensor, losses: Tensor, context: Tensor | None) -> BaselineOutput:
-        value = self.average.to(losses).clone().expand_as(losses)
-        if self.training and losses.numel():
-            with torch.no_grad():
-                self.count.add_(1)
-                mean = losses.detach().double().mean().to(self.average)
-                self.average.add_((mean - self.average) / self.count.to(self.average))
-        return BaselineOutput(value)
+    def _fold(self, losses: Tensor) -> None:
+        self.count.add_(1)
+        mean = losses.double().mean().to(self.average)
+        self.average.add_((mean - self.average) / self.count.to(self.average))
 
 
 class LeaveOneOut:
