@@ -269,6 +269,53 @@ def test_straight_through_gradient_uses_slope():
     torch.testing.assert_close(logits.grad, 3.0 * s * (1 - s))
 
 
+@pytest.mark.parametrize("family", ["bernoulli", "categorical"])
+def test_straight_through_at_the_mode(family):
+    # hard_at="mode" (Correia et al.'s code): every sample's loss sees the mode of q, and the
+    # gradient is the relaxed sample's Jacobian at the noise the estimator drew.
+    logits = torch.randn(4, 6, dtype=F64, requires_grad=True)
+    make = {"bernoulli": Bernoulli, "categorical": Categorical}[family]
+    dist = make(logits=logits)
+    loss = CountingLoss(torch.randn(6, dtype=F64))
+    est = GumbelSoftmax(tau=0.6, hard=True, hard_at="mode", num_samples=3)
+    torch.manual_seed(5)
+    out = est(dist, loss)
+    (grad,) = torch.autograd.grad(out.surrogate.sum(), logits)
+    mode = dist.mode()
+    seen = loss.inputs[0].detach()
+    assert seen.shape == (3, 4, 6)
+    assert torch.equal(seen, mode.expand(3, 4, 6))
+    if family == "bernoulli":
+        assert torch.equal(mode, (logits > 0).to(F64))
+    torch.testing.assert_close(out.value, loss(mode).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(out.losses, loss(mode).detach().expand(3, 4), rtol=0, atol=0)
+    # the same noise by hand
+    torch.manual_seed(5)
+    relaxed = dist.relaxed_from_noise(dist.sample_noise((3,)), 0.6)
+    by_hand = loss(mode + relaxed - relaxed.detach()).mean(0)
+    (expected,) = torch.autograd.grad(by_hand.sum(), logits)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    assert grad.abs().sum() > 0
+    # the forward is deterministic; the gradient is not
+    torch.manual_seed(6)
+    again = est(dist, loss)
+    torch.testing.assert_close(again.value, out.value, rtol=0, atol=0)
+    (grad2,) = torch.autograd.grad(again.surrogate.sum(), logits)
+    assert not torch.allclose(grad2, grad)
+
+
+def test_straight_through_at_the_mode_differs_from_the_sample():
+    # With logits near 0 a sample differs from the mode almost surely somewhere.
+    torch.manual_seed(7)
+    dist = Bernoulli(logits=torch.zeros(8, 16))
+    at_sample = CountingLoss(torch.ones(16))
+    at_mode = CountingLoss(torch.ones(16))
+    GumbelSoftmax(hard=True)(dist, at_sample)
+    GumbelSoftmax(hard=True, hard_at="mode")(dist, at_mode)
+    assert (at_mode.inputs[0] == 0).all()  # logits 0: the mode (ties) is 0
+    assert (at_sample.inputs[0] == 1).any()
+
+
 def test_gumbel_softmax_hard_and_soft_share_noise_with_from_noise():
     # With a seeded generator the hard sample equals from_noise of the same noise draw.
     logits = torch.randn(5, 4)
@@ -322,6 +369,9 @@ class _NoRelaxation(DiscreteDistribution):
         (lambda: GumbelSoftmax(num_samples=2.0), "num_samples", TypeError),
         (lambda: GumbelSoftmax(hard=1), "hard", TypeError),
         (lambda: GumbelSoftmax(honest_value=None), "honest_value", TypeError),
+        (lambda: GumbelSoftmax(hard_at="mode"), "hard_at='mode' needs hard=True", ValueError),
+        (lambda: GumbelSoftmax(hard=True, hard_at="argmax"), "hard_at", ValueError),
+        (lambda: GumbelSoftmax(hard=True, hard_at=1), "hard_at", TypeError),
         (lambda: StraightThrough(slope=0.0), "slope", ValueError),
         (lambda: StraightThrough(slope=Constant(-2.0)), "slope", ValueError),
         (lambda: StraightThrough(num_samples=0), "num_samples", ValueError),

@@ -91,6 +91,9 @@ def test_options_reach_the_estimator():
     assert (gs.tau, gs.step(2), gs.hard, gs.honest_value) == (2.0, 2 * math.exp(-1), False, True)
     constant = make_estimator("st-gs", {"tau_rate": 0, "tau_initial": 0.7, "tau_minimum": 0.1})
     assert constant.tau == 0.7 and constant.step(10**6) == 0.7 and constant.hard
+    assert constant.hard_at == "sample"
+    at_mode = make_estimator("st-gs", {"hard_at": "mode"})  # Correia et al.'s bit-vector code
+    assert at_mode.hard and at_mode.hard_at == "mode"
     cheap = make_estimator("gs", {"honest_value": False, "num_samples": 3})
     out = cheap(lg.Categorical(logits=torch.zeros(4, 5)), lambda z: z[..., 0])
     assert (
@@ -143,6 +146,10 @@ def test_values_are_typed_and_checked_with_one_line_errors():
         resolve_options("gs", {"tau_minimum": 2.0})
     with pytest.raises(InvalidConfigValue, match="honest_value must be left at True unless hard"):
         resolve_options("st-gs", {"honest_value": False})
+    with pytest.raises(InvalidConfigValue, match="hard_at must be left at 'sample' unless hard"):
+        resolve_options("gs", {"hard_at": "mode"})
+    with pytest.raises(ConfigError, match="expected one of sample, mode"):
+        resolve_options("st-gs", {"hard_at": "argmax"})
     with pytest.raises(InvalidConfigValue, match="slope_maximum must be at least slope_initial"):
         resolve_options("st", {"slope_initial": 6.0})
     with pytest.raises(TypeError, match="options must be ScoreFunctionOptions"):

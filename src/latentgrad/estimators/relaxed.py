@@ -10,6 +10,7 @@ grows.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -60,6 +61,12 @@ class GumbelSoftmax(Estimator, Scheduled):
     * ``hard=True`` (straight-through Gumbel-Softmax): the loss sees exactly ``z`` (exactly
       one-hot even with ties) and its gradient flows back as if the sample were ``y``. The
       surrogate's forward value equals ``value``, an honest estimate.
+    * ``hard=True, hard_at="mode"``: the loss sees the *mode* of ``q`` (``logits > 0`` for
+      bits, the argmax one-hot for a categorical), the same for every sample, and the gradient
+      flows back as if it were the relaxed sample ``y``. This is the straight-through estimator
+      of Correia et al.'s released bit-vector VAE code (``gumbel_softmax_bit_vector_sample``).
+      The forward pass is deterministic, and ``value`` is the loss at the mode, *not* an
+      estimate of ``E_q[loss(z)]``.
 
     Both gradients are biased; the bias vanishes as ``tau -> 0`` while the variance grows. The
     gradient reaches the distribution's parameters through ``y`` and any parameters of
@@ -78,6 +85,8 @@ class GumbelSoftmax(Estimator, Scheduled):
         num_samples: samples ``S`` per batch element.
         honest_value: with ``hard=False``, also evaluate the loss at the discrete samples so that
             ``value`` estimates ``E_q[loss(z)]`` (ignored with ``hard=True``).
+        hard_at: with ``hard=True``, the discrete point the loss sees: ``"sample"`` (``z ~ q``,
+            Jang et al.) or ``"mode"`` (the mode of ``q``; needs ``hard=True``).
 
     Returns:
         :class:`~latentgrad.estimators.Estimate` with ``loss_evals`` (``S``, or ``2 S`` with
@@ -113,17 +122,25 @@ class GumbelSoftmax(Estimator, Scheduled):
         hard: bool = False,
         num_samples: int = 1,
         honest_value: bool = True,
+        hard_at: Literal["sample", "mode"] = "sample",
     ) -> None:
         super().__init__()
         if not isinstance(hard, bool):
             raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
         if not isinstance(honest_value, bool):
             raise TypeError(f"honest_value must be a bool, got {type(honest_value).__name__}")
+        if not isinstance(hard_at, str):
+            raise TypeError(f"hard_at must be 'sample' or 'mode', got {type(hard_at).__name__}")
+        if hard_at not in ("sample", "mode"):
+            raise ValueError(f"hard_at must be 'sample' or 'mode', got {hard_at!r}")
+        if hard_at == "mode" and not hard:
+            raise ValueError("hard_at='mode' needs hard=True (the relaxed loss sees no mode)")
         self.tau_schedule = _as_schedule(tau, "tau")
         _current(self.tau_schedule, "tau")
         self.hard = hard
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
         self.honest_value = honest_value
+        self.hard_at = hard_at
 
     @property
     def tau(self) -> float:
@@ -136,7 +153,11 @@ class GumbelSoftmax(Estimator, Scheduled):
         return self.tau
 
     def extra_repr(self) -> str:
-        return f"hard={self.hard}, num_samples={self.num_samples}, honest_value={self.honest_value}"
+        at = f", hard_at={self.hard_at!r}" if self.hard_at != "sample" else ""
+        return (
+            f"hard={self.hard}, num_samples={self.num_samples}, "
+            f"honest_value={self.honest_value}{at}"
+        )
 
     def _estimate(
         self, dist: LatentDistribution, loss_fn: LossFn, context: Tensor | None
@@ -150,7 +171,8 @@ class GumbelSoftmax(Estimator, Scheduled):
         evals = s
         if self.hard:
             # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
-            z = dist.from_noise(noise) + zero_forward(relaxed)
+            point = dist.mode().to(relaxed.dtype) if self.hard_at == "mode" else None
+            z = (dist.from_noise(noise) if point is None else point) + zero_forward(relaxed)
             losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
             honest = losses
         elif self.honest_value:

@@ -251,6 +251,8 @@ class GumbelSoftmaxOptions(EstimatorOptions):
             the true loss; false skips it, and an experiment then reports no honest training
             loss (the VAE: loss NaN, relaxed_loss the relaxed objective). Validation and test
             metrics are the same either way.
+        hard_at: with hard, the discrete point the loss sees: sample (z ~ q, Jang et al.) or
+            mode (the mode of q, deterministic; Correia et al.'s code for bit-vectors).
     """
 
     tau_initial: float = 1.0
@@ -260,9 +262,14 @@ class GumbelSoftmaxOptions(EstimatorOptions):
     hard: bool = False
     num_samples: int = 1
     honest_value: bool = True
+    # (added after runs were recorded, which all forwarded the sample: see RECORDED_BEFORE)
+    hard_at: Literal["sample", "mode"] = field(
+        default="sample", metadata={RECORDED_BEFORE: "sample"}
+    )
 
     def validate(self) -> None:
         _check_positive_numbers(self, "tau_initial", "tau_minimum")
+        require(self.hard_at in ("sample", "mode"), "hard_at", "'sample' or 'mode'", self.hard_at)
         _check_positive_numbers(self, "tau_rate", zero=True)
         _check_positive_ints(self, "tau_every", "num_samples")
         require(
@@ -272,6 +279,7 @@ class GumbelSoftmaxOptions(EstimatorOptions):
             self.tau_minimum,
         )
         _check_unused(self, not self.hard, "honest_value", "hard is false")  # always honest
+        _check_unused(self, self.hard, "hard_at", "hard is true")
 
     def schedule(self) -> ExponentialDecay | float:
         """The temperature: a schedule, or a float when ``tau_rate`` is 0."""
@@ -694,6 +702,7 @@ def _gumbel_softmax(options: GumbelSoftmaxOptions) -> GumbelSoftmax:
         hard=options.hard,
         num_samples=options.num_samples,
         honest_value=options.honest_value,
+        hard_at=options.hard_at,
     )
 
 

@@ -422,6 +422,17 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         temperature="tau",
     ),
     EstimatorExample(
+        "gumbel-softmax-mode",
+        "relaxed",
+        lambda q, **kw: e.GumbelSoftmax(
+            **{"tau": 0.7, "hard": True, "hard_at": "mode", "num_samples": 3, **kw}
+        ),
+        "biased",
+        _RELAXED,
+        num_samples=3,
+        temperature="tau",
+    ),
+    EstimatorExample(
         "straight-through",
         "relaxed",
         lambda q, **kw: e.StraightThrough(**{"num_samples": 3, **kw}),
