@@ -266,6 +266,19 @@ def _running_baseline(name: str, make: Callable[[], e.Baseline]) -> EstimatorExa
     )
 
 
+def _gumbel_softmax(name: str, **options: Any) -> EstimatorExample:
+    """Gumbel-Softmax at tau 0.7 with 3 samples and ``options``."""
+    return EstimatorExample(
+        name,
+        "relaxed",
+        lambda q, **kw: e.GumbelSoftmax(**{"tau": 0.7, "num_samples": 3, **options, **kw}),
+        "biased",
+        _RELAXED,
+        num_samples=3,
+        temperature="tau",
+    )
+
+
 def _nvil(dist: Distribution, variance_normalization: bool = False) -> WithContext:
     g = torch.Generator().manual_seed(7)
     net = nn.Linear(3, 1).double()
@@ -392,46 +405,10 @@ ESTIMATOR_EXAMPLES: list[EstimatorExample] = [
         num_samples=2,
         stateful=True,
     ),
-    EstimatorExample(
-        "gumbel-softmax",
-        "relaxed",
-        lambda q, **kw: e.GumbelSoftmax(**{"tau": 0.7, "num_samples": 3, **kw}),
-        "biased",
-        _RELAXED,
-        num_samples=3,
-        temperature="tau",
-    ),
-    EstimatorExample(
-        "gumbel-softmax-dishonest",
-        "relaxed",
-        lambda q, **kw: e.GumbelSoftmax(
-            **{"tau": 0.7, "num_samples": 3, "honest_value": False, **kw}
-        ),
-        "biased",
-        _RELAXED,
-        num_samples=3,
-        temperature="tau",
-    ),
-    EstimatorExample(
-        "gumbel-softmax-hard",
-        "relaxed",
-        lambda q, **kw: e.GumbelSoftmax(**{"tau": 0.7, "hard": True, "num_samples": 3, **kw}),
-        "biased",
-        _RELAXED,
-        num_samples=3,
-        temperature="tau",
-    ),
-    EstimatorExample(
-        "gumbel-softmax-mode",
-        "relaxed",
-        lambda q, **kw: e.GumbelSoftmax(
-            **{"tau": 0.7, "hard": True, "hard_at": "mode", "num_samples": 3, **kw}
-        ),
-        "biased",
-        _RELAXED,
-        num_samples=3,
-        temperature="tau",
-    ),
+    _gumbel_softmax("gumbel-softmax"),
+    _gumbel_softmax("gumbel-softmax-dishonest", honest_value=False),
+    _gumbel_softmax("gumbel-softmax-hard", hard=True),
+    _gumbel_softmax("gumbel-softmax-mode", hard=True, hard_at="mode"),
     EstimatorExample(
         "straight-through",
         "relaxed",
