@@ -171,8 +171,8 @@ class GumbelSoftmax(Estimator, Scheduled):
         evals = s
         if self.hard:
             # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
-            point = dist.mode().to(relaxed.dtype) if self.hard_at == "mode" else None
-            z = (dist.from_noise(noise) if point is None else point) + zero_forward(relaxed)
+            at = dist.mode() if self.hard_at == "mode" else dist.from_noise(noise)
+            z = at.to(relaxed.dtype) + zero_forward(relaxed)
             losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
             honest = losses
         elif self.honest_value:
