@@ -1031,7 +1031,7 @@ def resolve_options(name: str, overrides: Mapping[str, object] | None = None) ->
         >>> resolve_options("gs", {"samples": 2})
         Traceback (most recent call last):
         ...
-        latentgrad.lab.registry.UnknownOption: estimator 'gs' has no option 'samples'; its options: tau_initial, tau_rate, tau_every, tau_minimum, hard, num_samples, honest_value
+        latentgrad.lab.registry.UnknownOption: estimator 'gs' has no option 'samples'; its options: tau_initial, tau_rate, tau_every, tau_minimum, hard, num_samples, honest_value, hard_at
         >>> resolve_options("sf", {"num_samples": "many"})
         Traceback (most recent call last):
         ...
