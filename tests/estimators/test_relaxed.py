@@ -72,7 +72,7 @@ def test_contract(name, family):
     assert len(loss.inputs) == 1  # one batched call
     evals = loss.inputs[0].shape[0]
     assert out.loss_evals == evals
-    assert evals == (2 * s if name == "gumbel-softmax" else s)
+    assert evals == (2 * s if name in ("gumbel-softmax", "gumbel-softmax-mode") else s)
     assert loss.inputs[0].shape == (evals, *dist.batch_shape, *dist.event_shape)
     assert out.value.shape == out.surrogate.shape == dist.batch_shape
     assert out.per_sample.shape == (s, *dist.batch_shape)
@@ -269,39 +269,57 @@ def test_straight_through_gradient_uses_slope():
     torch.testing.assert_close(logits.grad, 3.0 * s * (1 - s))
 
 
+@pytest.mark.parametrize("honest", [False, True])
 @pytest.mark.parametrize("family", ["bernoulli", "categorical"])
-def test_straight_through_at_the_mode(family):
+def test_straight_through_at_the_mode(family, honest):
     # hard_at="mode" (Correia et al.'s code): every sample's loss sees the mode of q, and the
-    # gradient is the relaxed sample's Jacobian at the noise the estimator drew.
+    # gradient is the relaxed sample's Jacobian at the noise the estimator drew. With
+    # honest_value the loss is also evaluated at the samples of that noise, for the value.
     torch.manual_seed(4)
     logits = torch.randn(4, 6, dtype=F64, requires_grad=True)
     make = {"bernoulli": Bernoulli, "categorical": Categorical}[family]
     dist = make(logits=logits)
     loss = CountingLoss(torch.randn(6, dtype=F64))
-    est = GumbelSoftmax(tau=0.6, hard=True, hard_at="mode", num_samples=3)
+    est = GumbelSoftmax(tau=0.6, hard=True, hard_at="mode", num_samples=3, honest_value=honest)
     torch.manual_seed(5)
     out = est(dist, loss)
     (grad,) = torch.autograd.grad(out.surrogate.sum(), logits)
     mode = dist.mode()
+    torch.manual_seed(5)
+    noise = dist.sample_noise((3,))
+    relaxed = dist.relaxed_from_noise(noise, 0.6)
+    samples = dist.from_noise(noise).to(F64)
     seen = loss.inputs[0].detach()
-    assert seen.shape == (3, 4, 6)
-    assert torch.equal(seen, mode.expand(3, 4, 6))
+    assert len(loss.inputs) == 1  # one batched call
+    assert seen.shape == (6 if honest else 3, 4, 6)
+    assert torch.equal(seen[:3], mode.expand(3, 4, 6))
     if family == "bernoulli":
         assert torch.equal(mode, (logits > 0).to(F64))
-    # (the value is the mean of S equal losses: equal up to rounding)
-    torch.testing.assert_close(out.value, loss(mode).detach(), rtol=1e-14, atol=1e-12)
-    torch.testing.assert_close(out.losses, loss(mode).detach().expand(3, 4), rtol=0, atol=0)
-    # the same noise by hand
-    torch.manual_seed(5)
-    relaxed = dist.relaxed_from_noise(dist.sample_noise((3,)), 0.6)
+    at_mode = loss(mode).detach()
+    # (a mean of S equal losses: equal up to rounding)
+    torch.testing.assert_close(out.extras["mode_losses"], at_mode.expand(3, 4), rtol=0, atol=0)
+    if honest:
+        assert torch.equal(seen[3:], samples)
+        assert out.loss_evals == 6
+        at_samples = loss(samples).detach()
+        torch.testing.assert_close(out.losses, at_samples, rtol=0, atol=0)
+        torch.testing.assert_close(out.value, at_samples.mean(0), rtol=1e-14, atol=1e-12)
+        assert not torch.allclose(out.value, at_mode)  # the samples are not all the mode
+    else:
+        assert out.loss_evals == 3
+        torch.testing.assert_close(out.value, at_mode, rtol=1e-14, atol=1e-12)
+        torch.testing.assert_close(out.losses, at_mode.expand(3, 4), rtol=0, atol=0)
+    # the gradient by hand at the same noise (the same with and without honest_value)
     by_hand = loss(mode + relaxed - relaxed.detach()).mean(0)
     (expected,) = torch.autograd.grad(by_hand.sum(), logits)
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
     assert grad.abs().sum() > 0
-    # the forward is deterministic; the gradient is not
+    # the forward at the mode is deterministic; the gradient is not
     torch.manual_seed(6)
     again = est(dist, loss)
-    torch.testing.assert_close(again.losses, out.losses, rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.extras["mode_losses"], out.extras["mode_losses"], rtol=0, atol=0
+    )
     (grad2,) = torch.autograd.grad(again.surrogate.sum(), logits)
     assert not torch.allclose(grad2, grad)
 
@@ -314,7 +332,7 @@ def test_straight_through_at_the_mode_differs_from_the_sample():
     at_mode = CountingLoss(torch.ones(16))
     GumbelSoftmax(hard=True)(dist, at_sample)
     GumbelSoftmax(hard=True, hard_at="mode")(dist, at_mode)
-    assert (at_mode.inputs[0] == 0).all()  # logits 0: the mode (ties) is 0
+    assert (at_mode.inputs[0][:1] == 0).all()  # logits 0: the mode (ties) is 0
     assert (at_sample.inputs[0] == 1).any()
 
 

@@ -82,6 +82,38 @@ def test_every_estimator_trains_and_evaluates(name: str, digits: DataSplits) -> 
         assert result["bpd"] == pytest.approx(result["nll"] / (64 * math.log(2)))
 
 
+@pytest.mark.parametrize("honest", [True, False])
+def test_straight_through_at_the_mode_reports_the_negative_elbo(
+    honest: bool, digits: DataSplits
+) -> None:
+    # hard_at="mode": the gradient from the loss at the mode; with honest_value the reported
+    # loss is the loss at the samples of the same noise (one more decoder pass), without it
+    # the loss at the mode.
+    torch.manual_seed(0)
+    trainable = make(tiny_config(estimator="st-gs"), digits, hard_at="mode", honest_value=honest)
+    batch = next(iter(trainable.train_batches(0)))
+    x = batch.long()
+    model = trainable.model
+    with torch.no_grad():
+        q = model.posterior(x)
+        kl = model.kl_to_prior(q)
+        at_mode = (model.nll_rows(q.mode(), x) + kl).mean()
+        torch.manual_seed(1)
+        sample = q.from_noise(q.sample_noise((1,)))[0]
+        at_sample = (model.nll_rows(sample, x) + kl).mean()
+    assert abs(float(at_sample - at_mode)) > 1e-3  # the samples are not the mode
+    torch.manual_seed(1)  # the same noise
+    metrics = trainable.train_step(batch)
+    assert metrics["loss_evals"] == (2 if honest else 1)
+    # the decoder runs on every row with a relaxed gradient, on the distinct samples without
+    if honest:
+        assert 1 < metrics["decoder_calls"] <= 2
+    else:
+        assert metrics["decoder_calls"] == 1
+    expected = at_sample if honest else at_mode
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_the_latent_family_follows_the_estimator(digits: DataSplits) -> None:
     x = digits.train[:5].long()
     kinds = {

@@ -94,6 +94,9 @@ def test_options_reach_the_estimator():
     assert constant.hard_at == "sample"
     at_mode = make_estimator("st-gs", {"hard_at": "mode"})  # Correia et al.'s bit-vector code
     assert at_mode.hard and at_mode.hard_at == "mode"
+    # the mode forward takes honest_value (the loss at the samples, for the value)
+    cheap_mode = make_estimator("st-gs", {"hard_at": "mode", "honest_value": False})
+    assert cheap_mode.hard_at == "mode" and not cheap_mode.honest_value
     cheap = make_estimator("gs", {"honest_value": False, "num_samples": 3})
     out = cheap(lg.Categorical(logits=torch.zeros(4, 5)), lambda z: z[..., 0])
     assert (
@@ -144,7 +147,10 @@ def test_values_are_typed_and_checked_with_one_line_errors():
         resolve_options("sf-loo", {"num_samples": 1})
     with pytest.raises(InvalidConfigValue, match="tau_minimum must be at most tau_initial"):
         resolve_options("gs", {"tau_minimum": 2.0})
-    with pytest.raises(InvalidConfigValue, match="honest_value must be left at True unless hard"):
+    with pytest.raises(
+        InvalidConfigValue,
+        match="honest_value must be left at True unless hard is false or hard_at is mode",
+    ):
         resolve_options("st-gs", {"honest_value": False})
     with pytest.raises(InvalidConfigValue, match="hard_at must be left at 'sample' unless hard"):
         resolve_options("gs", {"hard_at": "mode"})

@@ -65,8 +65,11 @@ class GumbelSoftmax(Estimator, Scheduled):
       bits, the argmax one-hot for a categorical), the same for every sample, and the gradient
       flows back as if it were the relaxed sample ``y``. This is the straight-through estimator
       of Correia et al.'s released bit-vector VAE code (``gumbel_softmax_bit_vector_sample``).
-      The forward pass is deterministic, and ``value`` is the loss at the mode, *not* an
-      estimate of ``E_q[loss(z)]``.
+      The forward pass is deterministic. With ``honest_value=True`` the loss is also evaluated
+      at the discrete samples ``z`` (same noise, the same batched ``loss_fn`` call: the ``S``
+      modes, then the ``S`` samples), and ``value`` is their mean, an honest estimate of
+      ``E_q[loss(z)]`` at twice the loss evaluations; with ``honest_value=False`` ``value`` is
+      the loss at the mode, *not* such an estimate. The gradient is the same either way.
 
     Both gradients are biased; the bias vanishes as ``tau -> 0`` while the variance grows. The
     gradient reaches the distribution's parameters through ``y`` and any parameters of
@@ -83,16 +86,18 @@ class GumbelSoftmax(Estimator, Scheduled):
         tau: temperature, a positive float or a schedule of positive values.
         hard: forward the discrete sample (straight-through Gumbel-Softmax).
         num_samples: samples ``S`` per batch element.
-        honest_value: with ``hard=False``, also evaluate the loss at the discrete samples so that
-            ``value`` estimates ``E_q[loss(z)]`` (ignored with ``hard=True``).
+        honest_value: with ``hard=False`` or ``hard_at="mode"``, also evaluate the loss at the
+            discrete samples so that ``value`` estimates ``E_q[loss(z)]`` (ignored with
+            ``hard=True, hard_at="sample"``, whose loss is already at the sample).
         hard_at: with ``hard=True``, the discrete point the loss sees: ``"sample"`` (``z ~ q``,
             Jang et al.) or ``"mode"`` (the mode of ``q``; needs ``hard=True``).
 
     Returns:
-        :class:`~latentgrad.estimators.Estimate` with ``loss_evals`` (``S``, or ``2 S`` with
-        ``honest_value``), ``losses`` (detached losses of the discrete samples when the loss
-        was evaluated there, of the relaxed ones otherwise) and ``extras``:
-        ``"relaxed_losses"`` (``hard=False`` only) and ``"tau"`` (the temperature used).
+        :class:`~latentgrad.estimators.Estimate` with ``loss_evals`` (``S``, or ``2 S`` when
+        ``honest_value`` adds the samples), ``losses`` (detached losses of the discrete samples
+        when the loss was evaluated there, else of the points the loss saw) and ``extras``:
+        ``"relaxed_losses"`` (``hard=False`` only), ``"mode_losses"`` (``hard_at="mode"``
+        only) and ``"tau"`` (the temperature used).
 
     Shape:
         ``value``, ``surrogate``: ``batch_shape``; ``per_sample``: ``(S,) + batch_shape``.
@@ -171,10 +176,19 @@ class GumbelSoftmax(Estimator, Scheduled):
         evals = s
         if self.hard:
             # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
-            at = dist.mode() if self.hard_at == "mode" else dist.from_noise(noise)
+            mode = self.hard_at == "mode"
+            at = dist.mode() if mode else dist.from_noise(noise)
             z = at.to(relaxed.dtype) + zero_forward(relaxed)
-            losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
-            honest = losses
+            if mode and self.honest_value:
+                sample = dist.from_noise(noise).to(relaxed.dtype)
+                both = evaluate_loss(loss_fn, torch.cat([z, sample]), (2 * s,), batch_shape)
+                losses, honest = both[:s], both[s:]
+                evals = 2 * s
+            else:
+                losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
+                honest = losses
+            if mode:
+                extras["mode_losses"] = losses.detach()
         elif self.honest_value:
             z = dist.from_noise(noise).to(relaxed.dtype)
             both = evaluate_loss(loss_fn, torch.cat([relaxed, z]), (2 * s,), batch_shape)

@@ -246,11 +246,12 @@ class GumbelSoftmaxOptions(EstimatorOptions):
         tau_minimum: the temperature never goes below it (at most tau_initial).
         hard: straight-through Gumbel-Softmax: the loss sees the discrete sample.
         num_samples: samples per example and step.
-        honest_value: with hard false, also evaluate the loss at the discrete sample (a second
-            loss pass, 1.1-1.5x the time of a VAE step) so that the step's reported loss is
-            the true loss; false skips it, and an experiment then reports no honest training
-            loss (the VAE: loss NaN, relaxed_loss the relaxed objective). Validation and test
-            metrics are the same either way.
+        honest_value: with hard false, or hard_at mode, also evaluate the loss at the discrete
+            sample (a second loss pass, 1.1-1.5x the time of a VAE step) so that the step's
+            reported loss is the true loss; false skips it, and an experiment then reports no
+            honest training loss (the VAE: loss NaN, relaxed_loss the relaxed objective; with
+            hard_at mode, the loss at the mode). Validation and test metrics, and the gradient,
+            are the same either way.
         hard_at: with hard, the discrete point the loss sees: sample (z ~ q, Jang et al.) or
             mode (the mode of q, deterministic; Correia et al.'s code for bit-vectors).
     """
@@ -278,7 +279,13 @@ class GumbelSoftmaxOptions(EstimatorOptions):
             f"at most tau_initial ({self.tau_initial})",
             self.tau_minimum,
         )
-        _check_unused(self, not self.hard, "honest_value", "hard is false")  # always honest
+        # the sample forward is honest already
+        _check_unused(
+            self,
+            not self.hard or self.hard_at == "mode",
+            "honest_value",
+            "hard is false or hard_at is mode",
+        )
         _check_unused(self, self.hard, "hard_at", "hard is true")
 
     def schedule(self) -> ExponentialDecay | float:
