@@ -173,32 +173,26 @@ class GumbelSoftmax(Estimator, Scheduled):
         noise = dist.sample_noise((s,))
         relaxed = dist.relaxed_from_noise(noise, tau)
         extras: dict[str, object] = {"tau": tau}
-        evals = s
-        if self.hard:
-            # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
-            mode = self.hard_at == "mode"
-            at = dist.mode() if mode else dist.from_noise(noise)
-            z = at.to(relaxed.dtype) + zero_forward(relaxed)
-            if mode and self.honest_value:
-                sample = dist.from_noise(noise).to(relaxed.dtype)
-                both = evaluate_loss(loss_fn, torch.cat([z, sample]), (2 * s,), batch_shape)
-                losses, honest = both[:s], both[s:]
-                evals = 2 * s
-            else:
-                losses = evaluate_loss(loss_fn, z, (s,), batch_shape)
-                honest = losses
-            if mode:
-                extras["mode_losses"] = losses.detach()
-        elif self.honest_value:
-            z = dist.from_noise(noise).to(relaxed.dtype)
-            both = evaluate_loss(loss_fn, torch.cat([relaxed, z]), (2 * s,), batch_shape)
-            losses, honest = both[:s], both[s:]
-            evals = 2 * s
-            extras["relaxed_losses"] = losses.detach()
+        mode = self.hard and self.hard_at == "mode"
+
+        def discrete() -> Tensor:  # the samples of q at this noise (needed at most once)
+            return dist.from_noise(noise).to(relaxed.dtype)
+
+        if not self.hard:
+            seen = relaxed
         else:
-            losses = evaluate_loss(loss_fn, relaxed, (s,), batch_shape)
-            honest = losses
-            extras["relaxed_losses"] = losses.detach()
+            # z + (y - y.detach()) is exactly z in the forward pass: y - y is exactly 0.
+            seen = (dist.mode().to(relaxed.dtype) if mode else discrete()) + zero_forward(relaxed)
+        # The relaxed point and the mode are not draws of q: the honest value also evaluates
+        # the loss at the discrete samples of the same noise, in the same batched call.
+        if self.honest_value and (mode or not self.hard):
+            both = evaluate_loss(loss_fn, torch.cat([seen, discrete()]), (2 * s,), batch_shape)
+            losses, honest = both[:s], both[s:]
+        else:
+            losses = honest = evaluate_loss(loss_fn, seen, (s,), batch_shape)
+        if not self.hard or mode:
+            extras["mode_losses" if mode else "relaxed_losses"] = losses.detach()
+        evals = s if honest is losses else 2 * s
         return Estimate.from_terms(losses, losses=honest, loss_evals=evals, extras=extras)
 
 
