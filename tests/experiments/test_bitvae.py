@@ -491,9 +491,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 def test_records_made_before_bit_encoding_existed_read_as_the_ones_encoding(tmp_path) -> None:
     from latentgrad.lab.config import load_config_file
-    from latentgrad.lab.records import load_record
-    from latentgrad.lab.report import build_table, collect_runs
+    from latentgrad.lab.report import build_table
     from latentgrad.lab.rundir import RunConfigMismatch, RunDirectory
+    from latentgrad.lab.runs import collect_runs, load_record
 
     old = RESULTS / "bitvae-3ep" / "bitvae-sparsemap-d9528113-seed0.json"
     new = RESULTS / "bitvae-3ep-onehot" / "bitvae-sparsemap-4d2be3ee-seed0.json"
@@ -523,8 +523,8 @@ def test_records_made_before_bit_encoding_existed_read_as_the_ones_encoding(tmp_
 
 
 def test_records_made_before_the_nvil_network_options_read_as_one_tanh_layer() -> None:
-    from latentgrad.lab.records import load_record
-    from latentgrad.lab.report import build_table, collect_runs
+    from latentgrad.lab.report import build_table
+    from latentgrad.lab.runs import collect_runs, load_record
 
     folder = RESULTS / "bitvae-10ep"
     old = [json.loads(p.read_text()) for p in sorted(folder.glob("bitvae-sf-ma-*.json"))]
@@ -572,7 +572,7 @@ def test_a_run_with_the_active_set_method(tmp_path: Path) -> None:
 
 def test_a_record_keeps_the_config_the_run_wrote(tmp_path: Path) -> None:
     from latentgrad.lab.records import make_record
-    from latentgrad.lab.report import load_run
+    from latentgrad.lab.runs import load_run
 
     config = tiny_config(estimator="gs", epochs=1, max_steps_per_epoch=2)
     run(EXPERIMENT, config, tmp_path / "r", progress=False, plots=False)

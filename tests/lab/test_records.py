@@ -14,24 +14,16 @@ import pytest
 
 from latentgrad.cli import main
 from latentgrad.lab.records import (
-    RECORD_FORMAT,
     UnfinishedRunWarning,
     find_blocks,
-    load_record,
     record_name,
     stale_blocks,
     update_blocks,
     write_records,
 )
-from latentgrad.lab.report import (
-    Stat,
-    collect_runs,
-    load_run,
-    report,
-    select,
-    t_quantile_95,
-)
+from latentgrad.lab.report import Stat, report, select, t_quantile_95
 from latentgrad.lab.runner import run
+from latentgrad.lab.runs import RECORD_FORMAT, collect_runs, load_record, load_run
 
 pytest.importorskip("sklearn")  # the digits
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import latentgrad_tests_toy as toy  # loaded by conftest.py
 import pytest
 
-from latentgrad.lab.report import find_runs, mean_std, report
+from latentgrad.lab.report import mean_std, report
 from latentgrad.lab.runner import run
+from latentgrad.lab.runs import find_runs
 
 
 class Interrupt(Exception):

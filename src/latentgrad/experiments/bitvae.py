@@ -883,7 +883,7 @@ def support_figure(sources: Sequence[str | Path], path: str | Path) -> Path:
         FileNotFoundError: if ``sources`` hold no finished ``bitvae`` run of a sparse family.
     """
     from latentgrad.lab.plots import new_figure, seed_band
-    from latentgrad.lab.report import collect_runs
+    from latentgrad.lab.runs import collect_runs
 
     histories: dict[int, dict[str, list[Sequence[Mapping[str, Any]]]]] = {}
     for info in collect_runs(sources):

@@ -604,7 +604,7 @@ def figures_from_records(
     Raises:
         FileNotFoundError: if ``sources`` hold no ``rgm-toy`` run.
     """
-    from latentgrad.lab.report import collect_runs
+    from latentgrad.lab.runs import collect_runs
 
     groups: dict[tuple[str, int, int], dict[str, Sequence[Mapping[str, Any]]]] = {}
     for info in collect_runs(sources):

@@ -12,7 +12,10 @@ experiment; this package runs them:
 * :mod:`~latentgrad.lab.loop`, :mod:`~latentgrad.lab.rundir`, :mod:`~latentgrad.lab.randomness`,
   :mod:`~latentgrad.lab.plots`: the training loop, the run directory (files, checkpoints,
   resume), seeds and RNG state, figures;
-* :mod:`~latentgrad.lab.report`: comparison tables of run directories (``latentgrad report``);
+* :mod:`~latentgrad.lab.runs`: run directories and results records read as one kind of run;
+* :mod:`~latentgrad.lab.report`: comparison tables of runs (``latentgrad report``);
+* :mod:`~latentgrad.lab.records`: writes results records (``latentgrad record``) and the
+  tables generated from them in the README and docs;
 * :mod:`~latentgrad.lab.compare`: bias, variance and cost on exact problems
   (``latentgrad compare``).
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from latentgrad.lab.rundir import read_metrics
 
 if TYPE_CHECKING:
-    from latentgrad.lab.report import RunInfo
+    from latentgrad.lab.runs import RunInfo
 
 
 class MissingExtraWarning(UserWarning):

@@ -42,12 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentgrad.lab.report import RunInfo, collect_runs, find_runs, load_run, recorded_config
-from latentgrad.lab.rundir import RUN_FILES, RunFileError, ensure_writable_directory, read_json_file
-
-#: The ``format`` field of every record.
-RECORD_FORMAT = "latentgrad-record/1"
-_RECORD_HINT = "write it again with `latentgrad record RUN_DIR --to DIR`, or remove it"
+from latentgrad.lab.rundir import ensure_writable_directory, read_json_file
+from latentgrad.lab.runs import (
+    RECORD_FORMAT,
+    RECORD_HINT,
+    collect_runs,
+    find_runs,
+    load_run,
+)
 
 
 class UnfinishedRunWarning(UserWarning):
@@ -84,9 +86,9 @@ def make_record(run_dir: str | Path) -> dict[str, Any]:
     info = load_run(run_dir)
     if info.results is None:
         raise ValueError(f"{run_dir} has no results.json yet: finish the run first")
-    meta = read_json_file(run_dir / "config.json", _RECORD_HINT)
+    meta = read_json_file(run_dir / "config.json", RECORD_HINT)
     env_path = run_dir / "env.json"
-    env = read_json_file(env_path, _RECORD_HINT) if env_path.exists() else {}
+    env = read_json_file(env_path, RECORD_HINT) if env_path.exists() else {}
     env = {k: v for k, v in env.items() if k != "cwd"} if isinstance(env, dict) else {}
     return _scrub(
         {
@@ -226,56 +228,6 @@ def write_records(paths: Sequence[str | Path], to: str | Path) -> list[Path]:
             continue
         written.append(save_record(make_record(run_dir), folder))
     return written
-
-
-def is_record(path: Path) -> bool:
-    """Whether ``path`` is a JSON file holding a record."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == RECORD_FORMAT
-
-
-def find_records(paths: Iterable[str | Path]) -> list[Path]:
-    """Record files among ``paths`` and below them (files of run directories excepted).
-
-    Raises:
-        FileNotFoundError: if a path does not exist.
-    """
-    found: dict[Path, None] = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"no such run directory or record: {p}")
-        candidates = sorted(p.rglob("*.json")) if p.is_dir() else [p]
-        for c in candidates:
-            if c.suffix == ".json" and c.name not in RUN_FILES and is_record(c):
-                found[c] = None
-    return list(found)
-
-
-def load_record(path: str | Path) -> RunInfo:
-    """A record as the :class:`~latentgrad.lab.report.RunInfo` a report reads.
-
-    Raises:
-        RunFileError: if it cannot be read or is not a record.
-    """
-    path = Path(path)
-    data = read_json_file(path, _RECORD_HINT)
-    ok = isinstance(data, dict) and data.get("format") == RECORD_FORMAT
-    ok = ok and isinstance(data.get("config"), dict) and isinstance(data.get("results"), dict)
-    if not ok:
-        raise RunFileError(
-            f"{path} is not a results record ({RECORD_FORMAT}); {_RECORD_HINT}", path
-        )
-    return RunInfo(
-        path=path,
-        experiment=str(data["experiment"]),
-        primary_metric=str(data.get("primary_metric", "nll")),
-        config=recorded_config(data),
-        results=dict(data["results"]),
-        history=list(data.get("history") or []),
-    )
 
 
 # ---------------------------------------------------------------------------------------------

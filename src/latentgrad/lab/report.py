@@ -26,20 +26,18 @@ import itertools
 import json
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from latentgrad.lab.config import config_class_named, fields_not_read, with_recorded_defaults
 from latentgrad.lab.plots import MissingExtraWarning, matplotlib_available, plot_bands
 from latentgrad.lab.rundir import (
-    RESULTS_HINT,
     RunFileError,
     ensure_writable_directory,
     read_json_file,
-    read_metrics,
 )
+from latentgrad.lab.runs import RunInfo, collect_runs
 
 #: Output formats of a table.
 Format = Literal["md", "csv", "tex"]
@@ -52,149 +50,6 @@ COLUMNS = ("seeds", "test", "ci", "paper", "valid", "time", "evals", "epochs")
 # lives on a machine, and how often the validation curve is sampled (validation draws from its own
 # random stream, so training and the test metric do not depend on it).
 _NOT_A_SETTING = ("seed", "data", "eval_every")
-
-
-@dataclass
-class RunInfo:
-    """What a report reads from one run directory or results record.
-
-    Attributes:
-        path: the run directory (or the record file).
-        experiment: experiment name.
-        primary_metric: the metric rows are sorted by.
-        config: the resolved config (JSON dict).
-        results: the contents of ``results.json`` (``None``: unfinished).
-        history: the records of ``metrics.jsonl`` (one per epoch).
-    """
-
-    path: Path
-    experiment: str
-    primary_metric: str
-    config: dict[str, Any]
-    results: dict[str, Any] | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run wrote its results."""
-        return self.results is not None
-
-    def settings(self) -> dict[str, Any]:
-        """The config with the estimator options as keys of their own.
-
-        An option whose name is also a config field is kept as ``estimator_options.NAME``.
-        """
-        flat = {k: v for k, v in self.config.items() if k != "estimator_options"}
-        options = self.config.get("estimator_options") or {}
-        for key, value in options.items():
-            flat[key if key not in flat else f"estimator_options.{key}"] = value
-        return flat
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding and reading runs
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories among ``paths`` and below them (a run directory holds the
-    ``config.json`` written by :func:`~latentgrad.lab.runner.run`).
-
-    Raises:
-        FileNotFoundError: if a path does not exist.
-        RunFileError: if the ``config.json`` of a run directory given directly, or of one with
-            the other files of a run beside it, cannot be read.
-    """
-    found: dict[Path, None] = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"no such run directory: {p}")
-        candidates = [p / "config.json"] if (p / "config.json").exists() else []
-        candidates += sorted(p.rglob("*/config.json")) if p.is_dir() else []
-        for c in candidates:
-            strict = c.parent == p or any((c.parent / f).exists() for f in _RUN_MARKERS)
-            if _is_run_config(c, strict):
-                found[c.parent] = None
-    return list(found)
-
-
-# Files only a run directory holds: a config.json beside them belongs to a run.
-_RUN_MARKERS = ("metrics.jsonl", "env.json", "checkpoint.pt")
-_CONFIG_HINT = "rerun the run with --no-resume, or leave its directory out of the report"
-
-
-def _is_run_config(path: Path, strict: bool) -> bool:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        if strict:
-            read_json_file(path, _CONFIG_HINT)  # raises RunFileError naming the file
-        return False
-    return isinstance(data, dict) and "experiment" in data and isinstance(data.get("config"), dict)
-
-
-def load_run(run_dir: str | Path) -> RunInfo:
-    """Read the config, results (if any) and metrics of one run directory.
-
-    Raises:
-        RunFileError: if one of its files cannot be read (naming it and what to do).
-    """
-    run_dir = Path(run_dir)
-    meta = read_json_file(run_dir / "config.json", _CONFIG_HINT)
-    results_path = run_dir / "results.json"
-    results = read_json_file(results_path, RESULTS_HINT) if results_path.exists() else None
-    for path, value in ((run_dir / "config.json", meta), (results_path, results)):
-        if value is not None and not isinstance(value, dict):
-            raise RunFileError(f"{path} does not hold a JSON object; {RESULTS_HINT}", path)
-    return RunInfo(
-        path=run_dir,
-        experiment=str(meta["experiment"]),
-        primary_metric=str(meta.get("primary_metric", "nll")),
-        config=recorded_config(meta),
-        results=results,
-        history=read_metrics(run_dir),
-    )
-
-
-def recorded_config(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``"config"`` of a run directory's ``config.json`` or of a record, as the report
-    compares runs: with the fields added since it ran that say what it ran with
-    (:data:`~latentgrad.lab.config.RECORDED_BEFORE` of its ``"config_class"`` and of its
-    estimator's options class), and without
-    the fields its estimator's latent family does not read
-    (:data:`~latentgrad.lab.config.FOR_LATENTS`)."""
-    config = dict(meta["config"])
-    cls = config_class_named(meta.get("config_class"))
-    if cls is None:
-        return config
-    config = with_recorded_defaults(cls, config)
-    from latentgrad.lab.registry import ESTIMATORS  # (torch and the estimators: lazily)
-
-    entry = ESTIMATORS.get(str(config.get("estimator")))
-    options = config.get("estimator_options")
-    if entry is not None and isinstance(options, Mapping):  # (options added since, likewise)
-        config["estimator_options"] = with_recorded_defaults(type(entry.options), options)
-    unread = fields_not_read(cls, entry.latent) if entry is not None else set()
-    return {k: v for k, v in config.items() if k not in unread}
-
-
-def collect_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
-    """The runs in ``paths``: run directories, results records (``*.json`` written by
-    :func:`~latentgrad.lab.records.write_records`) and folders holding either.
-
-    Raises:
-        FileNotFoundError: if a path does not exist or nothing is found.
-        RunFileError: if a file of a run or a record cannot be read.
-    """
-    from latentgrad.lab.records import find_records, load_record
-
-    runs = [load_run(p) for p in find_runs(paths)]
-    runs += [load_record(p) for p in find_records(paths)]
-    if not runs:
-        raise FileNotFoundError(
-            "no run directories (with a config.json written by `latentgrad run`) or results "
-            "records under " + ", ".join(map(str, paths))
-        )
-    return runs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -336,20 +336,9 @@ class Sparsemax(nn.Module):
         return f"dim={self.dim}, k={self.k}"
 
 
-# The sparsemax loss lived in this module before it got its own; kept importable from here for
-# one release (it needs sparsemax_threshold above, hence the import at the end).
-from latentgrad.mappings._sparsemax_loss import (  # noqa: E402
-    SparsemaxLoss,
-    SparsemaxLossFunction,
-    sparsemax_loss,
-)
-
 __all__ = [
     "Sparsemax",
     "SparsemaxFunction",
-    "SparsemaxLoss",
-    "SparsemaxLossFunction",
     "sparsemax",
-    "sparsemax_loss",
     "sparsemax_threshold",
 ]
