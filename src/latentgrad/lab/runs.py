@@ -122,13 +122,20 @@ def load_run(run_dir: str | Path) -> RunInfo:
     for path, value in ((run_dir / "config.json", meta), (results_path, results)):
         if value is not None and not isinstance(value, dict):
             raise RunFileError(f"{path} does not hold a JSON object; {RESULTS_HINT}", path)
+    return _run_info(run_dir, meta, results, read_metrics(run_dir))
+
+
+def _run_info(
+    path: Path, meta: Mapping[str, Any], results: dict[str, Any] | None, history: list[Any]
+) -> RunInfo:
+    """The :class:`RunInfo` of a run directory's ``config.json`` or a record (``meta``)."""
     return RunInfo(
-        path=run_dir,
+        path=path,
         experiment=str(meta["experiment"]),
         primary_metric=str(meta.get("primary_metric", "nll")),
         config=recorded_config(meta),
         results=results,
-        history=read_metrics(run_dir),
+        history=history,
     )
 
 
@@ -210,11 +217,4 @@ def load_record(path: str | Path) -> RunInfo:
     ok = ok and isinstance(data.get("config"), dict) and isinstance(data.get("results"), dict)
     if not ok:
         raise RunFileError(f"{path} is not a results record ({RECORD_FORMAT}); {RECORD_HINT}", path)
-    return RunInfo(
-        path=path,
-        experiment=str(data["experiment"]),
-        primary_metric=str(data.get("primary_metric", "nll")),
-        config=recorded_config(data),
-        results=dict(data["results"]),
-        history=list(data.get("history") or []),
-    )
+    return _run_info(path, data, dict(data["results"]), list(data.get("history") or []))
